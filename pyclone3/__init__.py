@@ -1,0 +1,52 @@
+"""pyclone3: race-free process spawning and supervision for Linux.
+
+Processes are named by pidfds, taken at creation with ``clone3(CLONE_PIDFD)``
+where the kernel allows, so that no signal or wait can ever reach a process
+that merely reused a PID.
+
+Layers, from the bottom:
+
+* ``pyclone3._clone3``: the private cffi module (raw syscalls, no checks);
+* :mod:`pyclone3.flags`: the kernel's constants as :mod:`enum` types;
+* :mod:`pyclone3.syscalls`: one checked, typed function per syscall;
+* :class:`PidFd`, :class:`WaitStatus`, :func:`features`: the objects other
+  libraries build on.
+"""
+
+from __future__ import annotations
+
+from . import flags, syscalls
+from .features import Features, features
+from .flags import (
+    ChildCode,
+    CloneFlag,
+    IdType,
+    PidfdFlag,
+    PidfdInfoFlag,
+    PidfdSignalFlag,
+    WaitFlag,
+)
+from .pidfd import PidFd, WaitTimeout
+from .status import WaitStatus
+from .syscalls import PidfdInfo
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "ChildCode",
+    "CloneFlag",
+    "Features",
+    "IdType",
+    "PidFd",
+    "PidfdFlag",
+    "PidfdInfo",
+    "PidfdInfoFlag",
+    "PidfdSignalFlag",
+    "WaitFlag",
+    "WaitStatus",
+    "WaitTimeout",
+    "__version__",
+    "features",
+    "flags",
+    "syscalls",
+]

@@ -1,0 +1,358 @@
+"""One cheap, cached probe of what this kernel and sandbox allow: :func:`features`."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import threading
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Optional
+
+from . import syscalls
+from ._clone3 import ffi, lib
+from .flags import CloneFlag, PidfdFlag, PidfdInfoFlag, PidfdSignalFlag, WaitFlag
+
+__all__ = ["Features", "features"]
+
+#: errnos that say "try again later", not "unsupported": never cached.
+TRANSIENT_ERRNOS = frozenset(
+    {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR, errno.ENOSPC}
+)
+
+
+@dataclass(frozen=True)
+class Features:
+    """What the running kernel, as this process sees it, supports.
+
+    Each boolean was found by making the call, not by reading the kernel
+    version: a seccomp filter or an emulator (qemu-user) may refuse what the
+    version would promise. :attr:`notes` says why a feature is missing (the
+    errno name the probe got). Print it for a table; :meth:`as_dict` for JSON.
+    """
+
+    kernel: str
+    #: clone3(2) exists and may be called (Linux 5.3+).
+    clone3: bool
+    #: clone3 with CLONE_PIDFD gives the parent a pidfd (5.3+; qemu-user refuses).
+    clone_pidfd: bool
+    #: pidfd_open(2) (5.3+).
+    pidfd_open: bool
+    #: pidfd_send_signal(2) (5.1+).
+    pidfd_send_signal: bool
+    #: waitid(P_PIDFD) (5.4+).
+    waitid_pidfd: bool
+    #: pidfd_getfd(2) (5.6+).
+    pidfd_getfd: bool
+    #: pidfd_open(PIDFD_NONBLOCK) (5.10+).
+    pidfd_nonblock: bool
+    #: pidfd_open(PIDFD_THREAD) (6.9+).
+    pidfd_thread: bool
+    #: pidfd_send_signal(PIDFD_SIGNAL_PROCESS_GROUP) (6.9+).
+    pidfd_signal_process_group: bool
+    #: the PIDFD_GET_INFO ioctl (6.13+).
+    pidfd_get_info: bool
+    #: PIDFD_INFO_EXIT: exit status of a reaped process through its pidfd (6.15+).
+    pidfd_info_exit: bool
+    #: where the cgroup v2 hierarchy is mounted, if it is.
+    cgroup2_mount: Optional[str]
+    #: this process's cgroup v2 path (from /proc/self/cgroup), if any.
+    cgroup: Optional[str]
+    #: why a feature is False: feature name -> errno name or reason.
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready ``dict`` of every field."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """:meth:`as_dict` as indented JSON."""
+        return json.dumps(self.as_dict(), indent=2, sort_keys=False)
+
+    def __str__(self) -> str:
+        rows = []
+        for f in fields(self):
+            if f.name == "notes":
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                shown = "yes" if value else "no"
+                if not value and f.name in self.notes:
+                    shown += f" ({self.notes[f.name]})"
+            else:
+                shown = "-" if value is None else str(value)
+            rows.append((f.name, shown))
+        width = max(len(name) for name, _ in rows)
+        return "\n".join(f"{name.ljust(width)}  {shown}" for name, shown in rows)
+
+
+_lock = threading.Lock()
+_cached: Optional[Features] = None
+
+
+def features(*, refresh: bool = False) -> Features:
+    """Probe (once, then cached) what this kernel and sandbox allow.
+
+    The probe makes each call for real: it opens pidfds on this process,
+    sends it signal 0, and creates one short-lived child with ``clone3``
+    that exits at once (with no exit signal, so no ``SIGCHLD`` handler
+    sees it) and is reaped before this returns. It costs well under a
+    millisecond on a small process.
+
+    A refusal (``ENOSYS``, ``EPERM`` from a seccomp filter, ``EINVAL`` for an
+    unknown flag, ``ENOTTY`` for an unknown ioctl) makes the feature
+    ``False`` and is cached. A transient failure (``EMFILE``, ``ENFILE``,
+    ``ENOMEM``, ``EAGAIN``) is raised as ``OSError`` and nothing is cached,
+    so the next call probes again. ``refresh=True`` forces a new probe.
+    """
+    global _cached
+    with _lock:
+        if _cached is None or refresh:
+            _cached = _probe()
+        return _cached
+
+
+class _Prober:
+    def __init__(self) -> None:
+        self.notes: dict[str, str] = {}
+        self.fds: list[int] = []
+
+    def attempt(self, name: str, call: Any, *args: Any) -> Any:
+        """Run *call*; return its result, or None after noting a refusal."""
+        ok, result = self.succeeds(name, call, *args)
+        return result if ok else None
+
+    def succeeds(self, name: str, call: Any, *args: Any) -> tuple[bool, Any]:
+        """Run *call*; (True, result), or (False, None) after noting a refusal.
+
+        Transient errors propagate, so that nothing is cached for them.
+        """
+        try:
+            return True, call(*args)
+        except OSError as exc:
+            if exc.errno in TRANSIENT_ERRNOS:
+                raise
+            self.notes[name] = errno.errorcode.get(exc.errno or 0, str(exc))
+            return False, None
+
+    def keep(self, fd: Optional[int]) -> Optional[int]:
+        if fd is not None:
+            self.fds.append(fd)
+        return fd
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+
+
+def _probe() -> Features:
+    p = _Prober()
+    try:
+        return _probe_with(p)
+    finally:
+        p.close()
+
+
+def _probe_with(p: _Prober) -> Features:
+    me = os.getpid()
+    own = p.keep(p.attempt("pidfd_open", syscalls.pidfd_open, me, 0))
+    nonblock = thread = send = getfd = group = get_info = False
+    waitid_pidfd = False
+    if own is not None:
+        nonblock = p.keep(
+            p.attempt("pidfd_nonblock", syscalls.pidfd_open, me, PidfdFlag.PIDFD_NONBLOCK)
+        ) is not None
+        thread = p.keep(
+            p.attempt(
+                "pidfd_thread",
+                syscalls.pidfd_open,
+                threading.get_native_id(),
+                PidfdFlag.PIDFD_THREAD,
+            )
+        ) is not None
+        send, _ = p.succeeds("pidfd_send_signal", syscalls.pidfd_send_signal, own, 0, 0)
+        if send:
+            group = _probe_group_signal(p, own)
+        else:
+            p.notes["pidfd_signal_process_group"] = "needs pidfd_send_signal"
+        getfd = p.keep(p.attempt("pidfd_getfd", syscalls.pidfd_getfd, own, own, 0)) is not None
+        get_info = p.attempt("pidfd_get_info", syscalls.pidfd_get_info, own) is not None
+        # We are not our own child: a kernel that knows P_PIDFD says ECHILD,
+        # one that does not says EINVAL.
+        try:
+            syscalls.waitid(lib.P_PIDFD, own, WaitFlag.WEXITED | WaitFlag.WNOHANG)
+            waitid_pidfd = True  # pragma: no cover - cannot be our own child
+        except ChildProcessError:
+            waitid_pidfd = True
+        except OSError as exc:
+            if exc.errno in TRANSIENT_ERRNOS:
+                raise
+            p.notes["waitid_pidfd"] = errno.errorcode.get(exc.errno or 0, str(exc))
+    else:
+        for name in (
+            "pidfd_nonblock",
+            "pidfd_thread",
+            "pidfd_send_signal",
+            "pidfd_signal_process_group",
+            "pidfd_getfd",
+            "pidfd_get_info",
+            "waitid_pidfd",
+        ):
+            p.notes[name] = "needs pidfd_open"
+
+    clone3, clone_pidfd, info_exit = _probe_clone3(p, get_info)
+    mount, cgroup = _cgroup2()
+    return Features(
+        kernel=os.uname().release,
+        clone3=clone3,
+        clone_pidfd=clone_pidfd,
+        pidfd_open=own is not None,
+        pidfd_send_signal=send,
+        waitid_pidfd=waitid_pidfd,
+        pidfd_getfd=getfd,
+        pidfd_nonblock=nonblock,
+        pidfd_thread=thread,
+        pidfd_signal_process_group=group,
+        pidfd_get_info=get_info,
+        pidfd_info_exit=info_exit,
+        cgroup2_mount=mount,
+        cgroup=cgroup,
+        notes=p.notes,
+    )
+
+
+def _probe_group_signal(p: _Prober, own: int) -> bool:
+    """PIDFD_SIGNAL_PROCESS_GROUP: the kernel signals the group led by our PID.
+
+    Unless we lead a process group, no such group exists: ESRCH then still
+    proves the kernel knew the flag, where an older one says EINVAL.
+    """
+    try:
+        syscalls.pidfd_send_signal(own, 0, PidfdSignalFlag.PIDFD_SIGNAL_PROCESS_GROUP)
+    except ProcessLookupError:
+        return True
+    except OSError as exc:
+        if exc.errno in TRANSIENT_ERRNOS:
+            raise
+        p.notes["pidfd_signal_process_group"] = errno.errorcode.get(exc.errno or 0, str(exc))
+        return False
+    return True
+
+
+def _clone3_child(flags: int) -> tuple[int, int]:
+    """probe_clone3 as a Python call: (pid, pidfd or -1); raises OSError."""
+    pidfd = ffi.new("int *", -1)
+    pid = lib.probe_clone3(flags, pidfd)
+    if pid < 0:
+        err = ffi.errno
+        raise OSError(err, os.strerror(err))
+    return int(pid), int(pidfd[0])
+
+
+def _reap(pid: int, pidfd: int) -> None:
+    """Reap a probe child (exit_signal 0, hence __WALL) by pidfd, else by PID."""
+    if pidfd >= 0:
+        try:
+            syscalls.waitid(lib.P_PIDFD, pidfd, WaitFlag.WEXITED | WaitFlag["__WALL"])
+            return
+        except ChildProcessError:
+            return  # reaped by someone calling wait(__WALL): nothing to do
+        except OSError:
+            pass  # P_PIDFD refused: fall back to the PID, still a zombie of ours
+    try:
+        os.waitpid(pid, lib.__WALL)
+    except ChildProcessError:
+        pass
+
+
+def _probe_clone3(p: _Prober, get_info: bool) -> tuple[bool, bool, bool]:
+    """Return (clone3, clone_pidfd, pidfd_info_exit)."""
+    clone3 = clone_pidfd = False
+    child: Optional[tuple[int, int]] = None
+    try:
+        child = _clone3_child(CloneFlag.CLONE_PIDFD)
+        clone3 = clone_pidfd = True
+    except OSError as exc:
+        if exc.errno in TRANSIENT_ERRNOS:
+            raise
+        name = errno.errorcode.get(exc.errno or 0, str(exc))
+        if exc.errno == errno.EINVAL:
+            # clone3 exists but CLONE_PIDFD was refused (qemu-user does this).
+            p.notes["clone_pidfd"] = name
+            child = p.attempt("clone3", _clone3_child, 0)
+            clone3 = child is not None
+        else:
+            p.notes["clone3"] = name
+            p.notes["clone_pidfd"] = name
+    if child is None:
+        if get_info:
+            return clone3, clone_pidfd, _probe_info_exit_spawned(p)
+        p.notes["pidfd_info_exit"] = "needs PIDFD_GET_INFO"
+        return clone3, clone_pidfd, False
+    pid, pidfd = child
+    try:
+        if pidfd < 0:
+            pidfd = p.keep(p.attempt("pidfd_info_exit", syscalls.pidfd_open, pid)) or -1
+        _reap(pid, pidfd)
+        info_exit = False
+        if pidfd >= 0 and get_info:
+            info_exit = _has_exit_info(p, pidfd)
+        elif not get_info:
+            p.notes["pidfd_info_exit"] = "needs PIDFD_GET_INFO"
+        return clone3, clone_pidfd, info_exit
+    finally:
+        if pidfd >= 0 and pidfd not in p.fds:
+            os.close(pidfd)
+
+
+def _has_exit_info(p: _Prober, pidfd: int) -> bool:
+    info = p.attempt(
+        "pidfd_info_exit", syscalls.pidfd_get_info, pidfd, PidfdInfoFlag.PIDFD_INFO_EXIT
+    )
+    if info is not None and info.exit_code is not None:
+        return True
+    p.notes.setdefault("pidfd_info_exit", "not reported")
+    return False
+
+
+def _probe_info_exit_spawned(p: _Prober) -> bool:
+    """PIDFD_INFO_EXIT without clone3: reap a posix_spawn'ed `true` and ask."""
+    true = shutil.which("true") or "/bin/true"
+    try:
+        pid = os.posix_spawn(true, [true], {})
+    except OSError as exc:
+        p.notes["pidfd_info_exit"] = f"not probed ({exc.strerror})"
+        return False
+    pidfd = p.keep(p.attempt("pidfd_info_exit", syscalls.pidfd_open, pid))
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass  # a SIGCHLD handler reaped it: the pidfd still knows
+    if pidfd is None:
+        return False
+    return _has_exit_info(p, pidfd)
+
+
+def _cgroup2() -> tuple[Optional[str], Optional[str]]:
+    mount = None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            for line in f:
+                left, _, right = line.partition(" - ")
+                if right.split(" ", 1)[0] == "cgroup2":
+                    mount = left.split(" ")[4]
+                    break
+    except OSError:
+        pass
+    cgroup = None
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("0::"):
+                    cgroup = line[3:].rstrip("\n")
+                    break
+    except OSError:
+        pass
+    return mount, cgroup

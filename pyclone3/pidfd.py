@@ -1,0 +1,444 @@
+"""An owned process handle: :class:`PidFd`."""
+
+from __future__ import annotations
+
+import errno
+import math
+import numbers
+import os
+import select
+import signal
+import threading
+import time
+import warnings
+from types import TracebackType
+from typing import Optional
+
+from . import syscalls
+from .features import features
+from .flags import IdType, PidfdFlag, PidfdInfoFlag, PidfdSignalFlag, WaitFlag
+from .status import WaitStatus
+
+__all__ = ["PidFd", "WaitTimeout"]
+
+_POLL_MAX_MS = 2**31 - 1
+#: While a non-child's zombie waits for its own parent to reap it, re-check
+#: at least this often in case the kernel does not wake pollers on reap.
+_REAP_RECHECK_MS = 100
+#: Longest pause after a spurious wake-up (readable pidfd, nothing to reap).
+_SPURIOUS_MAX_S = 0.05
+
+
+class WaitTimeout(TimeoutError):
+    """:meth:`PidFd.wait` gave up: the process had not exited in time.
+
+    A :class:`TimeoutError`; :attr:`pid` and :attr:`timeout` tell which wait.
+    The process is untouched: call :meth:`PidFd.wait` again to go on waiting.
+    """
+
+    def __init__(self, pid: int, timeout: float) -> None:
+        super().__init__(f"process {pid} did not exit within {timeout} seconds")
+        self.pid = pid
+        self.timeout = timeout
+
+
+def _deadline(timeout: Optional[float]) -> Optional[float]:
+    """Monotonic deadline for *timeout* seconds; ``None`` means never."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+    seconds = float(timeout)
+    if math.isnan(seconds):
+        raise ValueError("timeout must not be NaN")
+    if seconds == math.inf:
+        return None
+    return time.monotonic() + max(seconds, 0.0)
+
+
+def _poll(fd: int, events: int, deadline: Optional[float], cap_ms: Optional[int] = None) -> int:
+    """poll(2) *fd* until an event or *deadline*; return revents (0 if none).
+
+    One ``poll`` call per wait however long it is (a wait past ~24 days,
+    ``poll``'s limit, takes one more call per 24 days); ``select.poll``
+    retries on signals itself (PEP 475). With *cap_ms*, return 0 after at
+    most that long even if *deadline* is further away.
+    """
+    poller = select.poll()
+    poller.register(fd, events)
+    while True:
+        if deadline is None:
+            ms = -1
+        else:
+            remaining = deadline - time.monotonic()
+            ms = 0 if remaining <= 0 else min(math.ceil(remaining * 1000), _POLL_MAX_MS)
+        capped = cap_ms is not None and (ms < 0 or ms > cap_ms)
+        ready = poller.poll(cap_ms if capped else ms)
+        if ready:
+            return ready[0][1]
+        if capped or (deadline is not None and time.monotonic() >= deadline):
+            return 0
+
+
+def _pid_of(fd: int) -> int:
+    """The PID behind pidfd *fd* (-1 once reaped); ValueError if not a pidfd."""
+    try:
+        info = syscalls.pidfd_get_info(fd)
+    except ProcessLookupError:
+        return -1
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTTY, errno.EINVAL, errno.ENOSYS, errno.EPERM):
+            raise
+    else:
+        return info.pid if info.pid is not None else -1
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Pid:"):
+                    return int(line.split()[1])
+    except OSError as exc:
+        raise ValueError(f"fd {fd} is not an open pidfd ({exc.strerror})") from None
+    raise ValueError(f"fd {fd} is not a pidfd")
+
+
+class PidFd:
+    """An owned pidfd: a file descriptor that names one process for ever.
+
+    Unlike a PID, a pidfd cannot come to mean another process once its own
+    is reaped: :meth:`send_signal` can never hit a stranger, and
+    :meth:`wait` sleeps in ``poll(2)`` until the process exits, with no
+    polling loop. Get one with :meth:`open`, from a pyclone3 spawn, or wrap
+    a pidfd you own with ``PidFd(fd)``.
+
+    The fd is ``O_CLOEXEC`` and closed by :meth:`close`, by ``with``, or
+    (with a :class:`ResourceWarning`, as files do) when garbage-collected.
+    Methods of a closed ``PidFd`` raise :class:`ValueError`. A ``PidFd`` may
+    be shared between threads: :meth:`close` from one thread while another
+    is inside a call defers the real ``close(2)`` until that call returns,
+    so an fd number is never reused under anyone's feet.
+
+    For a child of this process, :meth:`wait` and :meth:`try_wait` reap it
+    (``waitid(P_PIDFD)``) and keep the result: later calls return the same
+    :class:`~pyclone3.WaitStatus`. Reap a child through one owner only.
+    """
+
+    __slots__ = ("__weakref__", "_closing", "_fd", "_foreign", "_lock", "_pid", "_status",
+                 "_users")
+
+    def __init__(self, fd: int, *, pid: Optional[int] = None) -> None:
+        """Take ownership of the pidfd *fd*.
+
+        *pid*, if known, saves a lookup; otherwise it is read with
+        ``PIDFD_GET_INFO`` (Linux 6.13+) or from ``/proc/self/fdinfo``.
+        Raises ``ValueError`` if *fd* is not a pidfd, ``TypeError`` if not
+        an int.
+        """
+        self._fd = -1
+        self._closing = True  # until fully built, so __del__ stays quiet
+        if isinstance(fd, bool) or not isinstance(fd, int):
+            raise TypeError(f"fd must be an int, not {type(fd).__name__}")
+        if fd < 0:
+            raise ValueError(f"fd must be a non-negative file descriptor, got {fd}")
+        if pid is None:
+            pid = _pid_of(fd)
+        elif isinstance(pid, bool) or not isinstance(pid, int):
+            raise TypeError(f"pid must be an int, not {type(pid).__name__}")
+        self._pid = pid
+        self._lock = threading.Lock()
+        self._users = 0
+        self._status: Optional[WaitStatus] = None
+        self._foreign = False
+        self._fd = fd
+        self._closing = False
+
+    @classmethod
+    def open(cls, pid: int, *, nonblock: bool = False, thread: bool = False) -> PidFd:
+        """Open a pidfd for process *pid* (``pidfd_open(2)``).
+
+        Racy by nature if *pid* might already be reaped and reused: prefer a
+        pidfd taken at creation. *nonblock* sets ``PIDFD_NONBLOCK``
+        (5.10+); *thread* sets ``PIDFD_THREAD`` (6.9+) so *pid* may name a
+        thread. Raises ``ProcessLookupError`` if there is no such process,
+        and whatever :func:`pyclone3.syscalls.pidfd_open` raises.
+        """
+        flags = 0
+        if nonblock:
+            flags |= PidfdFlag.PIDFD_NONBLOCK
+        if thread:
+            flags |= PidfdFlag.PIDFD_THREAD
+        fd = syscalls.pidfd_open(pid, flags)
+        return cls(fd, pid=pid)
+
+    # ---- ownership -------------------------------------------------------
+
+    def _acquire(self) -> int:
+        with self._lock:
+            if self._closing:
+                raise ValueError("I/O operation on closed PidFd")
+            self._users += 1
+            return self._fd
+
+    def _release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            if self._closing and self._users == 0 and self._fd >= 0:
+                fd, self._fd = self._fd, -1
+                os.close(fd)
+
+    def fileno(self) -> int:
+        """The pidfd's number, for ``poll``/``select``/event loops; the ``PidFd`` keeps it."""
+        with self._lock:
+            if self._closing:
+                raise ValueError("I/O operation on closed PidFd")
+            return self._fd
+
+    @property
+    def closed(self) -> bool:
+        """``True`` once :meth:`close` or :meth:`detach` was called."""
+        return self._closing
+
+    def close(self) -> None:
+        """Close the pidfd. Closing twice is allowed and does nothing."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            if self._users == 0:
+                fd, self._fd = self._fd, -1
+                os.close(fd)
+
+    def detach(self) -> int:
+        """Give up ownership: return the fd without closing it (the ``PidFd`` is closed)."""
+        with self._lock:
+            if self._closing:
+                raise ValueError("I/O operation on closed PidFd")
+            self._closing = True
+            fd, self._fd = self._fd, -1
+            return fd
+
+    def __enter__(self) -> PidFd:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_closing", True):
+            return
+        warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
+        self.close()
+
+    def __repr__(self) -> str:
+        status = self._status
+        state = f" {status!r}" if status is not None else ""
+        if self._closing:
+            return f"<PidFd pid={self._pid} closed{state}>"
+        return f"<PidFd fd={self._fd} pid={self._pid}{state}>"
+
+    # ---- about the process -----------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        """The process's PID in this PID namespace when the ``PidFd`` was made.
+
+        -1 if it had already been reaped then; 0 if it is not visible from
+        this namespace. Use it for display and logs, not to act on: the
+        number may name another process after the reap.
+        """
+        return self._pid
+
+    @property
+    def returncode(self) -> Optional[int]:
+        """The reaped status's :attr:`~pyclone3.WaitStatus.returncode`, else ``None`` (no syscall)."""
+        status = self._status
+        return status.returncode if status is not None else None
+
+    def is_alive(self) -> bool:
+        """``True`` until the process exits (one ``poll`` with timeout 0; reaps nothing)."""
+        if self._status is not None:
+            return False
+        fd = self._acquire()
+        try:
+            return _poll(fd, select.POLLIN, 0.0) == 0
+        finally:
+            self._release()
+
+    def info(self, mask: int = PidfdInfoFlag.PIDFD_INFO_PID) -> syscalls.PidfdInfo:
+        """``PIDFD_GET_INFO`` (Linux 6.13+): see :func:`pyclone3.syscalls.pidfd_get_info`."""
+        fd = self._acquire()
+        try:
+            return syscalls.pidfd_get_info(fd, mask)
+        finally:
+            self._release()
+
+    # ---- signals -----------------------------------------------------------
+
+    def send_signal(self, sig: int, *, flags: int = 0) -> None:
+        """Send *sig* through the pidfd (``pidfd_send_signal(2)``).
+
+        Raises ``ProcessLookupError`` once the process has exited, reaped or
+        not (the kernel itself silently accepts signals to a zombie; this
+        method checks the pidfd's readiness first). *flags* are
+        :class:`~pyclone3.flags.PidfdSignalFlag` bits, e.g.
+        ``PIDFD_SIGNAL_PROCESS_GROUP`` (6.9+) to signal the process group
+        the process leads. Other errors as
+        :func:`pyclone3.syscalls.pidfd_send_signal`.
+        """
+        if isinstance(sig, bool) or not isinstance(sig, int):
+            raise TypeError(f"sig must be an int, not {type(sig).__name__}")
+        if self._status is not None:
+            raise ProcessLookupError(errno.ESRCH, f"process {self._pid} has exited")
+        fd = self._acquire()
+        try:
+            if not flags & PidfdSignalFlag.PIDFD_SIGNAL_PROCESS_GROUP and _poll(fd, select.POLLIN, 0.0):
+                raise ProcessLookupError(errno.ESRCH, f"process {self._pid} has exited")
+            syscalls.pidfd_send_signal(fd, sig, flags)
+        finally:
+            self._release()
+
+    def terminate(self) -> None:
+        """Send ``SIGTERM`` (see :meth:`send_signal`)."""
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Send ``SIGKILL`` (see :meth:`send_signal`)."""
+        self.send_signal(signal.SIGKILL)
+
+    # ---- waiting ------------------------------------------------------------
+
+    def try_wait(self) -> Optional[WaitStatus]:
+        """The exit status if the process has exited, else ``None``; never blocks.
+
+        For a child this reaps it (one ``waitid(P_PIDFD, WEXITED|WNOHANG)``).
+        For anything else see :meth:`wait`.
+        """
+        if self._status is not None:
+            return self._status
+        fd = self._acquire()
+        try:
+            return self._try_reap(fd)
+        finally:
+            self._release()
+
+    def wait(self, timeout: Optional[float] = None) -> WaitStatus:
+        """Wait for the process to exit and return its :class:`~pyclone3.WaitStatus`.
+
+        Sleeps in ``poll(2)`` on the pidfd, then reaps with
+        ``waitid(P_PIDFD)``: two syscalls for a child, however long the
+        wait, with no wake-up before the exit. *timeout* is in seconds;
+        ``None`` or ``math.inf`` waits for ever, 0 or less only checks
+        once, and any huge value is fine. On timeout :class:`WaitTimeout`
+        (a :class:`TimeoutError`) is raised and the process is untouched;
+        the wait may be repeated. Signal handlers run during the wait
+        (``KeyboardInterrupt`` interrupts it); ``EINTR`` never escapes.
+
+        For a process that is *not* a child of this one (or a child that
+        someone else reaped), waiting still works: on Linux 6.15+
+        (``PIDFD_INFO_EXIT``) it returns the status once the process has
+        been reaped by its parent (``rusage`` is then ``None``). On older
+        kernels it waits for the exit, then raises
+        :class:`ChildProcessError`, as no status can be had.
+
+        A readable pidfd with nothing to reap (a traced child, say) is
+        retried with a short pause, never spun on.
+        """
+        if self._status is not None:
+            return self._status
+        deadline = _deadline(timeout)
+        fd = self._acquire()
+        try:
+            return self._wait(fd, timeout, deadline)
+        finally:
+            self._release()
+
+    def _wait(self, fd: int, timeout: Optional[float], deadline: Optional[float]) -> WaitStatus:
+        spurious = 0
+        if deadline is None or deadline > time.monotonic():
+            while True:
+                if self._foreign and _exit_info_supported():
+                    # A non-child's status appears when its parent reaps it,
+                    # which the kernel reports as POLLHUP (asked with no events).
+                    ready = _poll(fd, 0, deadline, _REAP_RECHECK_MS)
+                    spurious = 0
+                else:
+                    ready = _poll(fd, select.POLLIN, deadline)
+                status = self._try_reap(fd)
+                if status is not None:
+                    return status
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                if ready and not self._foreign:
+                    spurious += 1
+                    pause = min(0.001 * 2**spurious, _SPURIOUS_MAX_S)
+                    if deadline is not None:
+                        pause = min(pause, deadline - now)
+                    time.sleep(pause)
+        else:
+            status = self._try_reap(fd)
+            if status is not None:
+                return status
+        raise WaitTimeout(self._pid, timeout if timeout is not None else math.inf)
+
+    def _try_reap(self, fd: int) -> Optional[WaitStatus]:
+        """One non-blocking attempt to learn the exit status."""
+        with self._lock:
+            if self._status is not None:
+                return self._status
+            if not self._foreign:
+                try:
+                    status = syscalls.waitid(
+                        IdType.P_PIDFD, fd, WaitFlag.WEXITED | WaitFlag.WNOHANG
+                    )
+                except ChildProcessError:
+                    self._foreign = True
+                else:
+                    if status is not None:
+                        self._status = status
+                    return status
+        return self._foreign_status(fd)
+
+    def _foreign_status(self, fd: int) -> Optional[WaitStatus]:
+        """Status of a process we cannot reap: PIDFD_INFO_EXIT, or an error."""
+        if _exit_info_supported():
+            try:
+                info = syscalls.pidfd_get_info(fd, PidfdInfoFlag.PIDFD_INFO_EXIT)
+            except ProcessLookupError:
+                return None
+            if info.exit_code is None:
+                return None  # still running, or a zombie its parent has not reaped
+            status = WaitStatus.from_wait_status(self._pid, info.exit_code)
+            with self._lock:
+                if self._status is None:
+                    self._status = status
+                return self._status
+        if _poll(fd, select.POLLIN, 0.0) == 0:
+            return None
+        raise ChildProcessError(
+            errno.ECHILD,
+            f"process {self._pid} has exited, but it is not a child of this process "
+            "(or was reaped elsewhere) and this kernel cannot report its status "
+            "(PIDFD_INFO_EXIT needs Linux 6.15)",
+        )
+
+    def getfd(self, targetfd: int) -> int:
+        """Duplicate fd *targetfd* of the process into this one (``pidfd_getfd(2)``).
+
+        Returns a new ``O_CLOEXEC`` fd owned by the caller; see
+        :func:`pyclone3.syscalls.pidfd_getfd` for what it raises.
+        """
+        fd = self._acquire()
+        try:
+            return syscalls.pidfd_getfd(fd, targetfd)
+        finally:
+            self._release()
+
+
+def _exit_info_supported() -> bool:
+    return features().pidfd_info_exit
+

@@ -1,0 +1,157 @@
+"""What ``waitid(2)`` reports about a child: :class:`WaitStatus`."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+from typing import Optional
+
+from .flags import ChildCode
+
+__all__ = ["WaitStatus"]
+
+
+class WaitStatus:
+    """A process state change as ``waitid(2)`` reports it (immutable).
+
+    ``code`` is the ``si_code`` (:class:`~pyclone3.flags.ChildCode`) and
+    ``status`` the ``si_status``: the exit code for ``CLD_EXITED``, the
+    signal number otherwise. The properties answer the usual questions
+    without decoding by hand; :attr:`returncode` follows
+    :attr:`subprocess.Popen.returncode`'s convention (``-N`` for signal N).
+    ``rusage`` is the child's resource usage when it was reaped by pyclone3,
+    else ``None``.
+    """
+
+    __slots__ = ("_code", "_pid", "_rusage", "_status", "_uid")
+
+    def __init__(
+        self,
+        pid: int,
+        code: int,
+        status: int,
+        *,
+        uid: Optional[int] = None,
+        rusage: Optional[resource.struct_rusage] = None,
+    ) -> None:
+        self._pid = pid
+        self._code = ChildCode(code)
+        self._status = status
+        self._uid = uid
+        self._rusage = rusage
+
+    @classmethod
+    def from_wait_status(
+        cls, pid: int, wstatus: int, *, rusage: Optional[resource.struct_rusage] = None
+    ) -> WaitStatus:
+        """Build one from a ``wait(2)``-style status word (as ``os.waitpid`` returns)."""
+        if os.WIFEXITED(wstatus):
+            return cls(pid, ChildCode.CLD_EXITED, os.WEXITSTATUS(wstatus), rusage=rusage)
+        if os.WIFSIGNALED(wstatus):
+            code = ChildCode.CLD_DUMPED if os.WCOREDUMP(wstatus) else ChildCode.CLD_KILLED
+            return cls(pid, code, os.WTERMSIG(wstatus), rusage=rusage)
+        if os.WIFSTOPPED(wstatus):
+            return cls(pid, ChildCode.CLD_STOPPED, os.WSTOPSIG(wstatus), rusage=rusage)
+        if os.WIFCONTINUED(wstatus):
+            return cls(pid, ChildCode.CLD_CONTINUED, signal.SIGCONT, rusage=rusage)
+        raise ValueError(f"not a valid wait status: {wstatus:#x}")
+
+    @property
+    def pid(self) -> int:
+        """The process's PID, as seen from this process's PID namespace."""
+        return self._pid
+
+    @property
+    def code(self) -> ChildCode:
+        """``si_code``: how the state changed."""
+        return self._code
+
+    @property
+    def status(self) -> int:
+        """``si_status``: the exit code, or the signal number."""
+        return self._status
+
+    @property
+    def uid(self) -> Optional[int]:
+        """``si_uid``: the real UID of the child, when the kernel reported it."""
+        return self._uid
+
+    @property
+    def rusage(self) -> Optional[resource.struct_rusage]:
+        """Resource usage of the reaped child (as :func:`os.wait4` gives), or ``None``."""
+        return self._rusage
+
+    @property
+    def exited(self) -> bool:
+        """The process called ``exit`` (``CLD_EXITED``)."""
+        return self._code == ChildCode.CLD_EXITED
+
+    @property
+    def signaled(self) -> bool:
+        """The process was killed by a signal (``CLD_KILLED`` or ``CLD_DUMPED``)."""
+        return self._code in (ChildCode.CLD_KILLED, ChildCode.CLD_DUMPED)
+
+    @property
+    def core_dumped(self) -> bool:
+        """The process was killed by a signal and dumped core (``CLD_DUMPED``)."""
+        return self._code == ChildCode.CLD_DUMPED
+
+    @property
+    def stopped(self) -> bool:
+        """The process was stopped (``CLD_STOPPED`` or ``CLD_TRAPPED``)."""
+        return self._code in (ChildCode.CLD_STOPPED, ChildCode.CLD_TRAPPED)
+
+    @property
+    def continued(self) -> bool:
+        """The process was resumed by ``SIGCONT`` (``CLD_CONTINUED``)."""
+        return self._code == ChildCode.CLD_CONTINUED
+
+    @property
+    def exit_code(self) -> Optional[int]:
+        """The exit code if the process exited, else ``None``."""
+        return self._status if self.exited else None
+
+    @property
+    def signal(self) -> Optional[signal.Signals]:
+        """The signal that killed or stopped the process, else ``None``."""
+        if self.exited or self.continued:
+            return None
+        try:
+            return signal.Signals(self._status)
+        except ValueError:  # a real-time signal without a name
+            return None
+
+    @property
+    def returncode(self) -> Optional[int]:
+        """:attr:`subprocess.Popen.returncode`'s value: the exit code, or ``-signal``.
+
+        ``None`` for a stop or continue report, which is not a termination.
+        """
+        if self.exited:
+            return self._status
+        if self.signaled:
+            return -self._status
+        return None
+
+    def _key(self) -> tuple[int, int, int]:
+        return (self._pid, int(self._code), self._status)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, WaitStatus):
+            return NotImplemented
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        if self.exited:
+            what = f"exit_code={self._status}"
+        elif self.continued:
+            what = "continued"
+        else:
+            sig = self.signal
+            name = sig.name if sig is not None else str(self._status)
+            what = f"{self._code.name.lower()[4:]} signal={name}"
+        return f"<WaitStatus pid={self._pid} {what}>"

@@ -1,0 +1,420 @@
+"""The typed low level: one function per syscall, checked and documented.
+
+Each function makes exactly the syscall its name says, through pyclone3's
+compiled cffi module. Arguments are checked before the call (``TypeError``
+for a wrong type, ``ValueError`` for a value no kernel accepts); a kernel
+refusal becomes the ``OSError`` subclass Python picks for its errno
+(``ProcessLookupError`` for ``ESRCH``, ``ChildProcessError`` for ``ECHILD``,
+``PermissionError`` for ``EPERM``, ...). ``EINTR`` is retried where PEP 475
+says it should be. File descriptors that come back are owned by the caller
+and have ``O_CLOEXEC`` set.
+
+Unknown flag bits are passed through, so that flags newer than pyclone3 can
+be tried; the kernel answers ``EINVAL`` for those it does not know either.
+"""
+
+from __future__ import annotations
+
+import errno
+import operator
+import os
+import resource
+import signal
+from dataclasses import dataclass
+from typing import Any, Iterable, Optional, Protocol, Union
+
+from ._clone3 import ffi, lib
+from ._errors import raise_errno
+from .flags import CloneFlag, PidfdInfoFlag
+from .status import WaitStatus
+
+__all__ = [
+    "FdLike",
+    "PidfdInfo",
+    "clone3",
+    "pidfd_get_info",
+    "pidfd_getfd",
+    "pidfd_open",
+    "pidfd_send_signal",
+    "waitid",
+]
+
+_INT_MAX = 2**31 - 1
+_UINT_MAX = 2**32 - 1
+_U64_MAX = 2**64 - 1
+_NSIG = 65  # signal numbers run 1..64 on Linux
+_MAX_PID_NS_LEVEL = 32
+
+
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+#: A file descriptor: an ``int`` or any object with a ``fileno()`` method.
+FdLike = Union[int, _HasFileno]
+
+
+def _int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not hasattr(type(value), "__index__"):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    return operator.index(value)  # type: ignore[arg-type]
+
+
+def _ranged(name: str, value: object, low: int, high: int) -> int:
+    number = _int(name, value)
+    if not low <= number <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {number}")
+    return number
+
+
+def _fd(name: str, obj: object) -> int:
+    if not isinstance(obj, int) and hasattr(obj, "fileno"):
+        obj = obj.fileno()
+    fd = _int(name, obj)
+    if fd < 0:
+        raise ValueError(f"{name} must be a non-negative file descriptor, got {fd}")
+    if fd > _INT_MAX:
+        raise ValueError(f"{name} is not a valid file descriptor: {fd}")
+    return fd
+
+
+def _flags(name: str, value: object, high: int = _UINT_MAX) -> int:
+    return _ranged(name, value, 0, high)
+
+
+def pidfd_open(pid: int, flags: int = 0) -> int:
+    """Open a pidfd for the process *pid*.
+
+    C call: ``syscall(SYS_pidfd_open, pid, flags)``; see ``pidfd_open(2)``.
+
+    *flags* is 0 or :attr:`~pyclone3.flags.PidfdFlag.PIDFD_NONBLOCK` (Linux
+    5.10+) and/or :attr:`~pyclone3.flags.PidfdFlag.PIDFD_THREAD` (6.9+, *pid*
+    may then be any thread). Returns the new fd (``O_CLOEXEC``), owned by the
+    caller.
+
+    Opening a pidfd by PID is racy if the process may already have been
+    reaped and its PID reused; a child's pidfd is best taken at creation
+    (``CLONE_PIDFD``).
+
+    Raises:
+        ProcessLookupError: no such process (``ESRCH``).
+        OSError: ``EINVAL`` for bad *flags*, or *pid* not a thread-group
+            leader without ``PIDFD_THREAD``; ``EMFILE``/``ENFILE``;
+            ``ENOSYS`` before Linux 5.3.
+        ValueError: *pid* is not positive.
+        TypeError: an argument is not an int.
+    """
+    pid = _ranged("pid", pid, 1, _INT_MAX)
+    flags = _flags("flags", flags)
+    fd = lib.sys_pidfd_open(pid, flags)
+    if fd < 0:
+        raise_errno(ffi.errno)
+    return int(fd)
+
+
+def pidfd_send_signal(pidfd: FdLike, sig: int, flags: int = 0) -> None:
+    """Send signal *sig* to the process that *pidfd* refers to.
+
+    C call: ``syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, flags)``; see
+    ``pidfd_send_signal(2)``. A pidfd names one process for ever, so a
+    recycled PID can never receive the signal. *sig* 0 checks that the
+    process still exists. *flags* are
+    :class:`~pyclone3.flags.PidfdSignalFlag` bits (Linux 6.9+).
+
+    Raises:
+        ProcessLookupError: the process has exited (``ESRCH``), even if not
+            yet reaped.
+        PermissionError: not allowed to signal it (``EPERM``).
+        OSError: ``EBADF`` (not a pidfd), ``EINVAL`` (bad signal or flags).
+        ValueError: *sig* outside 0..64, or a negative fd.
+        TypeError: an argument has the wrong type.
+    """
+    fd = _fd("pidfd", pidfd)
+    sig = _ranged("sig", sig, 0, _NSIG - 1)
+    flags = _flags("flags", flags)
+    if lib.sys_pidfd_send_signal(fd, sig, ffi.NULL, flags) < 0:
+        raise_errno(ffi.errno)
+
+
+def pidfd_getfd(pidfd: FdLike, targetfd: int, flags: int = 0) -> int:
+    """Duplicate file descriptor *targetfd* of the process *pidfd* into this one.
+
+    C call: ``syscall(SYS_pidfd_getfd, pidfd, targetfd, flags)``; see
+    ``pidfd_getfd(2)`` (Linux 5.6+). Needs ptrace access to the target
+    (``PTRACE_MODE_ATTACH_REALCREDS``). *flags* must be 0 today. Returns
+    the new fd (``O_CLOEXEC``), owned by the caller.
+
+    Raises:
+        OSError: ``EBADF`` (*targetfd* not open in the target, or *pidfd*
+            not a pidfd), ``EPERM``, ``ESRCH``, ``EMFILE``, ``ENOSYS``.
+        ValueError, TypeError: bad arguments.
+    """
+    fd = _fd("pidfd", pidfd)
+    target = _fd("targetfd", targetfd)
+    flags = _flags("flags", flags)
+    newfd = lib.sys_pidfd_getfd(fd, target, flags)
+    if newfd < 0:
+        raise_errno(ffi.errno)
+    return int(newfd)
+
+
+def _rusage(ru: Any) -> resource.struct_rusage:
+    return resource.struct_rusage(
+        (
+            ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6,
+            ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6,
+            ru.ru_maxrss,
+            ru.ru_ixrss,
+            ru.ru_idrss,
+            ru.ru_isrss,
+            ru.ru_minflt,
+            ru.ru_majflt,
+            ru.ru_nswap,
+            ru.ru_inblock,
+            ru.ru_oublock,
+            ru.ru_msgsnd,
+            ru.ru_msgrcv,
+            ru.ru_nsignals,
+            ru.ru_nvcsw,
+            ru.ru_nivcsw,
+        )
+    )
+
+
+def waitid(idtype: int, id: FdLike, options: int) -> Optional[WaitStatus]:
+    """Wait for a state change of a child, with its resource usage.
+
+    C call: ``syscall(SYS_waitid, idtype, id, &siginfo, options, &rusage)``;
+    see ``waitid(2)``. Unlike :func:`os.waitid` it takes ``P_PIDFD``
+    (Linux 5.4+; *id* is then the pidfd, an int or an object with
+    ``fileno()``) and fills the fifth, ``struct rusage *``, argument:
+    :attr:`WaitStatus.rusage <pyclone3.WaitStatus.rusage>` is set whenever
+    the child was reaped (not with ``WNOWAIT``, nor for a stop or continue).
+
+    *options* combine :class:`~pyclone3.flags.WaitFlag` bits and must ask for
+    at least one of ``WEXITED``, ``WSTOPPED``, ``WCONTINUED``. Returns
+    ``None`` when ``WNOHANG`` is given and no child has changed state yet,
+    or when the pidfd is ``PIDFD_NONBLOCK`` and its process still runs
+    (the kernel's ``EAGAIN``). ``EINTR`` is retried (PEP 475).
+
+    Raises:
+        ChildProcessError: no such child, or it was already reaped
+            (``ECHILD``).
+        OSError: ``EINVAL`` (bad options or idtype; ``P_PIDFD`` before 5.4),
+            ``EBADF`` (not a pidfd).
+        ValueError, TypeError: bad arguments.
+    """
+    idtype = _ranged("idtype", idtype, 0, _INT_MAX)
+    ident = _fd("id", id) if idtype == lib.P_PIDFD else _ranged("id", id, 0, _INT_MAX)
+    options = _flags("options", options)
+    if options > _INT_MAX:  # __WCLONE is the sign bit of the C int
+        options -= 2**32
+    info = ffi.new("struct pyclone3_waitinfo *")
+    ru = ffi.new("struct pyclone3_rusage *")
+    while lib.sys_waitid(idtype, ident, info, options, ru) < 0:
+        err = ffi.errno
+        if err == errno.EINTR:
+            continue
+        if err == errno.EAGAIN and idtype == lib.P_PIDFD:
+            return None
+        raise_errno(err)
+    if info.pid == 0:
+        return None
+    reaped = not (options & lib.WNOWAIT) and info.code in (
+        lib.CLD_EXITED,
+        lib.CLD_KILLED,
+        lib.CLD_DUMPED,
+    )
+    return WaitStatus(
+        int(info.pid),
+        int(info.code),
+        int(info.status),
+        uid=int(info.uid),
+        rusage=_rusage(ru) if reaped else None,
+    )
+
+
+@dataclass(frozen=True)
+class PidfdInfo:
+    """What the ``PIDFD_GET_INFO`` ioctl returned (``struct pidfd_info``).
+
+    Only the fields whose bit is set in :attr:`mask` are meaningful; the
+    others are ``None``. IDs are as seen from the caller's namespaces.
+    """
+
+    mask: PidfdInfoFlag
+    pid: Optional[int]
+    tgid: Optional[int]
+    ppid: Optional[int]
+    ruid: Optional[int]
+    rgid: Optional[int]
+    euid: Optional[int]
+    egid: Optional[int]
+    suid: Optional[int]
+    sgid: Optional[int]
+    fsuid: Optional[int]
+    fsgid: Optional[int]
+    cgroupid: Optional[int]
+    #: The raw ``wait(2)``-style status word (``PIDFD_INFO_EXIT``, 6.15+).
+    exit_code: Optional[int]
+    coredump_mask: Optional[int]
+
+    def wait_status(self) -> Optional[WaitStatus]:
+        """The exit status as a :class:`~pyclone3.WaitStatus`, if reported."""
+        if self.exit_code is None:
+            return None
+        return WaitStatus.from_wait_status(self.pid or 0, self.exit_code)
+
+
+def pidfd_get_info(pidfd: FdLike, mask: int = PidfdInfoFlag.PIDFD_INFO_PID) -> PidfdInfo:
+    """Ask the kernel about the process behind *pidfd*.
+
+    C call: ``ioctl(pidfd, PIDFD_GET_INFO, &info)`` with ``info.mask = mask``;
+    see ``include/uapi/linux/pidfd.h`` (Linux 6.13+). PID and credentials
+    always come back; the cgroup id when available; the exit status only
+    when ``PIDFD_INFO_EXIT`` is asked (6.15+) and the process has been
+    reaped, by anyone.
+
+    Raises:
+        ProcessLookupError: the process was reaped and no exit information
+            was asked for or kept (``ESRCH``).
+        OSError: ``ENOTTY`` before Linux 6.13 or for a file that is not a
+            pidfd; ``EBADF``.
+        ValueError, TypeError: bad arguments.
+    """
+    fd = _fd("pidfd", pidfd)
+    info = ffi.new("struct pidfd_info *")
+    info.mask = _flags("mask", mask, _U64_MAX)
+    if lib.sys_pidfd_get_info(fd, info) < 0:
+        raise_errno(ffi.errno)
+    got = PidfdInfoFlag(info.mask & sum(PidfdInfoFlag))
+    has_pid = bool(got & PidfdInfoFlag.PIDFD_INFO_PID)
+    has_creds = bool(got & PidfdInfoFlag.PIDFD_INFO_CREDS)
+
+    def pick(present: bool, value: int) -> Optional[int]:
+        return int(value) if present else None
+
+    return PidfdInfo(
+        mask=got,
+        pid=pick(has_pid, info.pid),
+        tgid=pick(has_pid, info.tgid),
+        ppid=pick(has_pid, info.ppid),
+        ruid=pick(has_creds, info.ruid),
+        rgid=pick(has_creds, info.rgid),
+        euid=pick(has_creds, info.euid),
+        egid=pick(has_creds, info.egid),
+        suid=pick(has_creds, info.suid),
+        sgid=pick(has_creds, info.sgid),
+        fsuid=pick(has_creds, info.fsuid),
+        fsgid=pick(has_creds, info.fsgid),
+        cgroupid=pick(bool(got & PidfdInfoFlag.PIDFD_INFO_CGROUPID), info.cgroupid),
+        exit_code=pick(bool(got & PidfdInfoFlag.PIDFD_INFO_EXIT), info.exit_code),
+        coredump_mask=pick(bool(got & PidfdInfoFlag.PIDFD_INFO_COREDUMP), info.coredump_mask),
+    )
+
+
+#: Flags that would make a child share this interpreter's memory, threads or
+#: signal handlers, or that need user pointers the Python layer does not take.
+_CLONE3_UNSAFE = (
+    CloneFlag.CLONE_VM
+    | CloneFlag.CLONE_THREAD
+    | CloneFlag.CLONE_SIGHAND
+    | CloneFlag.CLONE_SETTLS
+    | CloneFlag.CLONE_PARENT_SETTID
+    | CloneFlag.CLONE_CHILD_SETTID
+    | CloneFlag.CLONE_CHILD_CLEARTID
+)
+
+
+def clone3(
+    *,
+    flags: int = 0,
+    exit_signal: int = signal.SIGCHLD,
+    set_tid: Optional[Iterable[int]] = None,
+    cgroup: Union[int, str, os.PathLike[str], None] = None,
+) -> tuple[int, Optional[int]]:
+    """Create a child process, like :func:`os.fork`, through ``clone3(2)``.
+
+    C call: ``syscall(SYS_clone3, &args, sizeof args)`` wrapped in the
+    interpreter's fork hooks (``PyOS_BeforeFork``/``PyOS_AfterFork_*``, as
+    :func:`os.fork` does), so the child goes on running Python. Returns
+    ``(0, None)`` in the child and ``(pid, pidfd)`` in the parent, where
+    *pidfd* is the new child's pidfd (``O_CLOEXEC``, owned by the caller)
+    if *flags* has ``CLONE_PIDFD``, else ``None``. Everything
+    :func:`os.fork` warns about applies; to run a program, use the spawn API.
+
+    *flags*: :class:`~pyclone3.flags.CloneFlag` bits. Flags that would make
+    the child share the interpreter's memory, threads or signal handlers
+    (``CLONE_VM``, ``CLONE_THREAD``, ``CLONE_SIGHAND``, ``CLONE_SETTLS``,
+    ``CLONE_*_SETTID``, ``CLONE_CHILD_CLEARTID``) raise ``ValueError``.
+    *exit_signal*: the signal the parent gets when the child exits (0 for
+    none; the child must then be waited for with ``__WALL``).
+    *set_tid*: the PIDs to give the child in each PID namespace level,
+    innermost first (``CAP_SYS_ADMIN`` in those namespaces; Linux 5.5+).
+    *cgroup*: a cgroup v2 directory (path or fd) to start the child in;
+    sets ``CLONE_INTO_CGROUP`` (Linux 5.7+).
+
+    Raises:
+        PermissionError: ``EPERM``, e.g. a namespace flag or *set_tid*
+            without privilege, or a seccomp filter.
+        OSError: ``ENOSYS`` before Linux 5.3 (or filtered); ``EINVAL`` for
+            flag combinations the kernel rejects; ``EAGAIN`` at
+            ``RLIMIT_NPROC``; ``EEXIST`` for a *set_tid* PID in use;
+            ``ENOMEM``; ``EMFILE``.
+        ValueError: unsafe flags, *exit_signal* outside 0..64, more than 32
+            *set_tid* entries, ``CLONE_INTO_CGROUP`` without *cgroup*.
+        TypeError: an argument has the wrong type.
+    """
+    flags = _flags("flags", flags, _U64_MAX)
+    unsafe = CloneFlag(flags & _CLONE3_UNSAFE)
+    if unsafe:
+        raise ValueError(
+            f"clone3() from Python cannot use {unsafe!r}: the child would share "
+            "the interpreter's state; use the spawn API"
+        )
+    exit_signal = _ranged("exit_signal", exit_signal, 0, _NSIG - 1)
+    tids: list[int] = []
+    if set_tid is not None:
+        if isinstance(set_tid, (str, bytes)):
+            raise TypeError("set_tid must be an iterable of ints")
+        tids = [_ranged("set_tid item", t, 1, _INT_MAX) for t in set_tid]
+        if len(tids) > _MAX_PID_NS_LEVEL:
+            raise ValueError(f"set_tid has {len(tids)} entries; at most 32 are allowed")
+    if cgroup is None and flags & CloneFlag.CLONE_INTO_CGROUP:
+        raise ValueError("CLONE_INTO_CGROUP needs cgroup= (a cgroup v2 directory)")
+
+    cgroup_fd = -1
+    close_cgroup = False
+    if cgroup is not None:
+        if isinstance(cgroup, (str, os.PathLike)):
+            cgroup_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            close_cgroup = True
+        else:
+            cgroup_fd = _fd("cgroup", cgroup)
+        flags |= CloneFlag.CLONE_INTO_CGROUP
+    pid = -1
+    pidfd = ffi.new("int *", -1)
+    try:
+        args = ffi.new("struct clone_args *")
+        tid_array = ffi.new("int32_t[]", tids) if tids else ffi.NULL
+        args.flags = flags
+        args.pidfd = int(ffi.cast("uintptr_t", pidfd))
+        args.exit_signal = exit_signal
+        size = lib.CLONE_ARGS_SIZE_VER0
+        if tids:
+            args.set_tid = int(ffi.cast("uintptr_t", tid_array))
+            args.set_tid_size = len(tids)
+            size = lib.CLONE_ARGS_SIZE_VER1
+        if cgroup_fd >= 0:
+            args.cgroup = cgroup_fd
+            size = lib.CLONE_ARGS_SIZE_VER2
+        pid = lib.fork_clone3(args, size)
+        if pid < 0:
+            raise_errno(ffi.errno)
+    finally:
+        # A CLONE_FILES child shares our fd table: only the parent closes.
+        if close_cgroup and not (pid == 0 and flags & CloneFlag.CLONE_FILES):
+            os.close(cgroup_fd)
+    if pid == 0:
+        return 0, None
+    return int(pid), (int(pidfd[0]) if flags & CloneFlag.CLONE_PIDFD else None)
