@@ -16,7 +16,7 @@ Layers, from the bottom:
 from __future__ import annotations
 
 from . import flags, syscalls
-from .features import Features, features
+from ._features import Features, features
 from .flags import (
     ChildCode,
     CloneFlag,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import NoReturn, Optional
+from typing import NoReturn
 
 
-def raise_errno(err: int, filename: Optional[str] = None) -> NoReturn:
+def raise_errno(err: int, filename: str | None = None) -> NoReturn:
     """Raise the ``OSError`` subclass Python picks for *err*.
 
     ``OSError(errno, strerror)`` returns ``ProcessLookupError`` for ``ESRCH``,

@@ -13,13 +13,13 @@ import enum
 from ._clone3 import lib
 
 __all__ = [
+    "ChildCode",
     "CloneFlag",
     "IdType",
     "PidfdFlag",
     "PidfdInfoFlag",
     "PidfdSignalFlag",
     "WaitFlag",
-    "ChildCode",
 ]
 
 
@@ -91,7 +91,7 @@ class IdType(enum.IntEnum):
 
 # The kernel's __WALL, __WCLONE and __WNOTHREAD start with two underscores,
 # which a class body would mangle; the functional API keeps them verbatim.
-WaitFlag = enum.IntFlag(  # type: ignore[misc]
+WaitFlag = enum.IntFlag(
     "WaitFlag",
     [
         ("WNOHANG", lib.WNOHANG),

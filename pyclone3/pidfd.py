@@ -12,10 +12,9 @@ import threading
 import time
 import warnings
 from types import TracebackType
-from typing import Optional
 
 from . import syscalls
-from .features import features
+from ._features import features
 from .flags import IdType, PidfdFlag, PidfdInfoFlag, PidfdSignalFlag, WaitFlag
 from .status import WaitStatus
 
@@ -42,7 +41,7 @@ class WaitTimeout(TimeoutError):
         self.timeout = timeout
 
 
-def _deadline(timeout: Optional[float]) -> Optional[float]:
+def _deadline(timeout: float | None) -> float | None:
     """Monotonic deadline for *timeout* seconds; ``None`` means never."""
     if timeout is None:
         return None
@@ -56,7 +55,7 @@ def _deadline(timeout: Optional[float]) -> Optional[float]:
     return time.monotonic() + max(seconds, 0.0)
 
 
-def _poll(fd: int, events: int, deadline: Optional[float], cap_ms: Optional[int] = None) -> int:
+def _poll(fd: int, events: int, deadline: float | None, cap_ms: int | None = None) -> int:
     """poll(2) *fd* until an event or *deadline*; return revents (0 if none).
 
     One ``poll`` call per wait however long it is (a wait past ~24 days,
@@ -122,10 +121,18 @@ class PidFd:
     :class:`~pyclone3.WaitStatus`. Reap a child through one owner only.
     """
 
-    __slots__ = ("__weakref__", "_closing", "_fd", "_foreign", "_lock", "_pid", "_status",
-                 "_users")
+    __slots__ = (
+        "__weakref__",
+        "_closing",
+        "_fd",
+        "_foreign",
+        "_lock",
+        "_pid",
+        "_status",
+        "_users",
+    )
 
-    def __init__(self, fd: int, *, pid: Optional[int] = None) -> None:
+    def __init__(self, fd: int, *, pid: int | None = None) -> None:
         """Take ownership of the pidfd *fd*.
 
         *pid*, if known, saves a lookup; otherwise it is read with
@@ -146,7 +153,7 @@ class PidFd:
         self._pid = pid
         self._lock = threading.Lock()
         self._users = 0
-        self._status: Optional[WaitStatus] = None
+        self._status: WaitStatus | None = None
         self._foreign = False
         self._fd = fd
         self._closing = False
@@ -221,9 +228,9 @@ class PidFd:
 
     def __exit__(
         self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -253,8 +260,12 @@ class PidFd:
         return self._pid
 
     @property
-    def returncode(self) -> Optional[int]:
-        """The reaped status's :attr:`~pyclone3.WaitStatus.returncode`, else ``None`` (no syscall)."""
+    def returncode(self) -> int | None:
+        """The known status's :attr:`~pyclone3.WaitStatus.returncode`, else ``None``.
+
+        Makes no syscall: it is ``None`` until :meth:`wait` or :meth:`try_wait`
+        has seen the exit.
+        """
         status = self._status
         return status.returncode if status is not None else None
 
@@ -295,7 +306,9 @@ class PidFd:
             raise ProcessLookupError(errno.ESRCH, f"process {self._pid} has exited")
         fd = self._acquire()
         try:
-            if not flags & PidfdSignalFlag.PIDFD_SIGNAL_PROCESS_GROUP and _poll(fd, select.POLLIN, 0.0):
+            if not flags & PidfdSignalFlag.PIDFD_SIGNAL_PROCESS_GROUP and _poll(
+                fd, select.POLLIN, 0.0
+            ):
                 raise ProcessLookupError(errno.ESRCH, f"process {self._pid} has exited")
             syscalls.pidfd_send_signal(fd, sig, flags)
         finally:
@@ -311,7 +324,7 @@ class PidFd:
 
     # ---- waiting ------------------------------------------------------------
 
-    def try_wait(self) -> Optional[WaitStatus]:
+    def try_wait(self) -> WaitStatus | None:
         """The exit status if the process has exited, else ``None``; never blocks.
 
         For a child this reaps it (one ``waitid(P_PIDFD, WEXITED|WNOHANG)``).
@@ -325,7 +338,7 @@ class PidFd:
         finally:
             self._release()
 
-    def wait(self, timeout: Optional[float] = None) -> WaitStatus:
+    def wait(self, timeout: float | None = None) -> WaitStatus:
         """Wait for the process to exit and return its :class:`~pyclone3.WaitStatus`.
 
         Sleeps in ``poll(2)`` on the pidfd, then reaps with
@@ -356,7 +369,7 @@ class PidFd:
         finally:
             self._release()
 
-    def _wait(self, fd: int, timeout: Optional[float], deadline: Optional[float]) -> WaitStatus:
+    def _wait(self, fd: int, timeout: float | None, deadline: float | None) -> WaitStatus:
         spurious = 0
         if deadline is None or deadline > time.monotonic():
             while True:
@@ -385,7 +398,7 @@ class PidFd:
                 return status
         raise WaitTimeout(self._pid, timeout if timeout is not None else math.inf)
 
-    def _try_reap(self, fd: int) -> Optional[WaitStatus]:
+    def _try_reap(self, fd: int) -> WaitStatus | None:
         """One non-blocking attempt to learn the exit status."""
         with self._lock:
             if self._status is not None:
@@ -403,7 +416,7 @@ class PidFd:
                     return status
         return self._foreign_status(fd)
 
-    def _foreign_status(self, fd: int) -> Optional[WaitStatus]:
+    def _foreign_status(self, fd: int) -> WaitStatus | None:
         """Status of a process we cannot reap: PIDFD_INFO_EXIT, or an error."""
         if _exit_info_supported():
             try:
@@ -441,4 +454,3 @@ class PidFd:
 
 def _exit_info_supported() -> bool:
     return features().pidfd_info_exit
-

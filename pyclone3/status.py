@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import resource
 import signal
-from typing import Optional
 
 from .flags import ChildCode
 
@@ -32,8 +31,8 @@ class WaitStatus:
         code: int,
         status: int,
         *,
-        uid: Optional[int] = None,
-        rusage: Optional[resource.struct_rusage] = None,
+        uid: int | None = None,
+        rusage: resource.struct_rusage | None = None,
     ) -> None:
         self._pid = pid
         self._code = ChildCode(code)
@@ -43,7 +42,7 @@ class WaitStatus:
 
     @classmethod
     def from_wait_status(
-        cls, pid: int, wstatus: int, *, rusage: Optional[resource.struct_rusage] = None
+        cls, pid: int, wstatus: int, *, rusage: resource.struct_rusage | None = None
     ) -> WaitStatus:
         """Build one from a ``wait(2)``-style status word (as ``os.waitpid`` returns)."""
         if os.WIFEXITED(wstatus):
@@ -73,12 +72,12 @@ class WaitStatus:
         return self._status
 
     @property
-    def uid(self) -> Optional[int]:
+    def uid(self) -> int | None:
         """``si_uid``: the real UID of the child, when the kernel reported it."""
         return self._uid
 
     @property
-    def rusage(self) -> Optional[resource.struct_rusage]:
+    def rusage(self) -> resource.struct_rusage | None:
         """Resource usage of the reaped child (as :func:`os.wait4` gives), or ``None``."""
         return self._rusage
 
@@ -108,12 +107,12 @@ class WaitStatus:
         return self._code == ChildCode.CLD_CONTINUED
 
     @property
-    def exit_code(self) -> Optional[int]:
+    def exit_code(self) -> int | None:
         """The exit code if the process exited, else ``None``."""
         return self._status if self.exited else None
 
     @property
-    def signal(self) -> Optional[signal.Signals]:
+    def signal(self) -> signal.Signals | None:
         """The signal that killed or stopped the process, else ``None``."""
         if self.exited or self.continued:
             return None
@@ -123,7 +122,7 @@ class WaitStatus:
             return None
 
     @property
-    def returncode(self) -> Optional[int]:
+    def returncode(self) -> int | None:
         """:attr:`subprocess.Popen.returncode`'s value: the exit code, or ``-signal``.
 
         ``None`` for a stop or continue report, which is not a termination.

@@ -20,8 +20,9 @@ import operator
 import os
 import resource
 import signal
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Protocol, Union
+from typing import Any, Protocol, Union
 
 from ._clone3 import ffi, lib
 from ._errors import raise_errno
@@ -181,7 +182,7 @@ def _rusage(ru: Any) -> resource.struct_rusage:
     )
 
 
-def waitid(idtype: int, id: FdLike, options: int) -> Optional[WaitStatus]:
+def waitid(idtype: int, id: FdLike, options: int) -> WaitStatus | None:
     """Wait for a state change of a child, with its resource usage.
 
     C call: ``syscall(SYS_waitid, idtype, id, &siginfo, options, &rusage)``;
@@ -243,23 +244,23 @@ class PidfdInfo:
     """
 
     mask: PidfdInfoFlag
-    pid: Optional[int]
-    tgid: Optional[int]
-    ppid: Optional[int]
-    ruid: Optional[int]
-    rgid: Optional[int]
-    euid: Optional[int]
-    egid: Optional[int]
-    suid: Optional[int]
-    sgid: Optional[int]
-    fsuid: Optional[int]
-    fsgid: Optional[int]
-    cgroupid: Optional[int]
+    pid: int | None
+    tgid: int | None
+    ppid: int | None
+    ruid: int | None
+    rgid: int | None
+    euid: int | None
+    egid: int | None
+    suid: int | None
+    sgid: int | None
+    fsuid: int | None
+    fsgid: int | None
+    cgroupid: int | None
     #: The raw ``wait(2)``-style status word (``PIDFD_INFO_EXIT``, 6.15+).
-    exit_code: Optional[int]
-    coredump_mask: Optional[int]
+    exit_code: int | None
+    coredump_mask: int | None
 
-    def wait_status(self) -> Optional[WaitStatus]:
+    def wait_status(self) -> WaitStatus | None:
         """The exit status as a :class:`~pyclone3.WaitStatus`, if reported."""
         if self.exit_code is None:
             return None
@@ -291,7 +292,7 @@ def pidfd_get_info(pidfd: FdLike, mask: int = PidfdInfoFlag.PIDFD_INFO_PID) -> P
     has_pid = bool(got & PidfdInfoFlag.PIDFD_INFO_PID)
     has_creds = bool(got & PidfdInfoFlag.PIDFD_INFO_CREDS)
 
-    def pick(present: bool, value: int) -> Optional[int]:
+    def pick(present: bool, value: int) -> int | None:
         return int(value) if present else None
 
     return PidfdInfo(
@@ -330,9 +331,9 @@ def clone3(
     *,
     flags: int = 0,
     exit_signal: int = signal.SIGCHLD,
-    set_tid: Optional[Iterable[int]] = None,
-    cgroup: Union[int, str, os.PathLike[str], None] = None,
-) -> tuple[int, Optional[int]]:
+    set_tid: Iterable[int] | None = None,
+    cgroup: int | str | os.PathLike[str] | None = None,
+) -> tuple[int, int | None]:
     """Create a child process, like :func:`os.fork`, through ``clone3(2)``.
 
     C call: ``syscall(SYS_clone3, &args, sizeof args)`` wrapped in the

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import shutil
 import threading
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Optional
+from typing import Any
 
 from . import syscalls
 from ._clone3 import ffi, lib
@@ -56,9 +57,9 @@ class Features:
     #: PIDFD_INFO_EXIT: exit status of a reaped process through its pidfd (6.15+).
     pidfd_info_exit: bool
     #: where the cgroup v2 hierarchy is mounted, if it is.
-    cgroup2_mount: Optional[str]
+    cgroup2_mount: str | None
     #: this process's cgroup v2 path (from /proc/self/cgroup), if any.
-    cgroup: Optional[str]
+    cgroup: str | None
     #: why a feature is False: feature name -> errno name or reason.
     notes: dict[str, str] = field(default_factory=dict)
 
@@ -88,7 +89,7 @@ class Features:
 
 
 _lock = threading.Lock()
-_cached: Optional[Features] = None
+_cached: Features | None = None
 
 
 def features(*, refresh: bool = False) -> Features:
@@ -136,7 +137,7 @@ class _Prober:
             self.notes[name] = errno.errorcode.get(exc.errno or 0, str(exc))
             return False, None
 
-    def keep(self, fd: Optional[int]) -> Optional[int]:
+    def keep(self, fd: int | None) -> int | None:
         if fd is not None:
             self.fds.append(fd)
         return fd
@@ -161,17 +162,21 @@ def _probe_with(p: _Prober) -> Features:
     nonblock = thread = send = getfd = group = get_info = False
     waitid_pidfd = False
     if own is not None:
-        nonblock = p.keep(
-            p.attempt("pidfd_nonblock", syscalls.pidfd_open, me, PidfdFlag.PIDFD_NONBLOCK)
-        ) is not None
-        thread = p.keep(
-            p.attempt(
-                "pidfd_thread",
-                syscalls.pidfd_open,
-                threading.get_native_id(),
-                PidfdFlag.PIDFD_THREAD,
+        nonblock = (
+            p.keep(p.attempt("pidfd_nonblock", syscalls.pidfd_open, me, PidfdFlag.PIDFD_NONBLOCK))
+            is not None
+        )
+        thread = (
+            p.keep(
+                p.attempt(
+                    "pidfd_thread",
+                    syscalls.pidfd_open,
+                    threading.get_native_id(),
+                    PidfdFlag.PIDFD_THREAD,
+                )
             )
-        ) is not None
+            is not None
+        )
         send, _ = p.succeeds("pidfd_send_signal", syscalls.pidfd_send_signal, own, 0, 0)
         if send:
             group = _probe_group_signal(p, own)
@@ -261,16 +266,14 @@ def _reap(pid: int, pidfd: int) -> None:
             return  # reaped by someone calling wait(__WALL): nothing to do
         except OSError:
             pass  # P_PIDFD refused: fall back to the PID, still a zombie of ours
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, lib.__WALL)
-    except ChildProcessError:
-        pass
 
 
 def _probe_clone3(p: _Prober, get_info: bool) -> tuple[bool, bool, bool]:
     """Return (clone3, clone_pidfd, pidfd_info_exit)."""
     clone3 = clone_pidfd = False
-    child: Optional[tuple[int, int]] = None
+    child: tuple[int, int] | None = None
     try:
         child = _clone3_child(CloneFlag.CLONE_PIDFD)
         clone3 = clone_pidfd = True
@@ -326,16 +329,14 @@ def _probe_info_exit_spawned(p: _Prober) -> bool:
         p.notes["pidfd_info_exit"] = f"not probed ({exc.strerror})"
         return False
     pidfd = p.keep(p.attempt("pidfd_info_exit", syscalls.pidfd_open, pid))
-    try:
+    with contextlib.suppress(ChildProcessError):  # a SIGCHLD handler won: fine
         os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass  # a SIGCHLD handler reaped it: the pidfd still knows
     if pidfd is None:
         return False
     return _has_exit_info(p, pidfd)
 
 
-def _cgroup2() -> tuple[Optional[str], Optional[str]]:
+def _cgroup2() -> tuple[str | None, str | None]:
     mount = None
     try:
         with open("/proc/self/mountinfo", encoding="utf-8") as f:

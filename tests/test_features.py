@@ -1,0 +1,135 @@
+"""features(): truthful, cached, printable, and never caching transient errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import fields
+
+import pytest
+from conftest import PYTHON, sleeper
+
+import pyclone3
+from pyclone3 import Features, PidFd, features, syscalls
+
+
+def test_cached_until_refreshed() -> None:
+    first = features()
+    assert features() is first
+    fresh = features(refresh=True)
+    assert fresh is not first and fresh == first
+
+
+def test_every_field_is_printed() -> None:
+    report = features()
+    text = str(report)
+    for f in fields(Features):
+        if f.name != "notes":
+            assert f.name in text
+    assert os.uname().release in text
+
+
+def test_json_round_trips() -> None:
+    report = features()
+    data = json.loads(report.to_json())
+    assert data == report.as_dict()
+    assert set(data) == {f.name for f in fields(Features)}
+
+
+def test_reported_features_work() -> None:
+    """What features() says yes to, the kernel actually does (and vice versa)."""
+    report = features()
+    if report.pidfd_open:
+        with sleeper() as child:
+            assert report.pidfd_send_signal
+            child.kill()
+            assert child.wait().returncode == -9
+    else:
+        with pytest.raises(OSError):
+            syscalls.pidfd_open(os.getpid())
+    if report.clone_pidfd:
+        pid, fd = syscalls.clone3(flags=pyclone3.CloneFlag.CLONE_PIDFD)
+        if pid == 0:
+            os._exit(0)
+        assert fd is not None
+        with PidFd(fd, pid=pid) as child:
+            assert child.wait().exit_code == 0
+    for name, value in report.as_dict().items():
+        if value is False:
+            assert name in report.notes, f"{name} is False without a reason"
+
+
+def test_the_probe_leaves_no_child_and_no_fd() -> None:
+    # The autouse leak fixture checks fds and zombies after this probe.
+    assert isinstance(features(refresh=True), Features)
+
+
+def run_isolated(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_emfile_is_raised_not_cached_and_recovers() -> None:
+    # In a disposable process: use up every fd, probe, free them, probe again.
+    result = run_isolated(
+        """
+        import errno, os, resource
+        import pyclone3._features as f
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+        held = []
+        try:
+            while True:
+                held.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError as exc:
+            assert exc.errno == errno.EMFILE
+        try:
+            f.features()
+        except OSError as exc:
+            assert exc.errno == errno.EMFILE, exc
+            print("raised EMFILE")
+        else:
+            raise SystemExit("probe did not fail under EMFILE")
+        assert f._cached is None, "a transient failure was cached"
+        for fd in held:
+            os.close(fd)
+        report = f.features()
+        assert report.pidfd_open and report.clone3, report
+        print("recovered")
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["raised", "EMFILE", "recovered"]
+
+
+def test_python_dash_m_prints_the_report() -> None:
+    out = subprocess.run(
+        [PYTHON, "-m", "pyclone3"], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert "clone3" in out and "pidfd_open" in out
+    data = json.loads(
+        subprocess.run(
+            [PYTHON, "-m", "pyclone3", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+    )
+    assert data["kernel"] == os.uname().release
+
+
+def test_version_is_exposed() -> None:
+    assert isinstance(pyclone3.__version__, str) and pyclone3.__version__
+    out = subprocess.run(
+        [sys.executable, "-m", "pyclone3", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert pyclone3.__version__ in out

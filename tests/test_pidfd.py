@@ -1,0 +1,378 @@
+"""PidFd semantics against real processes."""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import signal
+import threading
+import time
+
+import pytest
+from conftest import fork_child, require, sleeper, spawn
+
+import pyclone3
+from pyclone3 import PidFd, WaitStatus, WaitTimeout, syscalls
+from pyclone3 import pidfd as pidfd_module
+
+# ---- construction and ownership -------------------------------------------
+
+
+def test_open_by_pid_and_context_manager_closes() -> None:
+    with PidFd.open(os.getpid()) as own:
+        fd = own.fileno()
+        assert os.path.exists(f"/proc/self/fd/{fd}")
+        assert own.pid == os.getpid() and not own.closed
+    assert own.closed
+    with pytest.raises(ValueError):
+        own.fileno()
+
+
+def test_pid_is_found_from_the_fd_alone() -> None:
+    fd = syscalls.pidfd_open(os.getpid())
+    with PidFd(fd) as own:
+        assert own.pid == os.getpid()
+
+
+def test_pid_lookup_falls_back_to_fdinfo(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_ioctl(*args: object) -> object:  # a kernel before 6.13
+        raise OSError(25, "Inappropriate ioctl for device")
+
+    monkeypatch.setattr(syscalls, "pidfd_get_info", no_ioctl)
+    fd = syscalls.pidfd_open(os.getpid())
+    with PidFd(fd) as own:
+        assert own.pid == os.getpid()
+
+
+def test_wrapping_a_non_pidfd_is_a_value_error() -> None:
+    r, w = os.pipe()
+    try:
+        with pytest.raises(ValueError, match="not a pidfd"):
+            PidFd(r)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.parametrize("fd, exc", [("3", TypeError), (3.0, TypeError), (-1, ValueError)])
+def test_bad_fd_arguments(fd: object, exc: type[Exception]) -> None:
+    with pytest.raises(exc):
+        PidFd(fd)  # type: ignore[arg-type]
+
+
+def test_double_close_is_harmless() -> None:
+    own = PidFd.open(os.getpid())
+    own.close()
+    own.close()
+    assert own.closed
+
+
+@pytest.mark.parametrize(
+    "use",
+    [
+        lambda p: p.fileno(),
+        lambda p: p.send_signal(0),
+        lambda p: p.kill(),
+        lambda p: p.terminate(),
+        lambda p: p.wait(),
+        lambda p: p.wait(0),
+        lambda p: p.try_wait(),
+        lambda p: p.is_alive(),
+        lambda p: p.getfd(0),
+        lambda p: p.info(),
+        lambda p: p.detach(),
+    ],
+)
+def test_every_method_of_a_closed_pidfd_raises_value_error(use: object) -> None:
+    own = PidFd.open(os.getpid())
+    own.close()
+    with pytest.raises(ValueError, match="closed"):
+        use(own)  # type: ignore[operator]
+
+
+def test_detach_hands_over_the_fd() -> None:
+    own = PidFd.open(os.getpid())
+    fd = own.detach()
+    assert own.closed
+    os.fstat(fd)  # still open: now ours
+    os.close(fd)
+
+
+def test_garbage_collected_open_pidfd_warns_and_closes() -> None:
+    own = PidFd.open(os.getpid())
+    fd = own.fileno()
+    with pytest.warns(ResourceWarning, match="unclosed <PidFd"):
+        del own
+        gc.collect()
+    assert not os.path.exists(f"/proc/self/fd/{fd}")
+
+
+def test_repr_shows_fd_pid_and_state() -> None:
+    with spawn("/bin/sh", "-c", "exit 2") as child:
+        text = repr(child)
+        assert f"fd={child.fileno()}" in text and f"pid={child.pid}" in text
+        child.wait()
+        assert "exit_code=2" in repr(child)
+    assert "closed" in repr(child)
+
+
+# ---- waiting -----------------------------------------------------------------
+
+
+def test_wait_returns_status_and_caches_it() -> None:
+    with spawn("/bin/sh", "-c", "exit 7") as child:
+        status = child.wait()
+        assert isinstance(status, WaitStatus)
+        assert status.exit_code == 7 and status.pid == child.pid
+        assert status.rusage is not None
+        assert child.wait() is status and child.try_wait() is status
+        assert child.returncode == 7 and not child.is_alive()
+
+
+def test_try_wait_is_none_while_running_then_reaps() -> None:
+    with sleeper() as child:
+        assert child.try_wait() is None and child.is_alive() and child.returncode is None
+        child.kill()
+        assert child.wait().returncode == -signal.SIGKILL
+
+
+def test_terminate_gives_minus_sigterm() -> None:
+    with sleeper() as child:
+        child.terminate()
+        assert child.wait().returncode == -signal.SIGTERM
+
+
+@pytest.mark.parametrize("timeout", [0, 0.0, -1, -math.inf, 0.05])
+def test_wait_times_out_on_a_running_child(timeout: float) -> None:
+    with sleeper() as child:
+        started = time.monotonic()
+        with pytest.raises(WaitTimeout) as info:
+            child.wait(timeout)
+        assert isinstance(info.value, TimeoutError)
+        assert info.value.pid == child.pid and info.value.timeout == timeout
+        assert time.monotonic() - started < 5
+        assert child.is_alive()  # untouched: the wait can be repeated
+        child.kill()
+        assert child.wait(timeout=10).returncode == -9
+
+
+@pytest.mark.parametrize("timeout", [None, math.inf, 1e300, 2**70, 10**9])
+def test_long_and_infinite_timeouts_do_not_overflow(timeout: float) -> None:
+    with spawn("/bin/sleep", "0.05") as child:
+        assert child.wait(timeout).exit_code == 0
+
+
+@pytest.mark.parametrize(
+    "timeout, exc", [(math.nan, ValueError), ("1", TypeError), (True, TypeError), ([], TypeError)]
+)
+def test_bad_timeouts_are_refused_before_waiting(timeout: object, exc: type) -> None:
+    with sleeper() as child:
+        with pytest.raises(exc):
+            child.wait(timeout)  # type: ignore[arg-type]
+        child.kill()
+        child.wait()
+
+
+def test_wait_wakes_promptly_on_exit() -> None:
+    with spawn("/bin/sleep", "0.2") as child:
+        started = time.monotonic()
+        child.wait(timeout=30)
+        assert time.monotonic() - started < 5
+
+
+def test_wait_uses_no_cpu_while_sleeping() -> None:
+    # Busy-polling would burn CPU during a 0.5 s wait; a pidfd wait sleeps.
+    with spawn("/bin/sleep", "0.5") as child:
+        cpu = time.thread_time()
+        child.wait(timeout=30)
+        assert time.thread_time() - cpu < 0.05
+
+
+def test_wait_is_interrupted_by_a_signal_handler_exception() -> None:
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        with sleeper() as child:
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            with pytest.raises(Interrupted):
+                child.wait()
+            assert child.is_alive()
+            child.kill()
+            assert child.wait().returncode == -9  # can wait again after the interruption
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_wait_survives_signals_that_do_not_raise() -> None:
+    hits = []
+    old = signal.signal(signal.SIGALRM, lambda *a: hits.append(1))
+    try:
+        with spawn("/bin/sleep", "0.3") as child:
+            signal.setitimer(signal.ITIMER_REAL, 0.01, 0.01)
+            assert child.wait(timeout=10).exit_code == 0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert len(hits) > 3
+
+
+def test_spurious_readiness_loops_back_to_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Simulate a kernel waking us (readable pidfd) with nothing to reap, as
+    # for a traced child: wait must keep waiting, not return or spin.
+    real_poll = pidfd_module._poll
+    wakeups = []
+
+    def early_poll(fd: int, events: int, deadline: object, cap_ms: object = None) -> int:
+        if len(wakeups) < 3:
+            wakeups.append(1)
+            return 1  # POLLIN
+        return real_poll(fd, events, deadline, cap_ms)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pidfd_module, "_poll", early_poll)
+    with spawn("/bin/sleep", "0.2") as child:
+        assert child.wait(timeout=10).exit_code == 0
+    assert len(wakeups) == 3
+
+
+def test_two_threads_waiting_get_the_same_status() -> None:
+    results: list[WaitStatus] = []
+    with spawn("/bin/sleep", "0.2") as child:
+        threads = [threading.Thread(target=lambda: results.append(child.wait())) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(results) == 4 and all(r == results[0] for r in results)
+    assert results[0].exit_code == 0
+
+
+def test_close_while_another_thread_waits_defers_the_real_close() -> None:
+    child = spawn("/bin/sleep", "0.3")
+    fd = child.fileno()
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.append(child.wait()))
+    waiter.start()
+    time.sleep(0.05)
+    child.close()
+    assert child.closed
+    assert os.path.exists(f"/proc/self/fd/{fd}")  # still held by the waiter
+    waiter.join()
+    assert isinstance(got[0], WaitStatus)
+    assert not os.path.exists(f"/proc/self/fd/{fd}")  # closed when it left
+
+
+# ---- signals -------------------------------------------------------------------
+
+
+def test_signalling_an_exited_child_raises_process_lookup_error() -> None:
+    with spawn("/bin/true") as child:
+        while child.is_alive():
+            time.sleep(0.005)
+        with pytest.raises(ProcessLookupError):  # zombie, not yet reaped
+            child.kill()
+        child.wait()
+        with pytest.raises(ProcessLookupError):  # reaped
+            child.send_signal(signal.SIGTERM)
+
+
+def test_send_signal_checks_types() -> None:
+    with PidFd.open(os.getpid()) as own:
+        with pytest.raises(TypeError):
+            own.send_signal("SIGTERM")  # type: ignore[arg-type]
+        own.send_signal(0)
+
+
+# ---- processes that are not our children -------------------------------------------
+
+
+@pytest.fixture
+def grandchild() -> object:
+    made: list[PidFd] = []
+
+    def make(code: int, parent_reaps_after: float) -> PidFd:
+        r, w = os.pipe()
+
+        def middle() -> int:
+            os.close(r)
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(0.1)
+                os._exit(code)
+            os.write(w, str(pid).encode())
+            time.sleep(parent_reaps_after)
+            os.waitpid(pid, 0)
+            return 0
+
+        parent = fork_child(middle)
+        made.append(parent)
+        os.close(w)
+        pid = int(os.read(r, 20))
+        os.close(r)
+        return PidFd.open(pid)
+
+    yield make
+    for parent in made:
+        parent.wait()
+        parent.close()
+
+
+@require("pidfd_info_exit")
+def test_wait_on_a_non_child_returns_its_status(grandchild: object) -> None:
+    with grandchild(13, 0.3) as other:  # type: ignore[operator]
+        status = other.wait(timeout=10)
+    assert status.exit_code == 13 and status.rusage is None
+
+
+@require("pidfd_info_exit")
+def test_wait_on_a_non_child_times_out_while_it_runs(grandchild: object) -> None:
+    with grandchild(0, 0.5) as other:  # type: ignore[operator]
+        with pytest.raises(WaitTimeout):
+            other.wait(timeout=0.02)
+        assert other.wait(timeout=10).exit_code == 0
+
+
+def test_wait_on_a_non_child_without_exit_info_raises_after_exit(
+    grandchild: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pidfd_module, "_exit_info_supported", lambda: False)  # pre-6.15
+    with grandchild(5, 0.0) as other:  # type: ignore[operator]
+        assert other.try_wait() is None  # still running: no error yet
+        with pytest.raises(ChildProcessError, match="PIDFD_INFO_EXIT"):
+            other.wait(timeout=10)
+        assert not other.is_alive()
+
+
+@require("pidfd_info_exit")
+def test_child_reaped_by_someone_else_still_reports_its_status() -> None:
+    with spawn("/bin/sh", "-c", "exit 21") as child:
+        # Someone else's reaper, e.g. a SIGCHLD handler calling waitpid(-1).
+        pid, wstatus = os.waitpid(-1, 0)
+        assert pid == child.pid and os.waitstatus_to_exitcode(wstatus) == 21
+        status = child.wait(timeout=5)
+    assert status.exit_code == 21
+
+
+def test_pidfd_of_a_child_reaped_elsewhere_is_not_signalled() -> None:
+    with spawn("/bin/true") as child:
+        os.waitpid(child.pid, 0)
+        with pytest.raises(ProcessLookupError):
+            child.send_signal(signal.SIGKILL)
+
+
+def test_getfd_through_the_object() -> None:
+    if not pyclone3.features().pidfd_getfd:
+        pytest.skip("pidfd_getfd unsupported")
+    with PidFd.open(os.getpid()) as own:
+        r, w = os.pipe()
+        dup = own.getfd(w)
+        os.write(dup, b"x")
+        assert os.read(r, 1) == b"x"
+        for fd in (r, w, dup):
+            os.close(fd)
