@@ -370,6 +370,7 @@ class PidFd:
             self._release()
 
     def _wait(self, fd: int, timeout: float | None, deadline: float | None) -> WaitStatus:
+        bufs = syscalls.WaitBuffers()  # allocated before sleeping, not after waking
         spurious = 0
         if deadline is None or deadline > time.monotonic():
             while True:
@@ -380,7 +381,7 @@ class PidFd:
                     spurious = 0
                 else:
                     ready = _poll(fd, select.POLLIN, deadline)
-                status = self._try_reap(fd)
+                status = self._try_reap(fd, bufs)
                 if status is not None:
                     return status
                 now = time.monotonic()
@@ -393,20 +394,20 @@ class PidFd:
                         pause = min(pause, deadline - now)
                     time.sleep(pause)
         else:
-            status = self._try_reap(fd)
+            status = self._try_reap(fd, bufs)
             if status is not None:
                 return status
         raise WaitTimeout(self._pid, timeout if timeout is not None else math.inf)
 
-    def _try_reap(self, fd: int) -> WaitStatus | None:
+    def _try_reap(self, fd: int, bufs: syscalls.WaitBuffers | None = None) -> WaitStatus | None:
         """One non-blocking attempt to learn the exit status."""
         with self._lock:
             if self._status is not None:
                 return self._status
             if not self._foreign:
                 try:
-                    status = syscalls.waitid(
-                        IdType.P_PIDFD, fd, WaitFlag.WEXITED | WaitFlag.WNOHANG
+                    status = syscalls._waitid(
+                        _P_PIDFD, fd, _WEXITED_WNOHANG, bufs or syscalls.WaitBuffers()
                     )
                 except ChildProcessError:
                     self._foreign = True
@@ -450,6 +451,10 @@ class PidFd:
             return syscalls.pidfd_getfd(fd, targetfd)
         finally:
             self._release()
+
+
+_P_PIDFD = int(IdType.P_PIDFD)
+_WEXITED_WNOHANG = int(WaitFlag.WEXITED | WaitFlag.WNOHANG)
 
 
 def _exit_info_supported() -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+from typing import Any
 
 from .flags import ChildCode
 
@@ -23,7 +24,7 @@ class WaitStatus:
     else ``None``.
     """
 
-    __slots__ = ("_code", "_pid", "_rusage", "_status", "_uid")
+    __slots__ = ("_code", "_pid", "_raw_rusage", "_rusage", "_status", "_uid")
 
     def __init__(
         self,
@@ -39,6 +40,26 @@ class WaitStatus:
         self._status = status
         self._uid = uid
         self._rusage = rusage
+        self._raw_rusage: Any = None
+
+    @classmethod
+    def _from_kernel(
+        cls, pid: int, code: int, status: int, uid: int, raw_rusage: Any
+    ) -> WaitStatus:
+        """Build one straight after a reap, doing as little work as possible.
+
+        The cffi ``struct rusage`` is converted on first access to
+        :attr:`rusage`: right after a wake-up the CPU is cold, and every
+        instruction there adds to the exit-detection latency.
+        """
+        self = cls.__new__(cls)
+        self._pid = pid
+        self._code = code  # type: ignore[assignment]  # made a ChildCode on access
+        self._status = status
+        self._uid = uid
+        self._rusage = None
+        self._raw_rusage = raw_rusage
+        return self
 
     @classmethod
     def from_wait_status(
@@ -64,7 +85,10 @@ class WaitStatus:
     @property
     def code(self) -> ChildCode:
         """``si_code``: how the state changed."""
-        return self._code
+        code = self._code
+        if type(code) is not ChildCode:
+            code = self._code = ChildCode(code)
+        return code
 
     @property
     def status(self) -> int:
@@ -79,6 +103,11 @@ class WaitStatus:
     @property
     def rusage(self) -> resource.struct_rusage | None:
         """Resource usage of the reaped child (as :func:`os.wait4` gives), or ``None``."""
+        if self._rusage is None and self._raw_rusage is not None:
+            from .syscalls import _rusage
+
+            self._rusage = _rusage(self._raw_rusage)
+            self._raw_rusage = None
         return self._rusage
 
     @property
@@ -152,5 +181,5 @@ class WaitStatus:
         else:
             sig = self.signal
             name = sig.name if sig is not None else str(self._status)
-            what = f"{self._code.name.lower()[4:]} signal={name}"
+            what = f"{self.code.name.lower()[4:]} signal={name}"
         return f"<WaitStatus pid={self._pid} {what}>"

@@ -210,8 +210,33 @@ def waitid(idtype: int, id: FdLike, options: int) -> WaitStatus | None:
     options = _flags("options", options)
     if options > _INT_MAX:  # __WCLONE is the sign bit of the C int
         options -= 2**32
-    info = ffi.new("struct pyclone3_waitinfo *")
-    ru = ffi.new("struct pyclone3_rusage *")
+    return _waitid(idtype, ident, options, WaitBuffers())
+
+
+class WaitBuffers:
+    """The C buffers one waitid call fills, allocated ahead of time.
+
+    :class:`~pyclone3.PidFd` makes these before it sleeps, so that nothing
+    is allocated between the wake-up and the reap.
+    """
+
+    __slots__ = ("info", "rusage")
+
+    def __init__(self) -> None:
+        self.info: Any = ffi.new("struct pyclone3_waitinfo *")
+        self.rusage: Any = ffi.new("struct pyclone3_rusage *")
+
+
+_REAPED_CODES = (lib.CLD_EXITED, lib.CLD_KILLED, lib.CLD_DUMPED)
+
+
+def _waitid(idtype: int, ident: int, options: int, bufs: WaitBuffers) -> WaitStatus | None:
+    """waitid with checked arguments and preallocated buffers (no validation)."""
+    info = bufs.info
+    info.pid = 0
+    ru = bufs.rusage
+    if ru is None:
+        ru = bufs.rusage = ffi.new("struct pyclone3_rusage *")
     while lib.sys_waitid(idtype, ident, info, options, ru) < 0:
         err = ffi.errno
         if err == errno.EINTR:
@@ -221,18 +246,13 @@ def waitid(idtype: int, id: FdLike, options: int) -> WaitStatus | None:
         raise_errno(err)
     if info.pid == 0:
         return None
-    reaped = not (options & lib.WNOWAIT) and info.code in (
-        lib.CLD_EXITED,
-        lib.CLD_KILLED,
-        lib.CLD_DUMPED,
-    )
-    return WaitStatus(
-        int(info.pid),
-        int(info.code),
-        int(info.status),
-        uid=int(info.uid),
-        rusage=_rusage(ru) if reaped else None,
-    )
+    code = info.code
+    reaped = code in _REAPED_CODES and not options & lib.WNOWAIT
+    raw_rusage = None
+    if reaped:  # the status takes the filled buffer; a later call makes another
+        raw_rusage = ru
+        bufs.rusage = None
+    return WaitStatus._from_kernel(info.pid, code, info.status, info.uid, raw_rusage)
 
 
 @dataclass(frozen=True)
