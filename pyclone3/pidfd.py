@@ -178,26 +178,31 @@ class PidFd:
 
     # ---- ownership -------------------------------------------------------
 
+    def _open_fd_locked(self) -> int:
+        if self._closing:
+            raise ValueError("I/O operation on closed PidFd")
+        return self._fd
+
+    def _close_if_unused_locked(self) -> None:
+        if self._closing and self._users == 0 and self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
+
     def _acquire(self) -> int:
         with self._lock:
-            if self._closing:
-                raise ValueError("I/O operation on closed PidFd")
+            fd = self._open_fd_locked()
             self._users += 1
-            return self._fd
+            return fd
 
     def _release(self) -> None:
         with self._lock:
             self._users -= 1
-            if self._closing and self._users == 0 and self._fd >= 0:
-                fd, self._fd = self._fd, -1
-                os.close(fd)
+            self._close_if_unused_locked()
 
     def fileno(self) -> int:
         """The pidfd's number, for ``poll``/``select``/event loops; the ``PidFd`` keeps it."""
         with self._lock:
-            if self._closing:
-                raise ValueError("I/O operation on closed PidFd")
-            return self._fd
+            return self._open_fd_locked()
 
     @property
     def closed(self) -> bool:
@@ -205,22 +210,21 @@ class PidFd:
         return self._closing
 
     def close(self) -> None:
-        """Close the pidfd. Closing twice is allowed and does nothing."""
+        """Close the pidfd. Closing twice is allowed and does nothing.
+
+        If another thread is inside a call on this ``PidFd``, the ``close(2)``
+        happens when that call returns.
+        """
         with self._lock:
-            if self._closing:
-                return
             self._closing = True
-            if self._users == 0:
-                fd, self._fd = self._fd, -1
-                os.close(fd)
+            self._close_if_unused_locked()
 
     def detach(self) -> int:
         """Give up ownership: return the fd without closing it (the ``PidFd`` is closed)."""
         with self._lock:
-            if self._closing:
-                raise ValueError("I/O operation on closed PidFd")
+            fd = self._open_fd_locked()
             self._closing = True
-            fd, self._fd = self._fd, -1
+            self._fd = -1
             return fd
 
     def __enter__(self) -> PidFd:
