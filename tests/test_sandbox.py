@@ -1,0 +1,111 @@
+"""features() and PidFd under seccomp filters that mimic old kernels and strict sandboxes.
+
+Each case runs in a disposable process that installs the filter and then
+runs a small script; the test runner itself is never filtered.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import textwrap
+
+import pytest
+import seccomp
+from conftest import PYTHON
+
+pytestmark = pytest.mark.skipif(not seccomp.supported(), reason="no syscall table for this CPU")
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+REPORT = textwrap.dedent(
+    """
+    import json, os, signal
+    import pyclone3
+    from pyclone3 import PidFd
+    f = pyclone3.features()
+    out = {"features": f.as_dict()}
+    # What features() says must match what the calls do: try the basics.
+    pid = os.fork()
+    if pid == 0:
+        os.execv("/bin/sleep", ["sleep", "30"])
+    try:
+        child = PidFd.open(pid)
+    except OSError as exc:
+        out["open"] = exc.errno
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    else:
+        with child:
+            try:
+                child.kill()
+                out["kill"] = "ok"
+            except OSError as exc:
+                out["kill"] = exc.errno
+                os.kill(pid, signal.SIGKILL)
+            try:
+                out["wait"] = child.wait(timeout=10).returncode
+            except OSError as exc:
+                out["wait"] = exc.errno
+                os.waitpid(pid, 0)
+    print(json.dumps(out))
+    """
+)
+
+
+def run_filtered(*rules: str) -> dict:
+    result = subprocess.run(
+        [PYTHON, os.path.join(HERE, "seccomp.py"), *rules, "--", PYTHON, "-c", REPORT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("err", ["ENOSYS", "EPERM"])
+def test_clone3_refused(err: str) -> None:
+    out = run_filtered(f"clone3={err}")
+    f = out["features"]
+    assert f["clone3"] is False and f["clone_pidfd"] is False
+    assert f["notes"]["clone3"] == err
+    # Everything that does not need clone3 is still found and still works.
+    assert f["pidfd_open"] and f["pidfd_send_signal"] and f["waitid_pidfd"]
+    assert (out["kill"], out["wait"]) == ("ok", -9)
+
+
+@pytest.mark.parametrize("err", ["ENOSYS", "EPERM"])
+def test_pidfd_open_refused(err: str) -> None:
+    out = run_filtered(f"pidfd_open={err}")
+    f = out["features"]
+    assert f["pidfd_open"] is False and f["notes"]["pidfd_open"] == err
+    for name in ("pidfd_send_signal", "waitid_pidfd", "pidfd_getfd", "pidfd_nonblock"):
+        assert f[name] is False and f["notes"][name] == "needs pidfd_open"
+    assert f["clone3"] is True  # independent of pidfd_open
+    assert out["open"] == getattr(__import__("errno"), err)
+
+
+def test_pidfd_send_signal_refused() -> None:
+    out = run_filtered("pidfd_send_signal=ENOSYS")
+    f = out["features"]
+    assert f["pidfd_send_signal"] is False and f["notes"]["pidfd_send_signal"] == "ENOSYS"
+    assert f["pidfd_signal_process_group"] is False
+    assert f["pidfd_open"] and f["waitid_pidfd"]
+    assert out["kill"] == 38  # ENOSYS reaches the caller: no silent no-op
+    assert out["wait"] == -9
+
+
+def test_waitid_refused() -> None:
+    out = run_filtered("waitid=ENOSYS")
+    f = out["features"]
+    assert f["waitid_pidfd"] is False and f["notes"]["waitid_pidfd"] == "ENOSYS"
+    assert out["kill"] == "ok"
+    assert out["wait"] == 38  # PidFd.wait says so rather than pretending
+
+
+def test_pidfd_getfd_refused() -> None:
+    f = run_filtered("pidfd_getfd=EPERM")["features"]
+    assert f["pidfd_getfd"] is False and f["notes"]["pidfd_getfd"] == "EPERM"
+    assert f["pidfd_open"] and f["clone3"]
