@@ -241,8 +241,10 @@ class PidFd:
     def __del__(self) -> None:
         if getattr(self, "_closing", True):
             return
-        warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
-        self.close()
+        try:
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
+        finally:  # even when warnings are errors, the fd must not leak
+            self.close()
 
     def __repr__(self) -> str:
         status = self._status

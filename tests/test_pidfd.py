@@ -6,8 +6,10 @@ import gc
 import math
 import os
 import signal
+import sys
 import threading
 import time
+import warnings
 
 import pytest
 from conftest import fork_child, require, sleeper, spawn
@@ -105,6 +107,23 @@ def test_garbage_collected_open_pidfd_warns_and_closes() -> None:
     with pytest.warns(ResourceWarning, match="unclosed <PidFd"):
         del own
         gc.collect()
+    assert not os.path.exists(f"/proc/self/fd/{fd}")
+
+
+def test_garbage_collected_pidfd_closes_even_when_warnings_are_errors() -> None:
+    own = PidFd.open(os.getpid())
+    fd = own.fileno()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        unraisable: list[object] = []
+        old_hook = sys.unraisablehook
+        sys.unraisablehook = unraisable.append
+        try:
+            del own
+            gc.collect()
+        finally:
+            sys.unraisablehook = old_hook
+    assert len(unraisable) == 1  # the warning, raised inside __del__, was reported
     assert not os.path.exists(f"/proc/self/fd/{fd}")
 
 
