@@ -308,6 +308,8 @@ class PidFd:
         """
         if isinstance(sig, bool) or not isinstance(sig, int):
             raise TypeError(f"sig must be an int, not {type(sig).__name__}")
+        if isinstance(flags, bool) or not isinstance(flags, int):
+            raise TypeError(f"flags must be an int, not {type(flags).__name__}")
         if self._status is not None:
             raise ProcessLookupError(errno.ESRCH, f"process {self._pid} has exited")
         fd = self._acquire()

@@ -305,6 +305,10 @@ def test_send_signal_checks_types() -> None:
     with PidFd.open(os.getpid()) as own:
         with pytest.raises(TypeError):
             own.send_signal("SIGTERM")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            own.send_signal(0, flags="PIDFD_SIGNAL_THREAD")  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            own.send_signal(0, flags=-1)
         own.send_signal(0)
 
 
