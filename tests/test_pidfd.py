@@ -278,7 +278,10 @@ def test_close_while_another_thread_waits_defers_the_real_close() -> None:
     got: list[object] = []
     waiter = threading.Thread(target=lambda: got.append(child.wait()))
     waiter.start()
-    time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while child._users == 0:  # until the waiter is inside wait()
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
     child.close()
     assert child.closed
     assert os.path.exists(f"/proc/self/fd/{fd}")  # still held by the waiter
