@@ -382,9 +382,11 @@ class PidFd:
         spurious = 0
         if deadline is None or deadline > time.monotonic():
             while True:
-                if self._foreign and _exit_info_supported():
-                    # A non-child's status appears when its parent reaps it,
-                    # which the kernel reports as POLLHUP (asked with no events).
+                if self._foreign and _exit_info_supported() and _poll(fd, select.POLLIN, 0.0):
+                    # An exited non-child's status appears when its parent
+                    # reaps it, which the kernel reports as POLLHUP (polled for
+                    # with no events); re-check now and then in case a kernel
+                    # does not wake pollers on reap.
                     ready = _poll(fd, 0, deadline, _REAP_RECHECK_MS)
                     spurious = 0
                 else:
