@@ -13,7 +13,8 @@ from typing import Any
 
 from . import syscalls
 from ._clone3 import ffi, lib
-from .flags import CloneFlag, PidfdFlag, PidfdInfoFlag, PidfdSignalFlag, WaitFlag
+from ._errors import raise_errno
+from .flags import CloneFlag, IdType, PidfdFlag, PidfdInfoFlag, PidfdSignalFlag, WaitFlag
 
 __all__ = ["Features", "features"]
 
@@ -124,18 +125,28 @@ class _Prober:
         ok, result = self.succeeds(name, call, *args)
         return result if ok else None
 
-    def succeeds(self, name: str, call: Any, *args: Any) -> tuple[bool, Any]:
+    def succeeds(
+        self, name: str, call: Any, *args: Any, accept: tuple[int, ...] = ()
+    ) -> tuple[bool, Any]:
         """Run *call*; (True, result), or (False, None) after noting a refusal.
 
-        Transient errors propagate, so that nothing is cached for them.
+        An errno in *accept* counts as success: the kernel understood the
+        call and answered about its argument. Transient errors propagate, so
+        that nothing is cached for them.
         """
         try:
             return True, call(*args)
         except OSError as exc:
-            if exc.errno in TRANSIENT_ERRNOS:
-                raise
-            self.notes[name] = errno.errorcode.get(exc.errno or 0, str(exc))
+            if exc.errno in accept:
+                return True, None
+            self.refused(name, exc)
             return False, None
+
+    def refused(self, name: str, exc: OSError) -> None:
+        """Note why *name* is unavailable; re-raise a transient failure."""
+        if exc.errno in TRANSIENT_ERRNOS:
+            raise exc
+        self.notes[name] = errno.errorcode.get(exc.errno or 0, str(exc))
 
     def keep(self, fd: int | None) -> int | None:
         if fd is not None:
@@ -179,22 +190,30 @@ def _probe_with(p: _Prober) -> Features:
         )
         send, _ = p.succeeds("pidfd_send_signal", syscalls.pidfd_send_signal, own, 0, 0)
         if send:
-            group = _probe_group_signal(p, own)
+            # The kernel signals the process group our PID leads; unless we
+            # lead one, ESRCH still proves it knew the flag (older: EINVAL).
+            group, _ = p.succeeds(
+                "pidfd_signal_process_group",
+                syscalls.pidfd_send_signal,
+                own,
+                0,
+                PidfdSignalFlag.PIDFD_SIGNAL_PROCESS_GROUP,
+                accept=(errno.ESRCH,),
+            )
         else:
             p.notes["pidfd_signal_process_group"] = "needs pidfd_send_signal"
         getfd = p.keep(p.attempt("pidfd_getfd", syscalls.pidfd_getfd, own, own, 0)) is not None
         get_info = p.attempt("pidfd_get_info", syscalls.pidfd_get_info, own) is not None
         # We are not our own child: a kernel that knows P_PIDFD says ECHILD,
         # one that does not says EINVAL.
-        try:
-            syscalls.waitid(lib.P_PIDFD, own, WaitFlag.WEXITED | WaitFlag.WNOHANG)
-            waitid_pidfd = True  # pragma: no cover - cannot be our own child
-        except ChildProcessError:
-            waitid_pidfd = True
-        except OSError as exc:
-            if exc.errno in TRANSIENT_ERRNOS:
-                raise
-            p.notes["waitid_pidfd"] = errno.errorcode.get(exc.errno or 0, str(exc))
+        waitid_pidfd, _ = p.succeeds(
+            "waitid_pidfd",
+            syscalls.waitid,
+            IdType.P_PIDFD,
+            own,
+            WaitFlag.WEXITED | WaitFlag.WNOHANG,
+            accept=(errno.ECHILD,),
+        )
     else:
         for name in (
             "pidfd_nonblock",
@@ -228,31 +247,12 @@ def _probe_with(p: _Prober) -> Features:
     )
 
 
-def _probe_group_signal(p: _Prober, own: int) -> bool:
-    """PIDFD_SIGNAL_PROCESS_GROUP: the kernel signals the group led by our PID.
-
-    Unless we lead a process group, no such group exists: ESRCH then still
-    proves the kernel knew the flag, where an older one says EINVAL.
-    """
-    try:
-        syscalls.pidfd_send_signal(own, 0, PidfdSignalFlag.PIDFD_SIGNAL_PROCESS_GROUP)
-    except ProcessLookupError:
-        return True
-    except OSError as exc:
-        if exc.errno in TRANSIENT_ERRNOS:
-            raise
-        p.notes["pidfd_signal_process_group"] = errno.errorcode.get(exc.errno or 0, str(exc))
-        return False
-    return True
-
-
 def _clone3_child(flags: int) -> tuple[int, int]:
     """probe_clone3 as a Python call: (pid, pidfd or -1); raises OSError."""
     pidfd = ffi.new("int *", -1)
     pid = lib.probe_clone3(flags, pidfd)
     if pid < 0:
-        err = ffi.errno
-        raise OSError(err, os.strerror(err))
+        raise_errno(ffi.errno)
     return int(pid), int(pidfd[0])
 
 
@@ -278,17 +278,13 @@ def _probe_clone3(p: _Prober, get_info: bool) -> tuple[bool, bool, bool]:
         child = _clone3_child(CloneFlag.CLONE_PIDFD)
         clone3 = clone_pidfd = True
     except OSError as exc:
-        if exc.errno in TRANSIENT_ERRNOS:
-            raise
-        name = errno.errorcode.get(exc.errno or 0, str(exc))
+        p.refused("clone_pidfd", exc)
         if exc.errno == errno.EINVAL:
             # clone3 exists but CLONE_PIDFD was refused (qemu-user does this).
-            p.notes["clone_pidfd"] = name
             child = p.attempt("clone3", _clone3_child, 0)
             clone3 = child is not None
         else:
-            p.notes["clone3"] = name
-            p.notes["clone_pidfd"] = name
+            p.notes["clone3"] = p.notes["clone_pidfd"]
     if child is None:
         if get_info:
             return clone3, clone_pidfd, _probe_info_exit_spawned(p)
@@ -297,7 +293,8 @@ def _probe_clone3(p: _Prober, get_info: bool) -> tuple[bool, bool, bool]:
     pid, pidfd = child
     try:
         if pidfd < 0:
-            pidfd = p.keep(p.attempt("pidfd_info_exit", syscalls.pidfd_open, pid)) or -1
+            opened = p.keep(p.attempt("pidfd_info_exit", syscalls.pidfd_open, pid))
+            pidfd = -1 if opened is None else opened
         _reap(pid, pidfd)
         info_exit = False
         if pidfd >= 0 and get_info:

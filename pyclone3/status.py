@@ -104,9 +104,7 @@ class WaitStatus:
     def rusage(self) -> resource.struct_rusage | None:
         """Resource usage of the reaped child (as :func:`os.wait4` gives), or ``None``."""
         if self._rusage is None and self._raw_rusage is not None:
-            from .syscalls import _rusage
-
-            self._rusage = _rusage(self._raw_rusage)
+            self._rusage = _rusage_from_c(self._raw_rusage)
             self._raw_rusage = None
         return self._rusage
 
@@ -183,3 +181,27 @@ class WaitStatus:
             name = sig.name if sig is not None else str(self._status)
             what = f"{self.code.name.lower()[4:]} signal={name}"
         return f"<WaitStatus pid={self._pid} {what}>"
+
+
+def _rusage_from_c(ru: Any) -> resource.struct_rusage:
+    """Convert the kernel's ``struct rusage`` (a cffi object) as :func:`os.wait4` would."""
+    return resource.struct_rusage(
+        (
+            ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6,
+            ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6,
+            ru.ru_maxrss,
+            ru.ru_ixrss,
+            ru.ru_idrss,
+            ru.ru_isrss,
+            ru.ru_minflt,
+            ru.ru_majflt,
+            ru.ru_nswap,
+            ru.ru_inblock,
+            ru.ru_oublock,
+            ru.ru_msgsnd,
+            ru.ru_msgrcv,
+            ru.ru_nsignals,
+            ru.ru_nvcsw,
+            ru.ru_nivcsw,
+        )
+    )

@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import operator
 import os
-import resource
 import signal
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -157,29 +156,6 @@ def pidfd_getfd(pidfd: FdLike, targetfd: int, flags: int = 0) -> int:
     if newfd < 0:
         raise_errno(ffi.errno)
     return int(newfd)
-
-
-def _rusage(ru: Any) -> resource.struct_rusage:
-    return resource.struct_rusage(
-        (
-            ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6,
-            ru.ru_stime.tv_sec + ru.ru_stime.tv_usec * 1e-6,
-            ru.ru_maxrss,
-            ru.ru_ixrss,
-            ru.ru_idrss,
-            ru.ru_isrss,
-            ru.ru_minflt,
-            ru.ru_majflt,
-            ru.ru_nswap,
-            ru.ru_inblock,
-            ru.ru_oublock,
-            ru.ru_msgsnd,
-            ru.ru_msgrcv,
-            ru.ru_nsignals,
-            ru.ru_nvcsw,
-            ru.ru_nivcsw,
-        )
-    )
 
 
 def waitid(idtype: int, id: FdLike, options: int) -> WaitStatus | None:

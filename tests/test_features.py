@@ -10,6 +10,7 @@ import textwrap
 from dataclasses import fields
 
 import pytest
+from conftest import FEATURES as FEATURES_REAL
 from conftest import PYTHON, sleeper
 
 import pyclone3
@@ -133,3 +134,31 @@ def test_version_is_exposed() -> None:
         check=True,
     ).stdout
     assert pyclone3.__version__ in out
+
+
+def test_clone_pidfd_refused_with_einval_still_finds_clone3(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # qemu-user answers EINVAL to CLONE_PIDFD; seccomp cannot see clone3's
+    # flags (they sit behind a pointer), so simulate it at the probe's call.
+    import errno
+
+    import pyclone3._features as f
+
+    real = f._clone3_child
+
+    def qemu_like(flags: int) -> tuple[int, int]:
+        if flags & pyclone3.CloneFlag.CLONE_PIDFD:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(flags)
+
+    monkeypatch.setattr(f, "_clone3_child", qemu_like)
+    report = features(refresh=True)
+    try:
+        assert report.clone3 is True
+        assert report.clone_pidfd is False and report.notes["clone_pidfd"] == "EINVAL"
+        assert "clone3" not in report.notes
+        assert report.pidfd_info_exit == FEATURES_REAL.pidfd_info_exit  # probed via pidfd_open
+    finally:
+        monkeypatch.undo()
+        features(refresh=True)
