@@ -1,7 +1,8 @@
 """cffi out-of-line (API mode) builder for pyclone3's private module.
 
 The C declarations live in ``pyclone3/_clone3.cdef`` and the C definitions in
-``pyclone3/_clone3_impl.c``; this script only reads and joins them, so
+``pyclone3/_clone3_impl.c`` (syscalls) and ``pyclone3/_spawn_impl.c`` (the
+spawn core); this script only reads and joins them, so
 editors and compilers see C as C. setuptools runs it through
 ``cffi_modules`` (see ``setup.py``). ``python build_ffi.py`` compiles the
 module under ``build/ffi`` and copies it next to the sources, for working on
@@ -20,9 +21,11 @@ PKG = HERE / "pyclone3"
 
 ffibuilder = cffi.FFI()
 ffibuilder.cdef((PKG / "_clone3.cdef").read_text(encoding="utf-8"))
+C_SOURCES = ["_clone3_impl.c", "_spawn_impl.c"]
+
 ffibuilder.set_source(
     "pyclone3._clone3",
-    (PKG / "_clone3_impl.c").read_text(encoding="utf-8"),
+    "\n".join((PKG / name).read_text(encoding="utf-8") for name in C_SOURCES),
     extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
 )
 

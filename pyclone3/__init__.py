@@ -10,7 +10,10 @@ Layers, from the bottom:
 * :mod:`pyclone3.flags`: the kernel's constants as :mod:`enum` types;
 * :mod:`pyclone3.syscalls`: one checked, typed function per syscall;
 * :class:`PidFd`, :class:`WaitStatus`, :func:`features`: the objects other
-  libraries build on.
+  libraries build on;
+* :func:`spawn` and the C spawn core (:mod:`pyclone3.spawn`);
+* :class:`Popen`, :class:`CommandExt`, :class:`ChildExt`, :func:`run` & co.:
+  ``subprocess`` on pidfds (:mod:`pyclone3.popen`).
 """
 
 from __future__ import annotations
@@ -27,14 +30,30 @@ from .flags import (
     WaitFlag,
 )
 from .pidfd import PidFd, WaitTimeout
+from .popen import (
+    ChildExt,
+    CommandExt,
+    PidfdUnavailableError,
+    Popen,
+    call,
+    check_call,
+    check_output,
+    getoutput,
+    getstatusoutput,
+    run,
+)
+from .spawn import SPAWN_PATHS, SpawnedChild, get_spawn_path, set_spawn_path, spawn
 from .status import WaitStatus
 from .syscalls import PidfdInfo
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "SPAWN_PATHS",
     "ChildCode",
+    "ChildExt",
     "CloneFlag",
+    "CommandExt",
     "Features",
     "IdType",
     "PidFd",
@@ -42,11 +61,23 @@ __all__ = [
     "PidfdInfo",
     "PidfdInfoFlag",
     "PidfdSignalFlag",
+    "PidfdUnavailableError",
+    "Popen",
+    "SpawnedChild",
     "WaitFlag",
     "WaitStatus",
     "WaitTimeout",
     "__version__",
+    "call",
+    "check_call",
+    "check_output",
     "features",
     "flags",
+    "get_spawn_path",
+    "getoutput",
+    "getstatusoutput",
+    "run",
+    "set_spawn_path",
+    "spawn",
     "syscalls",
 ]

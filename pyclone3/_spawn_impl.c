@@ -1,0 +1,444 @@
+/*
+ * The spawn core: create a child and exec a program in it, with the child's
+ * pidfd taken at creation.
+ *
+ * Part of pyclone3._clone3 (build_ffi.py appends this file to
+ * _clone3_impl.c); declared for Python in _clone3.cdef.
+ *
+ * EVERYTHING THE CHILD RUNS BETWEEN CLONE AND EXEC MUST BE
+ * ASYNC-SIGNAL-SAFE. On the fast paths the child shares the parent's memory
+ * (CLONE_VM | CLONE_VFORK) and runs on a small stack of its own while the
+ * parent is suspended: it may not allocate, take a lock, or touch any
+ * library state. It makes raw syscalls on data the parent prepared
+ * (struct pyclone3_spawn) and reports a failure by writing into that same
+ * struct (vfork paths) or into an error pipe (fork path), then exits 255.
+ * The only library state it touches is errno, which syscall() sets; the
+ * parent saves and restores its own around the spawn.
+ */
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+extern char **environ;
+
+#define SPAWN_ERR_NONE 0
+#define SPAWN_ERR_NOEXEC 1   /* failed before exec: chdir, dup2, setsid, ... */
+#define SPAWN_ERR_EXEC 2     /* execve failed for every candidate path */
+#define SPAWN_ERR_PREEXEC 3  /* preexec_fn raised (fork path, set by Python) */
+#define SPAWN_ERR_PIDFD 4    /* the child could not open or send its pidfd */
+
+#define SPAWN_CLONE3 0       /* clone3(CLONE_VM|CLONE_VFORK|CLONE_PIDFD) */
+#define SPAWN_CLONE 1        /* clone(CLONE_VM|CLONE_VFORK|CLONE_PIDFD) */
+#define SPAWN_VFORK 2        /* vfork(); pidfd sent by the child if asked */
+
+struct pyclone3_spawn {
+    char *const *exec_paths;
+    char *const *argv;
+    char *const *envp;
+    const char *cwd;
+    int p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite;
+    const int *keep_fds;
+    int n_keep_fds;
+    int close_fds;
+    int umask;
+    int restore_signals;
+    int setsid;
+    int pgid;
+    int gid;
+    int uid;
+    const unsigned int *groups;
+    int n_groups;
+    int pidfd_sock;
+    int errpipe;
+    int err_step;
+    int err_errno;
+    int reset_handlers;
+    int restore_mask;
+    uint64_t sigmask;
+};
+
+/* ---- the child ----------------------------------------------------------- */
+
+__attribute__((noreturn))
+static void child_fail(struct pyclone3_spawn *s, int step, int err)
+{
+    s->err_step = step;        /* seen by the parent on the vfork paths */
+    s->err_errno = err;
+    if (s->errpipe >= 0) {     /* the fork path: a separate address space */
+        int record[2] = {step, err};
+        syscall(SYS_write, s->errpipe, record, sizeof(record));
+    }
+    for (;;)
+        syscall(SYS_exit_group, 255);
+}
+
+/* Reset every handled signal to SIG_DFL (exec would, but it has not run yet
+ * and a handler would run Python in our shared memory). Ignored signals stay
+ * ignored, as across exec. The kernel's struct sigaction starts with the
+ * handler on every supported architecture; 64 zero bytes cover the rest. */
+static void child_reset_handlers(void)
+{
+    int sig;
+    for (sig = 1; sig < 65; sig++) {
+        uint64_t old[8] = {0}, dfl[8] = {0};
+        if (sig == SIGKILL || sig == SIGSTOP)
+            continue;
+        if (syscall(SYS_rt_sigaction, sig, NULL, old, 8) < 0)
+            continue;
+        if (old[0] != (uint64_t)(uintptr_t)SIG_IGN && old[0] != (uint64_t)(uintptr_t)SIG_DFL)
+            syscall(SYS_rt_sigaction, sig, dfl, NULL, 8);
+    }
+}
+
+static int child_send_pidfd(int sock)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct msghdr msg;
+    struct iovec iov;
+    struct cmsghdr *cmsg;
+    char byte = 'p';
+    long me = syscall(SYS_getpid);
+    long fd = syscall(SYS_pidfd_open, me, 0);
+
+    if (fd < 0)
+        return -1;
+    memset(&msg, 0, sizeof(msg));
+    memset(&control, 0, sizeof(control));
+    iov.iov_base = &byte;
+    iov.iov_len = 1;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof(control.buf);
+    cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cmsg), &(int){(int)fd}, sizeof(int));
+    if (syscall(SYS_sendmsg, sock, &msg, MSG_NOSIGNAL) < 0)
+        return -1;
+    syscall(SYS_close, fd);
+    return 0;
+}
+
+static int child_set_cloexec(int fd, int on)
+{
+    long flags = syscall(SYS_fcntl, fd, F_GETFD);
+    if (flags < 0)
+        return -1;
+    flags = on ? (flags | FD_CLOEXEC) : (flags & ~FD_CLOEXEC);
+    return (int)syscall(SYS_fcntl, fd, F_SETFD, flags);
+}
+
+/* Put `fd` on `target`; dup2 clears FD_CLOEXEC, but is a no-op when they are
+ * the same fd, so clear it by hand then. */
+static int child_dup_to(int fd, int target)
+{
+    if (fd == target)
+        return child_set_cloexec(fd, 0);
+    return (int)syscall(SYS_dup3, fd, target, 0);
+}
+
+/* The setup subprocess.Popen's child does before preexec_fn, in its order. */
+int pyclone3_child_setup(struct pyclone3_spawn *s)
+{
+    int i, c2pwrite = s->c2pwrite, errwrite = s->errwrite;
+
+    if (s->reset_handlers)
+        child_reset_handlers();
+    if (s->restore_mask)
+        syscall(SYS_rt_sigprocmask, SIG_SETMASK, &s->sigmask, NULL, 8);
+    if (s->pidfd_sock >= 0 && child_send_pidfd(s->pidfd_sock) < 0)
+        child_fail(s, SPAWN_ERR_PIDFD, errno);
+
+    /* The parent's ends of the pipes. */
+    if (s->p2cwrite >= 0)
+        syscall(SYS_close, s->p2cwrite);
+    if (s->c2pread >= 0)
+        syscall(SYS_close, s->c2pread);
+    if (s->errread >= 0)
+        syscall(SYS_close, s->errread);
+
+    for (i = 0; i < s->n_keep_fds; i++) {
+        if (s->keep_fds[i] != s->errpipe && child_set_cloexec(s->keep_fds[i], 0) < 0)
+            child_fail(s, SPAWN_ERR_NOEXEC, errno);
+    }
+
+    /* Move the child's ends out of the way of 0..2 before dup'ing onto them. */
+    if (c2pwrite == 0) {
+        c2pwrite = (int)syscall(SYS_fcntl, c2pwrite, F_DUPFD_CLOEXEC, 3);
+        if (c2pwrite < 0)
+            child_fail(s, SPAWN_ERR_NOEXEC, errno);
+    }
+    while (errwrite == 0 || errwrite == 1) {
+        errwrite = (int)syscall(SYS_fcntl, errwrite, F_DUPFD_CLOEXEC, 3);
+        if (errwrite < 0)
+            child_fail(s, SPAWN_ERR_NOEXEC, errno);
+    }
+    if (s->p2cread >= 0 && child_dup_to(s->p2cread, 0) < 0)
+        child_fail(s, SPAWN_ERR_NOEXEC, errno);
+    if (c2pwrite >= 0 && child_dup_to(c2pwrite, 1) < 0)
+        child_fail(s, SPAWN_ERR_NOEXEC, errno);
+    if (errwrite >= 0 && child_dup_to(errwrite, 2) < 0)
+        child_fail(s, SPAWN_ERR_NOEXEC, errno);
+
+    if (s->cwd && syscall(SYS_chdir, s->cwd) < 0)
+        child_fail(s, SPAWN_ERR_NOEXEC, errno);
+    if (s->umask >= 0)
+        syscall(SYS_umask, s->umask);
+    if (s->restore_signals) {                  /* Python ignores these two */
+        uint64_t dfl[8] = {0};
+        syscall(SYS_rt_sigaction, SIGPIPE, dfl, NULL, 8);
+        syscall(SYS_rt_sigaction, SIGXFSZ, dfl, NULL, 8);
+    }
+    if (s->setsid && syscall(SYS_setsid) < 0)
+        child_fail(s, SPAWN_ERR_NOEXEC, errno);
+    if (s->pgid >= 0 && syscall(SYS_setpgid, 0, s->pgid) < 0)
+        child_fail(s, SPAWN_ERR_NOEXEC, errno);
+    if (s->n_groups >= 0 && syscall(SYS_setgroups, s->n_groups, s->groups) < 0)
+        child_fail(s, SPAWN_ERR_NOEXEC, errno);
+    if (s->gid >= 0 && syscall(SYS_setregid, s->gid, s->gid) < 0)
+        child_fail(s, SPAWN_ERR_NOEXEC, errno);
+    if (s->uid >= 0 && syscall(SYS_setreuid, s->uid, s->uid) < 0)
+        child_fail(s, SPAWN_ERR_NOEXEC, errno);
+    return 0;
+}
+
+/* Close [lo, hi], with close_range (5.9+) or, before it, by listing
+ * /proc/self/fd with getdents64 into a stack buffer (no allocation). */
+static void child_close_range(unsigned int lo, unsigned int hi)
+{
+    char buf[1024];
+    long dir, n, off;
+
+    if (lo > hi)
+        return;
+    if (syscall(SYS_close_range, lo, hi, 0) == 0)
+        return;
+    dir = syscall(SYS_openat, AT_FDCWD, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0) {
+        unsigned int fd;
+        for (fd = lo; fd <= hi && fd < 65536; fd++)
+            syscall(SYS_close, fd);
+        return;
+    }
+    while ((n = syscall(SYS_getdents64, dir, buf, sizeof(buf))) > 0) {
+        for (off = 0; off < n;) {
+            /* struct linux_dirent64: ino 8, off 8, reclen 2, type 1, name */
+            unsigned short reclen;
+            const char *name = buf + off + 19;
+            unsigned long fd = 0;
+            memcpy(&reclen, buf + off + 16, sizeof(reclen));
+            off += reclen;
+            if (*name < '0' || *name > '9')
+                continue;
+            for (; *name >= '0' && *name <= '9'; name++)
+                fd = fd * 10 + (unsigned long)(*name - '0');
+            if (fd >= lo && fd <= hi && (long)fd != dir)
+                syscall(SYS_close, fd);
+        }
+    }
+    syscall(SYS_close, dir);
+}
+
+/* close_fds, then exec each candidate path in turn; never returns. */
+void pyclone3_child_exec(struct pyclone3_spawn *s)
+{
+    char *const *path;
+    char *const *envp = s->envp ? s->envp : environ;
+    int saved = 0, err = ENOENT;
+
+    if (s->close_fds) {
+        unsigned int lo = 3;
+        int i;
+        for (i = 0; i < s->n_keep_fds; i++) {    /* sorted, includes errpipe */
+            unsigned int keep = (unsigned int)s->keep_fds[i];
+            if (keep < lo)
+                continue;
+            child_close_range(lo, keep - 1);
+            lo = keep + 1;
+        }
+        child_close_range(lo, ~0U);
+    }
+    for (path = s->exec_paths; *path; path++) {
+        syscall(SYS_execve, *path, s->argv, envp);
+        err = errno;
+        if (err != ENOENT && err != ENOTDIR && saved == 0)
+            saved = err;
+    }
+    child_fail(s, SPAWN_ERR_EXEC, saved ? saved : err);
+}
+
+static int spawn_child(void *arg)
+{
+    struct pyclone3_spawn *s = arg;
+    pyclone3_child_setup(s);
+    pyclone3_child_exec(s);
+    return 255;
+}
+
+/* ---- clone3 onto a new stack: a few instructions of assembly ---------------
+ * clone3 takes the child's stack in clone_args and the child resumes right
+ * after the syscall instruction on that stack, so no C function may return in
+ * it: call fn(arg) there and exit with its result. Returns the pid, or
+ * -errno, in the parent. */
+#if defined(__x86_64__)
+# define HAVE_CLONE3_STACK 1
+__asm__(
+    ".text\n"
+    ".p2align 4\n"
+    ".type pyclone3_clone3_stack, @function\n"
+    "pyclone3_clone3_stack:\n"
+    "    movq %rdx, %r8\n"              /* fn: r8 and r9 survive the syscall */
+    "    movq %rcx, %r9\n"              /* arg */
+    "    movl $435, %eax\n"             /* SYS_clone3 */
+    "    syscall\n"
+    "    testq %rax, %rax\n"
+    "    jz 1f\n"
+    "    ret\n"
+    "1:  xorl %ebp, %ebp\n"
+    "    andq $-16, %rsp\n"
+    "    movq %r9, %rdi\n"
+    "    callq *%r8\n"
+    "    movl %eax, %edi\n"
+    "    movl $231, %eax\n"             /* SYS_exit_group */
+    "    syscall\n"
+    "    hlt\n"
+    ".size pyclone3_clone3_stack, .-pyclone3_clone3_stack\n");
+#elif defined(__aarch64__)
+# define HAVE_CLONE3_STACK 1
+__asm__(
+    ".text\n"
+    ".p2align 2\n"
+    ".type pyclone3_clone3_stack, %function\n"
+    "pyclone3_clone3_stack:\n"
+    "    mov x9, x2\n"                  /* fn */
+    "    mov x10, x3\n"                 /* arg */
+    "    mov x8, #435\n"                /* SYS_clone3 */
+    "    svc #0\n"
+    "    cbz x0, 1f\n"
+    "    ret\n"
+    "1:  mov x29, #0\n"
+    "    mov x30, #0\n"
+    "    mov x0, x10\n"
+    "    blr x9\n"
+    "    mov x8, #94\n"                 /* SYS_exit_group */
+    "    svc #0\n"
+    "    brk #0\n"
+    ".size pyclone3_clone3_stack, .-pyclone3_clone3_stack\n");
+#else
+# define HAVE_CLONE3_STACK 0
+#endif
+
+#if HAVE_CLONE3_STACK
+long pyclone3_clone3_stack(struct clone_args *args, size_t size,
+                           int (*fn)(void *), void *arg);
+static const int HAS_CLONE3_SPAWN = 1;
+#else
+static const int HAS_CLONE3_SPAWN = 0;
+#endif
+
+/* ---- the parent ------------------------------------------------------------ */
+
+/* vfork in a frame of its own: the child runs spawn_child and never returns
+ * here, and the caller's locals are safe from the shared-stack child. */
+__attribute__((noinline))
+static long spawn_vfork(struct pyclone3_spawn *s)
+{
+    pid_t pid = vfork();
+    if (pid == 0)
+        spawn_child(s);                /* never returns */
+    return pid;
+}
+
+long pyclone3_spawn(struct pyclone3_spawn *s, int method, int clear_sighand,
+                    char *stack, size_t stack_size, int *pidfd)
+{
+    uint64_t all = ~(uint64_t)0, old = 0;
+    long pid = -1;
+    int saved_errno = errno, err = 0;
+    /* The stack grows down on every supported architecture. */
+    char *top = (char *)((uintptr_t)(stack + stack_size) & ~(uintptr_t)15);
+
+    s->err_step = SPAWN_ERR_NONE;
+    s->err_errno = 0;
+    s->errpipe = -1;
+    /* No signal handler may run in the child while it shares our memory. */
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, 8);
+    s->sigmask = old;
+    s->restore_mask = 1;
+    s->reset_handlers = !(method == SPAWN_CLONE3 && clear_sighand);
+
+    switch (method) {
+    case SPAWN_CLONE3: {
+#if HAVE_CLONE3_STACK
+        struct clone_args args;
+        memset(&args, 0, sizeof(args));
+        args.flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD |
+                     (clear_sighand ? CLONE_CLEAR_SIGHAND : 0);
+        args.pidfd = (uint64_t)(uintptr_t)pidfd;
+        args.exit_signal = SIGCHLD;
+        args.stack = (uint64_t)(uintptr_t)stack;
+        args.stack_size = (uint64_t)(top - stack);
+        pid = pyclone3_clone3_stack(&args, CLONE_ARGS_SIZE_VER0, spawn_child, s);
+        if (pid < 0) {
+            err = (int)-pid;
+            pid = -1;
+        }
+#else
+        err = ENOSYS;
+#endif
+        break;
+    }
+    case SPAWN_CLONE:
+        pid = clone(spawn_child, top,
+                    CLONE_VM | CLONE_VFORK | (pidfd ? CLONE_PIDFD : 0) | SIGCHLD, s, pidfd);
+        if (pid < 0)
+            err = errno;
+        break;
+    case SPAWN_VFORK:
+        pid = spawn_vfork(s);
+        if (pid < 0)
+            err = errno;
+        break;
+    default:
+        err = EINVAL;
+    }
+
+    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, 8);
+    errno = pid < 0 ? err : saved_errno;
+    return pid;
+}
+
+/* Receive the pidfd a child sent over `sock` (MSG_CMSG_CLOEXEC); -1 if none. */
+int pyclone3_recv_pidfd(int sock)
+{
+    union {
+        char buf[CMSG_SPACE(sizeof(int))];
+        struct cmsghdr align;
+    } control;
+    struct msghdr msg;
+    struct iovec iov;
+    struct cmsghdr *cmsg;
+    char byte;
+    int fd = -1;
+
+    memset(&msg, 0, sizeof(msg));
+    iov.iov_base = &byte;
+    iov.iov_len = 1;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.buf;
+    msg.msg_controllen = sizeof(control.buf);
+    if (recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT) < 1)
+        return -1;
+    cmsg = CMSG_FIRSTHDR(&msg);
+    if (cmsg && cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS &&
+        cmsg->cmsg_len == CMSG_LEN(sizeof(int)))
+        memcpy(&fd, CMSG_DATA(cmsg), sizeof(int));
+    else
+        errno = EPROTO;
+    return fd;
+}

@@ -1,0 +1,310 @@
+"""``subprocess.Popen`` on pidfds: the :class:`CommandExt` and :class:`ChildExt` mixins.
+
+Compose the mixins onto any :class:`subprocess.Popen` subclass, in this
+order, before the base::
+
+    class MyPopen(pyclone3.CommandExt, pyclone3.ChildExt, subprocess.Popen): ...
+
+:class:`CommandExt` routes the spawn through pyclone3's core (every child
+gets its pidfd at creation) and adds spawn-time keywords; :class:`ChildExt`
+makes ``wait``, ``poll``, ``send_signal``, ``terminate`` and ``kill`` act on
+the pidfd: no polling loop, no PID race. Everything else is the standard
+library's own ``Popen``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import types
+from typing import Any
+
+from .pidfd import PidFd, WaitTimeout
+from .spawn import SPAWN_PATHS, spawn_for_popen
+from .status import WaitStatus
+
+__all__ = [
+    "ChildExt",
+    "CommandExt",
+    "PidfdUnavailableError",
+    "Popen",
+    "call",
+    "check_call",
+    "check_output",
+    "getoutput",
+    "getstatusoutput",
+    "run",
+]
+
+
+class PidfdUnavailableError(RuntimeError):
+    """The child has no pidfd: spawned with ``create_pidfd=False`` or on the ``vfork`` path."""
+
+
+class CommandExt:
+    """Spawn-time options for a :class:`subprocess.Popen` subclass.
+
+    Keywords added to ``Popen(...)``:
+
+    *create_pidfd* (default ``True``)
+        take the child's pidfd at creation (see :attr:`ChildExt.pidfd`).
+    *spawn_path*
+        force one of :data:`pyclone3.spawn.SPAWN_PATHS` for this child.
+
+    The child is set up exactly as ``subprocess`` does it (fds, ``cwd``,
+    ``env``, ``umask``, sessions, process groups, users and groups,
+    ``restore_signals``, ``preexec_fn``, ``close_fds``/``pass_fds``) and its
+    failures raise the same exceptions.
+    """
+
+    _pidfd: PidFd | None
+    _pidfd_owned: bool
+    pid: int
+    returncode: int | None
+    _child_created: bool
+
+    def _close_pipe_fds(self, *fds: int) -> None: ...  # subprocess.Popen's
+
+    def __init__(
+        self, *args: Any, create_pidfd: bool = True, spawn_path: str | None = None, **kwargs: Any
+    ) -> None:
+        if spawn_path is not None and spawn_path not in SPAWN_PATHS:
+            raise ValueError(f"unknown spawn path {spawn_path!r}; choose from {SPAWN_PATHS}")
+        self._pyclone3_create_pidfd = bool(create_pidfd)
+        self._pyclone3_spawn_path = spawn_path
+        self._pidfd = None
+        self._pidfd_owned = True
+        self.spawn_path: str | None = None
+        super().__init__(*args, **kwargs)
+
+    def _execute_child(
+        self,
+        args: Any,
+        executable: Any,
+        preexec_fn: Any,
+        close_fds: bool,
+        pass_fds: Any,
+        cwd: Any,
+        env: Any,
+        startupinfo: Any,
+        creationflags: int,
+        shell: bool,
+        p2cread: int,
+        p2cwrite: int,
+        c2pread: int,
+        c2pwrite: int,
+        errread: int,
+        errwrite: int,
+        restore_signals: bool,
+        gid: int | None,
+        gids: Any,
+        uid: int | None,
+        umask: int,
+        start_new_session: bool,
+        process_group: int = -1,  # 3.11+
+    ) -> None:
+        if isinstance(args, (str, bytes)):
+            args = [args]
+        elif isinstance(args, os.PathLike):
+            if shell:
+                raise TypeError("path-like args is not allowed when shell is true")
+            args = [args]
+        else:
+            args = list(args)
+        if shell:
+            args = ["/bin/sh", "-c", *args]
+            if executable:
+                args[0] = executable
+        if executable is None:
+            executable = args[0]
+        sys.audit("subprocess.Popen", executable, args, cwd, env)
+
+        def failed(pid: int, returncode: int | None) -> None:
+            self.pid = pid
+            self.returncode = returncode if returncode is not None else sys.maxsize
+            self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
+
+        child = spawn_for_popen(
+            args,
+            executable,
+            executable,
+            cwd=cwd,
+            env=env,
+            fds=(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite),
+            pass_fds=pass_fds,
+            close_fds=close_fds,
+            restore_signals=restore_signals,
+            start_new_session=start_new_session,
+            process_group=process_group,
+            gid=gid,
+            gids=gids,
+            uid=uid,
+            umask=umask,
+            preexec_fn=preexec_fn,
+            create_pidfd=self._pyclone3_create_pidfd,
+            path=self._pyclone3_spawn_path,
+            on_failed=failed,
+        )
+        self.pid = child.pid
+        self._pidfd = child.pidfd
+        self.spawn_path = child.path
+        self._child_created = True
+        self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
+
+
+class ChildExt:
+    """Waiting and signalling through the child's pidfd, for a :class:`subprocess.Popen` subclass.
+
+    ``wait(timeout)`` sleeps in ``poll(2)`` on the pidfd (no 50 ms polling
+    loop); ``poll()`` is one ``waitid(P_PIDFD, WNOHANG)``; ``send_signal``,
+    ``terminate`` and ``kill`` use ``pidfd_send_signal``, so they can never
+    reach a process that reused the child's PID. The ``Popen`` owns the
+    reaping: :attr:`returncode` is set once, from the one ``waitid``, and the
+    pidfd is closed as soon as the child is reaped (unless taken with
+    :meth:`take_pidfd`). Without a pidfd (``create_pidfd=False``, the
+    ``vfork`` path, or a ``Popen`` not spawned by :class:`CommandExt`) every
+    method falls back to the standard library's.
+
+    If something else reaps the child behind the ``Popen``'s back (a
+    ``SIGCHLD`` handler, ``os.waitpid(-1)``), the status still comes back
+    right on Linux 6.15+ (``PIDFD_INFO_EXIT``); before, ``returncode`` is 0,
+    as the standard library sets it.
+    """
+
+    returncode: int | None
+    pid: int
+    args: Any
+    _waitpid_lock: Any
+    _pidfd: PidFd | None
+    _pidfd_owned: bool
+
+    @property
+    def pidfd(self) -> PidFd:
+        """The child's pidfd, borrowed: the ``Popen`` closes it once the child is reaped.
+
+        Raises :class:`PidfdUnavailableError` if the child has none.
+        """
+        pidfd: PidFd | None = getattr(self, "_pidfd", None)
+        if pidfd is None:
+            raise PidfdUnavailableError(
+                "this child has no pidfd (create_pidfd=False, or spawned on the 'vfork' path)"
+            )
+        return pidfd
+
+    def take_pidfd(self) -> PidFd:
+        """Take ownership of the pidfd (like Rust's ``into_pidfd``); the ``Popen`` won't close it.
+
+        The ``Popen`` goes on reaping through it while it is open; both see
+        the same :class:`~pyclone3.WaitStatus`.
+        """
+        pidfd = self.pidfd
+        self._pidfd_owned = False
+        return pidfd
+
+    def _pidfd_for_wait(self) -> PidFd | None:
+        pidfd: PidFd | None = getattr(self, "_pidfd", None)
+        if pidfd is None or pidfd.closed:
+            return None
+        return pidfd
+
+    def _reaped(self, status: WaitStatus | None) -> None:
+        """Record the child's end; call with _waitpid_lock held, or when no one else can."""
+        if self.returncode is None:
+            self.returncode = status.returncode if status is not None else 0
+        pidfd = getattr(self, "_pidfd", None)
+        if pidfd is not None and getattr(self, "_pidfd_owned", True):
+            pidfd.close()
+
+    def _internal_poll(
+        self, _deadstate: int | None = None, *args: Any, **kwargs: Any
+    ) -> int | None:
+        pidfd = self._pidfd_for_wait()
+        if pidfd is None:
+            return super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc, no-any-return]
+        if self.returncode is None:
+            if not self._waitpid_lock.acquire(False):
+                return None  # another thread is waiting: we know nothing yet
+            try:
+                if self.returncode is None:
+                    try:
+                        status = pidfd.try_wait()
+                    except ChildProcessError:  # reaped elsewhere, no PIDFD_INFO_EXIT
+                        if _deadstate is not None:
+                            self.returncode = _deadstate
+                        self._reaped(None)
+                    except ValueError:  # the pidfd was closed under us: fall back
+                        return super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc, no-any-return]
+                    else:
+                        if status is not None:
+                            self._reaped(status)
+            finally:
+                self._waitpid_lock.release()
+        return self.returncode
+
+    def _wait(self, timeout: float | None) -> int | None:
+        pidfd = self._pidfd_for_wait()
+        if pidfd is None:
+            return super()._wait(timeout)  # type: ignore[misc, no-any-return]
+        if self.returncode is not None:
+            return self.returncode
+        try:
+            status: WaitStatus | None = pidfd.wait(timeout)
+        except WaitTimeout:
+            raise subprocess.TimeoutExpired(self.args, timeout or 0.0) from None
+        except ChildProcessError:
+            status = None
+        with self._waitpid_lock:
+            self._reaped(status)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the child through its pidfd; nothing happens once it has been reaped."""
+        pidfd = self._pidfd_for_wait()
+        if pidfd is None:
+            super().send_signal(sig)  # type: ignore[misc]
+            return
+        self._internal_poll()
+        if self.returncode is not None:
+            return
+        # ProcessLookupError: exited, not yet reaped; ValueError: closed meanwhile.
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            pidfd.send_signal(sig)
+
+
+class Popen(CommandExt, ChildExt, subprocess.Popen):  # type: ignore[type-arg]
+    """:class:`subprocess.Popen`, with the child's pidfd taken at creation.
+
+    A drop-in: same arguments, same behaviour and exceptions, plus
+    *create_pidfd* and *spawn_path* (:class:`CommandExt`) and
+    :attr:`~ChildExt.pidfd` / :meth:`~ChildExt.take_pidfd`
+    (:class:`ChildExt`); waiting and signalling go through the pidfd.
+    """
+
+
+# run, call, check_call, check_output, getoutput and getstatusoutput are the
+# standard library's own functions, re-bound so that the Popen they create is
+# pyclone3's: same signatures and behaviour on every Python version.
+_namespace = dict(vars(subprocess))
+_namespace["Popen"] = Popen
+
+
+def _rebind(func: Any) -> Any:
+    clone = types.FunctionType(
+        func.__code__, _namespace, func.__name__, func.__defaults__, func.__closure__
+    )
+    clone.__kwdefaults__ = func.__kwdefaults__
+    clone.__doc__ = func.__doc__
+    clone.__module__ = __name__
+    clone.__qualname__ = func.__qualname__
+    _namespace[func.__name__] = clone
+    return clone
+
+
+call = _rebind(subprocess.call)
+check_call = _rebind(subprocess.check_call)
+check_output = _rebind(subprocess.check_output)
+run = _rebind(subprocess.run)
+getstatusoutput = _rebind(subprocess.getstatusoutput)
+getoutput = _rebind(subprocess.getoutput)

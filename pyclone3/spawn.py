@@ -1,0 +1,518 @@
+"""Spawn a program with its pidfd taken at creation: :func:`spawn`, and the fallback chain.
+
+The child is created by the C spawn core (``pyclone3/_spawn_impl.c``) along
+the first path that this kernel and sandbox allow:
+
+``clone3``
+    ``clone3(CLONE_VM | CLONE_VFORK | CLONE_PIDFD | CLONE_CLEAR_SIGHAND)`` on
+    a small private stack (Linux 5.3+; x86_64 and aarch64).
+``clone``
+    glibc's ``clone()`` with ``CLONE_VM | CLONE_VFORK | CLONE_PIDFD``
+    (Linux 5.2+), for when ``clone3`` is missing or filtered.
+``vfork_pidfd``
+    ``vfork()``; the child opens its own pidfd and sends it to the parent
+    over a socket (``SCM_RIGHTS``) before it does anything else, so the
+    pidfd still names the right process.
+``vfork``
+    ``vfork()`` and no pidfd: the child runs, but has no pidfd.
+
+The first choice is probed once and cached, as robust runtimes do it: a
+kernel's ``ENOSYS`` (and ``EINVAL`` for an unknown flag) is remembered; an
+``EPERM`` (a seccomp filter, perhaps for some flags only) moves to the next
+path for this spawn only; ``EAGAIN``, ``ENOMEM``, ``EMFILE`` and ``ENFILE``
+are raised and change nothing. :func:`set_spawn_path` or the environment
+variable ``PYCLONE3_SPAWN_PATH`` force one path (and only that one).
+
+With *preexec_fn* the child must run Python, which rules out the shared
+memory of the ``vfork`` family: the child is made by :func:`os.fork` (glibc's
+fork, with its atfork handlers and the interpreter's) and, unless the path is
+``vfork``, sends its own pidfd back the same way as ``vfork_pidfd``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, Union
+
+from ._clone3 import ffi, lib
+from ._features import TRANSIENT_ERRNOS, features
+from .pidfd import PidFd
+
+__all__ = [
+    "SPAWN_PATHS",
+    "SpawnedChild",
+    "get_spawn_path",
+    "set_spawn_path",
+    "spawn",
+]
+
+#: The spawn paths, fastest first.
+SPAWN_PATHS = ("clone3", "clone", "vfork_pidfd", "vfork")
+ENV_VAR = "PYCLONE3_SPAWN_PATH"
+
+_STACK_SIZE = 64 * 1024
+_new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
+
+_lock = threading.Lock()
+_forced: str | None = None
+_unsupported: set[str] = set()
+_clear_sighand = True  # False once clone3 refused CLONE_CLEAR_SIGHAND (5.3, 5.4)
+
+StrOrBytesPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+
+
+def set_spawn_path(path: str | None) -> None:
+    """Force every spawn to use *path* (one of :data:`SPAWN_PATHS`), or ``None`` to probe.
+
+    Takes precedence over ``PYCLONE3_SPAWN_PATH``. A forced path is used even
+    where it fails: its error is raised, with no fallback.
+    """
+    global _forced
+    if path is not None and path not in SPAWN_PATHS:
+        raise ValueError(f"unknown spawn path {path!r}; choose from {SPAWN_PATHS}")
+    _forced = path
+
+
+def get_spawn_path() -> str | None:
+    """The forced spawn path (set_spawn_path, else $PYCLONE3_SPAWN_PATH), or ``None``."""
+    if _forced is not None:
+        return _forced
+    env = os.environ.get(ENV_VAR) or None
+    if env is not None and env not in SPAWN_PATHS:
+        raise ValueError(f"{ENV_VAR}={env!r} is not one of {SPAWN_PATHS}")
+    return env
+
+
+class SpawnedChild(NamedTuple):
+    """What :func:`spawn` made: PID, pidfd (``None`` on the ``vfork`` path), and the path used."""
+
+    pid: int
+    pidfd: PidFd | None
+    path: str
+
+
+class _ChildFailed(Exception):
+    """The child was created but failed before or at exec; it has been reaped."""
+
+    def __init__(self, pid: int, step: int, err: int, returncode: int | None) -> None:
+        super().__init__(pid, step, err)
+        self.pid = pid
+        self.step = step
+        self.err = err
+        self.returncode = returncode
+
+
+# ---- the plan: everything the child needs, made in the parent ---------------
+
+
+def _cstr(value: bytes, what: str) -> Any:
+    if b"\0" in value:
+        raise ValueError(f"embedded null byte in {what}")
+    return ffi.new("char[]", value)
+
+
+class _Plan:
+    """The C struct for the child and every buffer it points to (kept alive here)."""
+
+    def __init__(
+        self,
+        args: Sequence[StrOrBytesPath],
+        executable: StrOrBytesPath,
+        cwd: StrOrBytesPath | None,
+        env: Mapping[Any, Any] | None,
+        fds: tuple[int, int, int, int, int, int],
+        pass_fds: Iterable[int],
+        close_fds: bool,
+        restore_signals: bool,
+        start_new_session: bool,
+        process_group: int,
+        gid: int | None,
+        gids: Iterable[int] | None,
+        uid: int | None,
+        umask: int,
+    ) -> None:
+        keep: list[Any] = []
+        self._keep = keep
+
+        def cstr(value: bytes, what: str) -> Any:
+            ptr = _cstr(value, what)
+            keep.append(ptr)
+            return ptr
+
+        def array(ptrs: list[Any]) -> Any:
+            arr = ffi.new("char *[]", [*ptrs, ffi.NULL])
+            keep.append(arr)
+            return arr
+
+        s = ffi.new("struct pyclone3_spawn *")
+        self.s = s
+        s.argv = array([cstr(os.fsencode(a), "args") for a in args])
+        if env is not None:
+            entries = []
+            for key, value in env.items():
+                k = os.fsencode(key)
+                if b"=" in k:
+                    raise ValueError("illegal environment variable name")
+                entries.append(cstr(k + b"=" + os.fsencode(value), "env"))
+            s.envp = array(entries)
+        else:
+            s.envp = ffi.NULL
+        exe = os.fsencode(executable)
+        if os.path.dirname(exe):
+            candidates = [exe]
+        else:  # the PATH search os.execvpe does, prepared here
+            candidates = [os.path.join(os.fsencode(d), exe) for d in os.get_exec_path(env)]
+        s.exec_paths = array([cstr(c, "executable") for c in candidates])
+        s.cwd = cstr(os.fsencode(cwd), "cwd") if cwd is not None else ffi.NULL
+        (s.p2cread, s.p2cwrite, s.c2pread, s.c2pwrite, s.errread, s.errwrite) = fds
+        self.pass_fds = sorted({int(fd) for fd in pass_fds})
+        self._set_keep(self.pass_fds)
+        s.close_fds = 1 if close_fds else 0
+        s.umask = umask
+        s.restore_signals = 1 if restore_signals else 0
+        s.setsid = 1 if start_new_session else 0
+        s.pgid = process_group
+        s.gid = -1 if gid is None else gid
+        s.uid = -1 if uid is None else uid
+        if gids is None:
+            s.n_groups = -1
+            s.groups = ffi.NULL
+        else:
+            group_list = [int(g) for g in gids]
+            groups = ffi.new("unsigned int[]", group_list or [0])
+            keep.append(groups)
+            s.groups = groups
+            s.n_groups = len(group_list)
+        s.pidfd_sock = -1
+        s.errpipe = -1
+
+    def _set_keep(self, fds: list[int]) -> None:
+        arr = ffi.new("int[]", fds or [0])
+        self._keep.append(arr)
+        self.s.keep_fds = arr
+        self.s.n_keep_fds = len(fds)
+
+
+# ---- the paths ----------------------------------------------------------------
+
+
+def _reap(pid: int, pidfd: PidFd | None) -> int | None:
+    """Reap a child that failed before exec; return its returncode."""
+    if pidfd is not None:
+        try:
+            return pidfd.wait().returncode
+        except ChildProcessError:
+            return None
+    while True:
+        try:
+            _, wstatus = os.waitpid(pid, 0)
+        except ChildProcessError:
+            return None
+        return os.waitstatus_to_exitcode(wstatus)
+
+
+def _finish(plan: _Plan, pid: int, pidfd: PidFd | None, path: str) -> SpawnedChild:
+    step = plan.s.err_step
+    if step != lib.SPAWN_ERR_NONE:
+        err = plan.s.err_errno
+        try:
+            returncode = _reap(pid, pidfd)
+        finally:
+            if pidfd is not None:
+                pidfd.close()
+        raise _ChildFailed(pid, step, err, returncode)
+    return SpawnedChild(pid, pidfd, path)
+
+
+def _spawn_vm(plan: _Plan, path: str) -> SpawnedChild:
+    """One attempt on a vfork-family path; OSError if no child was created."""
+    s = plan.s
+    s.pidfd_sock = -1
+    stack = _new_uncleared("char[]", _STACK_SIZE)
+    pidfd_out = ffi.new("int *", -1)
+    if path == "clone3":
+        pid = lib.pyclone3_spawn(
+            s, lib.SPAWN_CLONE3, 1 if _clear_sighand else 0, stack, _STACK_SIZE, pidfd_out
+        )
+    elif path == "clone":
+        pid = lib.pyclone3_spawn(s, lib.SPAWN_CLONE, 0, stack, _STACK_SIZE, pidfd_out)
+    elif path == "vfork":
+        pid = lib.pyclone3_spawn(s, lib.SPAWN_VFORK, 0, ffi.NULL, 0, ffi.NULL)
+    else:  # vfork_pidfd
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            s.pidfd_sock = child_end.fileno()
+            pid = lib.pyclone3_spawn(s, lib.SPAWN_VFORK, 0, ffi.NULL, 0, ffi.NULL)
+            err = ffi.errno
+            if pid > 0:
+                pidfd_out[0] = lib.pyclone3_recv_pidfd(parent_end.fileno())
+        finally:
+            s.pidfd_sock = -1
+            parent_end.close()
+            child_end.close()
+        if pid < 0:
+            raise OSError(err, os.strerror(err))
+        fd = pidfd_out[0]
+        pidfd = PidFd(fd, pid=pid) if fd >= 0 else None
+        return _finish(plan, pid, pidfd, path)
+    if pid < 0:
+        err = ffi.errno
+        raise OSError(err, os.strerror(err))
+    fd = pidfd_out[0]
+    if fd < 0 and path != "vfork":
+        # A kernel older than CLONE_PIDFD ignores the flag: a child, no pidfd.
+        with _lock:
+            _unsupported.add(path)
+    return _finish(plan, pid, PidFd(fd, pid=pid) if fd >= 0 else None, path)
+
+
+def _spawn_forked(plan: _Plan, path: str, preexec_fn: Callable[[], Any]) -> SpawnedChild:
+    """The preexec_fn path: os.fork(), the child sends its own pidfd unless path is vfork."""
+    s = plan.s
+    want_pidfd = path != "vfork" and features().pidfd_open
+    errpipe_r, errpipe_w = os.pipe()
+    low = []
+    while errpipe_w < 3:  # keep it clear of the child's 0..2
+        low.append(errpipe_w)
+        errpipe_w = os.dup(errpipe_w)
+    for fd in low:
+        os.close(fd)
+    parent_end = child_end = None
+    try:
+        if want_pidfd:
+            parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        plan._set_keep(sorted({*plan.pass_fds, errpipe_w}))
+        s.errpipe = errpipe_w
+        s.pidfd_sock = child_end.fileno() if child_end is not None else -1
+        s.reset_handlers = 0
+        s.restore_mask = 0
+        s.err_step = lib.SPAWN_ERR_NONE
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            try:
+                lib.pyclone3_child_setup(s)
+                try:
+                    preexec_fn()
+                except BaseException:
+                    os.write(errpipe_w, struct.pack("ii", lib.SPAWN_ERR_PREEXEC, 0))
+                    os._exit(255)
+                lib.pyclone3_child_exec(s)
+            finally:
+                os._exit(255)
+        os.close(errpipe_w)
+        errpipe_w = -1
+        if child_end is not None:
+            child_end.close()
+            child_end = None
+        report = b""
+        while len(report) < 8:
+            part = os.read(errpipe_r, 8 - len(report))
+            if not part:
+                break
+            report += part
+        pidfd = None
+        if parent_end is not None:
+            fd = lib.pyclone3_recv_pidfd(parent_end.fileno())
+            pidfd = PidFd(fd, pid=pid) if fd >= 0 else None
+        if len(report) == 8:
+            step, err = struct.unpack("ii", report)
+            plan.s.err_step = step
+            plan.s.err_errno = err
+        return _finish(plan, pid, pidfd, path)
+    finally:
+        s.errpipe = -1
+        s.pidfd_sock = -1
+        os.close(errpipe_r)
+        if errpipe_w >= 0:
+            os.close(errpipe_w)
+        for end in (parent_end, child_end):
+            if end is not None:
+                end.close()
+
+
+def _candidates(forced: str | None) -> list[str]:
+    if forced is not None:
+        return [forced]
+    paths = [p for p in SPAWN_PATHS if p not in _unsupported]
+    if not lib.HAS_CLONE3_SPAWN and "clone3" in paths:
+        paths.remove("clone3")
+    return paths
+
+
+def _run_paths(
+    plan: _Plan, preexec_fn: Callable[[], Any] | None, forced: str | None, create_pidfd: bool
+) -> SpawnedChild:
+    global _clear_sighand
+    paths = ["vfork"] if not create_pidfd else _candidates(forced)
+    if preexec_fn is not None:
+        path = "vfork" if paths == ["vfork"] else (forced or "vfork_pidfd")
+        return _spawn_forked(plan, path, preexec_fn)
+    last: OSError | None = None
+    for path in paths:
+        if path == "vfork_pidfd" and forced is None and not features().pidfd_open:
+            continue
+        try:
+            return _spawn_vm(plan, path)
+        except _ChildFailed as failed:
+            if failed.step != lib.SPAWN_ERR_PIDFD or forced is not None:
+                raise
+            with _lock:
+                _unsupported.add(path)  # the child could not open or send its pidfd
+            last = OSError(failed.err, os.strerror(failed.err))
+            continue
+        except OSError as exc:
+            if forced is not None or exc.errno in TRANSIENT_ERRNOS:
+                raise
+            last = exc
+            if exc.errno == errno.EPERM:
+                continue  # a filter, perhaps for this flag set only: do not cache
+            if path == "clone3" and exc.errno == errno.EINVAL and _clear_sighand:
+                _clear_sighand = False  # 5.3 and 5.4 lack CLONE_CLEAR_SIGHAND
+                try:
+                    return _spawn_vm(plan, path)
+                except OSError as again:
+                    if again.errno in TRANSIENT_ERRNOS:
+                        raise
+                    last = again
+            with _lock:
+                _unsupported.add(path)
+    assert last is not None
+    raise last
+
+
+def _child_error(step: int, err: int, cwd: Any, executable: Any) -> BaseException:
+    """The exception subprocess raises for a child that failed before or at exec."""
+    if step == lib.SPAWN_ERR_PREEXEC:
+        import subprocess
+
+        return subprocess.SubprocessError("Exception occurred in preexec_fn.")
+    filename = executable if step == lib.SPAWN_ERR_EXEC else cwd
+    return OSError(err, os.strerror(err), filename)
+
+
+def spawn_for_popen(
+    args: Sequence[StrOrBytesPath],
+    executable: StrOrBytesPath,
+    orig_executable: Any,
+    *,
+    cwd: StrOrBytesPath | None,
+    env: Mapping[Any, Any] | None,
+    fds: tuple[int, int, int, int, int, int],
+    pass_fds: Iterable[int],
+    close_fds: bool,
+    restore_signals: bool,
+    start_new_session: bool,
+    process_group: int,
+    gid: int | None,
+    gids: Iterable[int] | None,
+    uid: int | None,
+    umask: int,
+    preexec_fn: Callable[[], Any] | None,
+    create_pidfd: bool,
+    path: str | None,
+    on_failed: Callable[[int, int | None], None] | None = None,
+) -> SpawnedChild:
+    """The spawn core as subprocess.Popen._execute_child needs it (see popen.py)."""
+    plan = _Plan(
+        args,
+        executable,
+        cwd,
+        env,
+        fds,
+        pass_fds,
+        close_fds,
+        restore_signals,
+        start_new_session,
+        process_group,
+        gid,
+        gids,
+        uid,
+        umask,
+    )
+    try:
+        return _run_paths(plan, preexec_fn, path or get_spawn_path(), create_pidfd)
+    except _ChildFailed as failed:
+        if on_failed is not None:  # Popen records the failed child's pid and status
+            on_failed(failed.pid, failed.returncode)
+        raise _child_error(failed.step, failed.err, cwd, orig_executable) from None
+
+
+def spawn(
+    args: Sequence[StrOrBytesPath],
+    *,
+    executable: StrOrBytesPath | None = None,
+    cwd: StrOrBytesPath | None = None,
+    env: Mapping[Any, Any] | None = None,
+    stdin: int = -1,
+    stdout: int = -1,
+    stderr: int = -1,
+    pass_fds: Iterable[int] = (),
+    close_fds: bool = True,
+    restore_signals: bool = True,
+    start_new_session: bool = False,
+    process_group: int = -1,
+    uid: int | None = None,
+    gid: int | None = None,
+    extra_groups: Iterable[int] | None = None,
+    umask: int = -1,
+    preexec_fn: Callable[[], Any] | None = None,
+    create_pidfd: bool = True,
+    spawn_path: str | None = None,
+) -> SpawnedChild:
+    """Start *args* and return its PID and pidfd: the low-level spawn.
+
+    The keywords mean what :class:`subprocess.Popen`'s do, with file
+    descriptors in place of its ``PIPE``/file-object conveniences: *stdin*,
+    *stdout*, *stderr* are fds to install as 0, 1, 2 in the child (-1:
+    inherit), numeric *uid*/*gid*/*extra_groups*. Exec failures raise what
+    ``subprocess`` raises (``FileNotFoundError`` with the executable as
+    filename, the cwd's for a failed ``chdir``, ...) after the failed child
+    was reaped. The caller owns the returned pidfd and must reap the child
+    (``child.pidfd.wait()``); on the ``vfork`` path, or with
+    ``create_pidfd=False``, ``pidfd`` is ``None``.
+
+    Raises ``ValueError`` (empty *args*, NUL bytes, bad spawn path) or
+    ``TypeError`` before creating anything.
+    """
+    if isinstance(args, (str, bytes, os.PathLike)):
+        raise TypeError("args must be a sequence of program arguments, not a single string")
+    args = list(args)
+    if not args:
+        raise ValueError("args must not be empty")
+    for name, value in (
+        ("stdin", stdin),
+        ("stdout", stdout),
+        ("stderr", stderr),
+        ("process_group", process_group),
+        ("umask", umask),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if spawn_path is not None and spawn_path not in SPAWN_PATHS:
+        raise ValueError(f"unknown spawn path {spawn_path!r}; choose from {SPAWN_PATHS}")
+    exe = executable if executable is not None else args[0]
+    return spawn_for_popen(
+        args,
+        exe,
+        exe,
+        cwd=cwd,
+        env=env,
+        fds=(stdin, -1, -1, stdout, -1, stderr),
+        pass_fds=pass_fds,
+        close_fds=close_fds,
+        restore_signals=restore_signals,
+        start_new_session=start_new_session,
+        process_group=process_group,
+        gid=gid,
+        gids=extra_groups,
+        uid=uid,
+        umask=umask,
+        preexec_fn=preexec_fn,
+        create_pidfd=create_pidfd,
+        path=spawn_path,
+    )
