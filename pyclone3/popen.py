@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .pidfd import PidFd, WaitTimeout
 from .spawn import SPAWN_PATHS, spawn_for_popen
@@ -65,7 +65,9 @@ class CommandExt:
     returncode: int | None
     _child_created: bool
 
-    def _close_pipe_fds(self, *fds: int) -> None: ...  # subprocess.Popen's
+    if TYPE_CHECKING:  # provided by subprocess.Popen; a real def would shadow it
+
+        def _close_pipe_fds(self, *fds: int) -> None: ...
 
     def __init__(
         self, *args: Any, create_pidfd: bool = True, spawn_path: str | None = None, **kwargs: Any

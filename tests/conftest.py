@@ -86,3 +86,27 @@ def require(name: str) -> pytest.MarkDecorator:
 
 
 PYTHON = sys.executable
+
+
+def _path_unavailable(path: str) -> str | None:
+    from pyclone3._clone3 import lib
+
+    if path == "clone3" and not (lib.HAS_CLONE3_SPAWN and FEATURES.clone_pidfd):
+        return "clone3 spawn unsupported here"
+    if path in ("clone", "vfork_pidfd") and not FEATURES.pidfd_open:
+        return "no pidfds on this kernel"
+    return None
+
+
+@pytest.fixture(params=pyclone3.SPAWN_PATHS)
+def spawn_path(request: pytest.FixtureRequest) -> object:
+    """Run the test once per spawn path, forced with set_spawn_path."""
+    path = request.param
+    reason = _path_unavailable(path)
+    if reason:
+        pytest.skip(reason)
+    pyclone3.set_spawn_path(path)
+    try:
+        yield path
+    finally:
+        pyclone3.set_spawn_path(None)
