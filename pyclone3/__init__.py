@@ -11,7 +11,7 @@ Layers, from the bottom:
 * :mod:`pyclone3.syscalls`: one checked, typed function per syscall;
 * :class:`PidFd`, :class:`WaitStatus`, :func:`features`: the objects other
   libraries build on;
-* :func:`spawn` and the C spawn core (:mod:`pyclone3.spawn`);
+* :func:`spawn`, :func:`set_spawn_path` and the C spawn core behind them;
 * :class:`Popen`, :class:`CommandExt`, :class:`ChildExt`, :func:`run` & co.:
   ``subprocess`` on pidfds (:mod:`pyclone3.popen`).
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from . import flags, syscalls
 from ._features import Features, features
+from ._spawn import SPAWN_PATHS, SpawnedChild, get_spawn_path, set_spawn_path, spawn
 from .flags import (
     ChildCode,
     CloneFlag,
@@ -42,7 +43,6 @@ from .popen import (
     getstatusoutput,
     run,
 )
-from .spawn import SPAWN_PATHS, SpawnedChild, get_spawn_path, set_spawn_path, spawn
 from .status import WaitStatus
 from .syscalls import PidfdInfo
 

@@ -21,8 +21,8 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
+from ._spawn import SPAWN_PATHS, spawn_for_popen
 from .pidfd import PidFd, WaitTimeout
-from .spawn import SPAWN_PATHS, spawn_for_popen
 from .status import WaitStatus
 
 __all__ = [
@@ -51,7 +51,7 @@ class CommandExt:
     *create_pidfd* (default ``True``)
         take the child's pidfd at creation (see :attr:`ChildExt.pidfd`).
     *spawn_path*
-        force one of :data:`pyclone3.spawn.SPAWN_PATHS` for this child.
+        force one of :data:`pyclone3.SPAWN_PATHS` for this child.
 
     The child is set up exactly as ``subprocess`` does it (fds, ``cwd``,
     ``env``, ``umask``, sessions, process groups, users and groups,

@@ -22,6 +22,7 @@ _NUMBERS = {
         "pidfd_send_signal": 424,
         "pidfd_getfd": 438,
         "waitid": 247,
+        "clone": 56,
     },
     "aarch64": {
         "clone3": 435,
@@ -29,12 +30,15 @@ _NUMBERS = {
         "pidfd_send_signal": 424,
         "pidfd_getfd": 438,
         "waitid": 95,
+        "clone": 220,
     },
 }
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 
 _LD_W_ABS = 0x20
 _JEQ_K = 0x15
+_JSET_K = 0x45
+_CLONE_PIDFD = 0x1000
 _RET_K = 0x06
 _RET_ALLOW = 0x7FFF0000
 _RET_ERRNO = 0x00050000
@@ -48,7 +52,11 @@ def supported() -> bool:
 
 
 def deny(rules: dict[str, int]) -> None:
-    """Install a filter making each named syscall fail with its errno."""
+    """Install a filter making each named syscall fail with its errno.
+
+    The pseudo-name ``clone_pidfd`` fails only those clone(2) calls whose
+    flags include CLONE_PIDFD, as qemu-user does; plain fork() still works.
+    """
     machine = platform.machine()
     numbers = _NUMBERS[machine]
     insns = [
@@ -58,8 +66,15 @@ def deny(rules: dict[str, int]) -> None:
         (_LD_W_ABS, 0, 0, 0),  # seccomp_data.nr
     ]
     for name, err in rules.items():
+        if name == "clone_pidfd":
+            continue
         insns.append((_JEQ_K, 0, 1, numbers[name]))
         insns.append((_RET_K, 0, 0, _RET_ERRNO | err))
+    if "clone_pidfd" in rules:  # last: it replaces the syscall number with an argument
+        insns.append((_JEQ_K, 0, 3, numbers["clone"]))
+        insns.append((_LD_W_ABS, 0, 0, 16))  # low word of seccomp_data.args[0]
+        insns.append((_JSET_K, 0, 1, _CLONE_PIDFD))
+        insns.append((_RET_K, 0, 0, _RET_ERRNO | rules["clone_pidfd"]))
     insns.append((_RET_K, 0, 0, _RET_ALLOW))
     code = b"".join(struct.pack("HBBI", *insn) for insn in insns)
     buf = ctypes.create_string_buffer(code)

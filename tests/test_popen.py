@@ -245,13 +245,12 @@ def test_bad_cwd_raises_with_the_cwd_as_filename(tmp_path: object) -> None:
     assert info2.value.filename == afile
 
 
-def test_failed_spawn_reaps_the_child_and_records_it() -> None:
-    p = None
-    try:
-        p = Popen(["/nonexistent"])
-    except FileNotFoundError:
-        pass
-    assert p is None  # the zombie and fd checks of the no_leaks fixture do the rest
+def test_failed_spawns_leave_no_child_and_no_fd() -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        with pytest.raises(FileNotFoundError):
+            Popen(["/nonexistent"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert len(os.listdir("/proc/self/fd")) == before  # zombies: the no_leaks fixture
 
 
 def test_preexec_fn_runs_in_the_child(tmp_path: object) -> None:
@@ -399,7 +398,7 @@ def test_changing_user_unprivileged_is_a_permission_error() -> None:
         pyclone3.run(["/bin/true"], user=0)
 
 
-# ---- pidfds ------------------------------------------------------------------------------------------
+# ---- pidfds --------------------------------------------------------------------
 
 
 def test_pidfd_is_the_childs(spawn_path: str) -> None:
@@ -446,16 +445,16 @@ def test_wait_sleeps_instead_of_polling(spawn_path: str) -> None:
 
 
 def test_popen_subclass_composition() -> None:
-    class Logged(pyclone3.CommandExt, pyclone3.ChildExt, subprocess.Popen):  # type: ignore[type-arg, misc]
-        log: list[str] = []
+    log: list[str] = []
 
+    class Logged(pyclone3.CommandExt, pyclone3.ChildExt, subprocess.Popen):  # type: ignore[type-arg, misc]
         def wait(self, timeout: float | None = None) -> int:
-            self.log.append("wait")
+            log.append("wait")
             return super().wait(timeout)
 
     with Logged(["/bin/sh", "-c", "exit 9"]) as p:
         assert p.wait() == 9
-    assert Logged.log == ["wait", "wait"]  # ours, then __exit__'s
+    assert log == ["wait", "wait"]  # ours, then __exit__'s
 
 
 def test_io_text_wrapper_attributes_unchanged() -> None:

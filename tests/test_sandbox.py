@@ -109,3 +109,85 @@ def test_pidfd_getfd_refused() -> None:
     f = run_filtered("pidfd_getfd=EPERM")["features"]
     assert f["pidfd_getfd"] is False and f["notes"]["pidfd_getfd"] == "EPERM"
     assert f["pidfd_open"] and f["clone3"]
+
+
+SPAWN_REPORT = textwrap.dedent(
+    """
+    import json, os, signal, subprocess
+    import pyclone3, pyclone3._spawn as sp
+    from pyclone3 import Popen, PidfdUnavailableError
+    out = {"paths": [], "codes": []}
+    for i in range(3):
+        with Popen(["/bin/sh", "-c", f"exit {i}"]) as p:
+            out["paths"].append(p.spawn_path)
+            try:
+                out["pidfd"] = p.pidfd.pid == p.pid
+            except PidfdUnavailableError:
+                out["pidfd"] = None
+        out["codes"].append(p.returncode)
+    with Popen(["/bin/sleep", "30"]) as p:
+        p.terminate()
+    out["terminated"] = p.returncode
+    try:
+        Popen(["/no/such/program"])
+    except FileNotFoundError as exc:
+        out["missing"] = exc.filename
+    r = pyclone3.run(["/bin/echo", "pre"], preexec_fn=lambda: None, capture_output=True)
+    out["preexec"] = r.stdout.decode()
+    out["unsupported"] = sorted(sp._unsupported)
+    out["features"] = pyclone3.features().as_dict()
+    print(json.dumps(out))
+    """
+)
+
+
+def run_spawn_filtered(*rules: str) -> dict:
+    result = subprocess.run(
+        [PYTHON, os.path.join(HERE, "seccomp.py"), *rules, "--", PYTHON, "-c", SPAWN_REPORT],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def check_spawning_works(out: dict) -> None:
+    assert out["codes"] == [0, 1, 2]
+    assert out["terminated"] == -15
+    assert out["missing"] == "/no/such/program"
+    assert out["preexec"] == "pre\n"
+
+
+def test_unfiltered_spawns_use_clone3() -> None:
+    out = run_spawn_filtered()
+    check_spawning_works(out)
+    assert out["paths"] == ["clone3"] * 3 and out["pidfd"] is True
+
+
+def test_clone3_enosys_falls_back_to_clone_and_caches() -> None:
+    out = run_spawn_filtered("clone3=ENOSYS")
+    check_spawning_works(out)
+    assert out["paths"] == ["clone"] * 3 and out["pidfd"] is True
+    assert out["unsupported"] == ["clone3"]  # probed once, remembered
+    assert out["features"]["clone3"] is False
+
+
+def test_clone3_eperm_falls_back_without_caching() -> None:
+    out = run_spawn_filtered("clone3=EPERM")
+    check_spawning_works(out)
+    assert out["paths"] == ["clone"] * 3 and out["pidfd"] is True
+    assert out["unsupported"] == []  # a filter may be flag-specific: ask again next time
+
+
+def test_clone_pidfd_refused_falls_back_to_a_child_sent_pidfd() -> None:
+    out = run_spawn_filtered("clone3=ENOSYS", "clone_pidfd=EINVAL")
+    check_spawning_works(out)
+    assert out["paths"] == ["vfork_pidfd"] * 3 and out["pidfd"] is True
+    assert out["unsupported"] == ["clone", "clone3"]
+
+
+def test_no_pidfds_at_all_still_spawns() -> None:
+    out = run_spawn_filtered("clone3=ENOSYS", "clone_pidfd=EINVAL", "pidfd_open=ENOSYS")
+    check_spawning_works(out)
+    assert out["paths"] == ["vfork"] * 3 and out["pidfd"] is None

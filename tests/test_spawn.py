@@ -1,0 +1,234 @@
+"""The spawn core: the low-level spawn(), and the races pidfds exist to close."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+from conftest import FEATURES, PYTHON, open_fds, require, zombies
+
+import pyclone3
+from pyclone3 import CloneFlag, PidFd, Popen, spawn, syscalls
+
+# ---- spawn() -------------------------------------------------------------------
+
+
+def test_spawn_returns_pid_pidfd_and_path(spawn_path: str) -> None:
+    r, w = os.pipe()
+    try:
+        child = spawn(["/bin/echo", "low level"], stdout=w)
+    finally:
+        os.close(w)
+    assert child.path == spawn_path and child.pid > 0
+    if spawn_path == "vfork":
+        assert child.pidfd is None
+        _, wstatus = os.waitpid(child.pid, 0)
+        assert os.waitstatus_to_exitcode(wstatus) == 0
+    else:
+        assert child.pidfd is not None
+        with child.pidfd as pidfd:
+            assert pidfd.wait().exit_code == 0
+    with os.fdopen(r, "rb") as f:
+        assert f.read() == b"low level\n"
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, exc",
+    [
+        ("/bin/true", {}, TypeError),
+        ([], {}, ValueError),
+        (["/bin/true"], {"stdout": "1"}, TypeError),
+        (["/bin/true"], {"umask": 1.5}, TypeError),
+        (["/bin/true"], {"spawn_path": "posix_spawn"}, ValueError),
+        (["/bin/tr\0ue"], {}, ValueError),
+    ],
+)
+def test_spawn_rejects_bad_arguments(args: object, kwargs: dict, exc: type) -> None:
+    with pytest.raises(exc):
+        spawn(args, **kwargs)  # type: ignore[arg-type]
+
+
+def test_spawn_failure_is_raised_after_reaping(spawn_path: str) -> None:
+    with pytest.raises(FileNotFoundError) as info:
+        spawn(["/no/such/binary"])
+    assert info.value.filename == "/no/such/binary"
+
+
+def test_set_spawn_path_validates() -> None:
+    with pytest.raises(ValueError):
+        pyclone3.set_spawn_path("fork")
+    assert pyclone3.get_spawn_path() is None
+
+
+def test_environment_variable_forces_a_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYCLONE3_SPAWN_PATH", "vfork")
+    with Popen(["/bin/true"]) as p:
+        assert p.spawn_path == "vfork"
+    monkeypatch.setenv("PYCLONE3_SPAWN_PATH", "bogus")
+    with pytest.raises(ValueError, match="PYCLONE3_SPAWN_PATH"):
+        Popen(["/bin/true"])
+
+
+def test_unforced_spawn_takes_the_fastest_path() -> None:
+    with Popen(["/bin/true"]) as p:
+        pass
+    from pyclone3._clone3 import lib
+
+    if lib.HAS_CLONE3_SPAWN and FEATURES.clone_pidfd:
+        assert p.spawn_path == "clone3"
+
+
+# ---- what pidfds are for ---------------------------------------------------------------
+
+
+@require("pidfd_info_exit")
+def test_child_reaped_by_a_foreign_waitpid_keeps_its_status(spawn_path: str) -> None:
+    if spawn_path == "vfork":
+        pytest.skip("no pidfd on this path")
+    with Popen(["/bin/sh", "-c", "exit 17"]) as p:
+        pid, _ = os.waitpid(-1, 0)  # someone else's reaper
+        assert pid == p.pid
+        assert p.wait(timeout=10) == 17
+
+
+@require("pidfd_info_exit")
+def test_sigchld_handler_that_reaps_everything(spawn_path: str) -> None:
+    if spawn_path == "vfork":
+        pytest.skip("no pidfd on this path")
+
+    def reap_all(signum: int, frame: object) -> None:
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+
+    old = signal.signal(signal.SIGCHLD, reap_all)
+    try:
+        procs = [Popen(["/bin/sh", "-c", f"exit {i}"]) for i in range(20)]
+        assert [p.wait(timeout=10) for p in procs] == list(range(20))
+        with Popen(["/bin/sleep", "30"]) as p:
+            p.terminate()
+            assert p.wait(timeout=10) == -signal.SIGTERM  # never 0
+    finally:
+        signal.signal(signal.SIGCHLD, old)
+
+
+def test_sigchld_handler_that_only_counts(spawn_path: str) -> None:
+    hits: list[int] = []
+    old = signal.signal(signal.SIGCHLD, lambda *a: hits.append(1))
+    try:
+        for i in range(10):
+            assert pyclone3.call(["/bin/sh", "-c", f"exit {i}"]) == i
+    finally:
+        signal.signal(signal.SIGCHLD, old)
+    assert hits
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a PID namespace and set_tid")
+@require("clone_pidfd")
+def test_recycled_pid_is_not_signalled() -> None:
+    """In a new PID namespace, steer a new process onto a dead child's PID.
+
+    os.kill(pid) would now hit the newcomer; Popen.send_signal, through the
+    pidfd, must not.
+    """
+    pid, fd = syscalls.clone3(flags=CloneFlag.CLONE_NEWPID | CloneFlag.CLONE_PIDFD)
+    if pid == 0:  # pragma: no cover - PID 1 of the new namespace
+        code = 1
+        try:
+            victim = Popen(["/bin/sleep", "30"])
+            old_pid = victim.pid
+            os.kill(old_pid, signal.SIGKILL)
+            os.waitpid(old_pid, 0)  # reaped behind the Popen's back
+            new_pid, _ = syscalls.clone3(set_tid=[old_pid])
+            if new_pid == 0:
+                time.sleep(30)
+                os._exit(0)
+            assert new_pid == old_pid  # the PID is reused
+            os.kill(old_pid, 0)  # ... and a PID-based kill would reach it
+            victim.send_signal(signal.SIGKILL)  # through the pidfd: must not
+            time.sleep(0.1)
+            assert os.waitpid(new_pid, os.WNOHANG) == (0, 0)  # the newcomer lives
+            os.kill(new_pid, signal.SIGKILL)
+            os.waitpid(new_pid, 0)
+            victim.wait()
+            code = 0
+        finally:
+            os._exit(code)
+    assert fd is not None
+    with PidFd(fd, pid=pid) as ns_init:
+        assert ns_init.wait(timeout=60).exit_code == 0
+
+
+# ---- many children, failures, threads --------------------------------------------------
+
+
+def test_1000_spawns_with_failures_mixed_in_leave_nothing_behind() -> None:
+    before = len(open_fds())
+    failures = 0
+    for i in range(1000):
+        if i % 4 == 3:
+            with pytest.raises(FileNotFoundError):
+                Popen(["/no/such/program"], stdout=subprocess.PIPE)
+            failures += 1
+        else:
+            with Popen(["/bin/true"], stdout=subprocess.DEVNULL) as p:
+                pass
+            assert p.returncode == 0
+    assert failures == 250
+    assert len(open_fds()) == before
+    assert zombies() == []
+
+
+def test_8_threads_spawning_at_once() -> None:
+    errors: list[BaseException] = []
+    codes: list[int] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(40):
+                if i % 5 == 0:
+                    with Popen(["/bin/sleep", "30"]) as p:
+                        p.kill()
+                    code = p.returncode
+                    assert code == -signal.SIGKILL
+                else:
+                    code = pyclone3.call(["/bin/sh", "-c", f"exit {n}"])
+                    assert code == n
+                with lock:
+                    codes.append(code)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert len(codes) == 320
+
+
+def test_spawn_while_another_thread_hammers_malloc() -> None:
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            [bytearray(4096) for _ in range(100)]
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        for _ in range(200):
+            assert pyclone3.call([PYTHON, "-c", ""] if _ % 50 == 0 else ["/bin/true"]) == 0
+    finally:
+        stop.set()
+        t.join()
