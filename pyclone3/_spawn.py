@@ -58,6 +58,17 @@ ENV_VAR = "PYCLONE3_SPAWN_PATH"
 _STACK_SIZE = 64 * 1024
 _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 
+
+class _ThreadBuffers(threading.local):
+    """Per thread, the child's stack and the pidfd cell: a spawn never nests in a thread."""
+
+    def __init__(self) -> None:
+        self.stack = _new_uncleared("char[]", _STACK_SIZE)
+        self.pidfd = ffi.new("int *", -1)
+
+
+_buffers = _ThreadBuffers()
+
 _lock = threading.Lock()
 _forced: str | None = None
 _unsupported: set[str] = set()
@@ -110,10 +121,23 @@ class _ChildFailed(Exception):
 # ---- the plan: everything the child needs, made in the parent ---------------
 
 
-def _cstr(value: bytes, what: str) -> Any:
-    if b"\0" in value:
+def _pack(first: list[bytes], second: list[bytes], what: str, keep: list[Any]) -> Any:
+    """Two NULL-terminated ``char *[]`` over *first* then *second*, in one buffer.
+
+    The result's element 0 starts the first array and element
+    ``len(first) + 1`` the second. One C call, whatever the number of strings.
+    """
+    items = first + second
+    blob = b"\0".join(items) + b"\0" if items else b""
+    if blob.count(b"\0") != len(items):
         raise ValueError(f"embedded null byte in {what}")
-    return ffi.new("char[]", value)
+    buf = ffi.from_buffer("char[]", blob)
+    arr = ffi.new("char *[]", len(items) + 2)
+    lib.pyclone3_split(buf, arr, len(first), len(second))
+    keep.append(blob)
+    keep.append(buf)
+    keep.append(arr)
+    return arr
 
 
 class _Plan:
@@ -138,37 +162,34 @@ class _Plan:
     ) -> None:
         keep: list[Any] = []
         self._keep = keep
-
-        def cstr(value: bytes, what: str) -> Any:
-            ptr = _cstr(value, what)
-            keep.append(ptr)
-            return ptr
-
-        def array(ptrs: list[Any]) -> Any:
-            arr = ffi.new("char *[]", [*ptrs, ffi.NULL])
-            keep.append(arr)
-            return arr
-
         s = ffi.new("struct pyclone3_spawn *")
         self.s = s
-        s.argv = array([cstr(os.fsencode(a), "args") for a in args])
+        fsencode = os.fsencode
         if env is not None:
             entries = []
             for key, value in env.items():
-                k = os.fsencode(key)
+                k = fsencode(key)
                 if b"=" in k:
                     raise ValueError("illegal environment variable name")
-                entries.append(cstr(k + b"=" + os.fsencode(value), "env"))
-            s.envp = array(entries)
+                entries.append(k + b"=" + fsencode(value))
+            s.envp = _pack(entries, [], "env", keep)
         else:
             s.envp = ffi.NULL
-        exe = os.fsencode(executable)
-        if os.path.dirname(exe):
+        exe = fsencode(executable)
+        if b"/" in exe:
             candidates = [exe]
         else:  # the PATH search os.execvpe does, prepared here
-            candidates = [os.path.join(os.fsencode(d), exe) for d in os.get_exec_path(env)]
-        s.exec_paths = array([cstr(c, "executable") for c in candidates])
-        s.cwd = cstr(os.fsencode(cwd), "cwd") if cwd is not None else ffi.NULL
+            candidates = [os.path.join(fsencode(d), exe) for d in os.get_exec_path(env)]
+        argv = [fsencode(a) for a in args]
+        both = _pack(argv, candidates, "args or executable", keep)
+        s.argv = both
+        s.exec_paths = both + (len(argv) + 1)
+        if cwd is not None:
+            cwd_b = fsencode(cwd)
+            if b"\0" in cwd_b:
+                raise ValueError("embedded null byte in cwd")
+            s.cwd = cwd_c = ffi.new("char[]", cwd_b)
+            keep.append(cwd_c)
         (s.p2cread, s.p2cwrite, s.c2pread, s.c2pwrite, s.errread, s.errwrite) = fds
         self.pass_fds = sorted({int(fd) for fd in pass_fds})
         self._set_keep(self.pass_fds)
@@ -192,9 +213,10 @@ class _Plan:
         s.errpipe = -1
 
     def _set_keep(self, fds: list[int]) -> None:
-        arr = ffi.new("int[]", fds or [0])
-        self._keep.append(arr)
-        self.s.keep_fds = arr
+        if fds:
+            arr = ffi.new("int[]", fds)
+            self._keep.append(arr)
+            self.s.keep_fds = arr
         self.s.n_keep_fds = len(fds)
 
 
@@ -233,8 +255,10 @@ def _spawn_vm(plan: _Plan, path: str) -> SpawnedChild:
     """One attempt on a vfork-family path; OSError if no child was created."""
     s = plan.s
     s.pidfd_sock = -1
-    stack = _new_uncleared("char[]", _STACK_SIZE)
-    pidfd_out = ffi.new("int *", -1)
+    bufs = _buffers
+    stack = bufs.stack
+    pidfd_out = bufs.pidfd
+    pidfd_out[0] = -1
     if path == "clone3":
         pid = lib.pyclone3_spawn(
             s, lib.SPAWN_CLONE3, 1 if _clear_sighand else 0, stack, _STACK_SIZE, pidfd_out
@@ -258,7 +282,7 @@ def _spawn_vm(plan: _Plan, path: str) -> SpawnedChild:
         if pid < 0:
             raise OSError(err, os.strerror(err))
         fd = pidfd_out[0]
-        pidfd = PidFd(fd, pid=pid) if fd >= 0 else None
+        pidfd = PidFd._adopt(fd, pid) if fd >= 0 else None
         return _finish(plan, pid, pidfd, path)
     if pid < 0:
         err = ffi.errno
@@ -268,7 +292,7 @@ def _spawn_vm(plan: _Plan, path: str) -> SpawnedChild:
         # A kernel older than CLONE_PIDFD ignores the flag: a child, no pidfd.
         with _lock:
             _unsupported.add(path)
-    return _finish(plan, pid, PidFd(fd, pid=pid) if fd >= 0 else None, path)
+    return _finish(plan, pid, PidFd._adopt(fd, pid) if fd >= 0 else None, path)
 
 
 def _spawn_forked(plan: _Plan, path: str, preexec_fn: Callable[[], Any]) -> SpawnedChild:
@@ -318,7 +342,7 @@ def _spawn_forked(plan: _Plan, path: str, preexec_fn: Callable[[], Any]) -> Spaw
         pidfd = None
         if parent_end is not None:
             fd = lib.pyclone3_recv_pidfd(parent_end.fileno())
-            pidfd = PidFd(fd, pid=pid) if fd >= 0 else None
+            pidfd = PidFd._adopt(fd, pid) if fd >= 0 else None
         if len(report) == 8:
             step, err = struct.unpack("ii", report)
             plan.s.err_step = step

@@ -442,3 +442,23 @@ int pyclone3_recv_pidfd(int sock)
         errno = EPROTO;
     return fd;
 }
+
+/* Point out[] at the strings packed one after the other in `blob`: the
+ * first `na` then NULL, then the next `nb` then NULL (argv and the exec
+ * candidates in one call instead of one allocation per string). The caller
+ * checked that blob holds exactly na + nb NULs. */
+void pyclone3_split(char *blob, char **out, size_t na, size_t nb)
+{
+    size_t i, j = 0;
+    for (i = 0; i < na + nb; i++) {
+        if (i == na)
+            out[j++] = NULL;
+        out[j++] = blob;
+        while (*blob)
+            blob++;
+        blob++;
+    }
+    if (na + nb == na)
+        out[j++] = NULL;
+    out[j] = NULL;
+}

@@ -159,6 +159,19 @@ class PidFd:
         self._closing = False
 
     @classmethod
+    def _adopt(cls, fd: int, pid: int) -> PidFd:
+        """Own a pidfd that pyclone3 itself just received (no checks, no lookups)."""
+        self = cls.__new__(cls)
+        self._pid = pid
+        self._lock = threading.Lock()
+        self._users = 0
+        self._status = None
+        self._foreign = False
+        self._fd = fd
+        self._closing = False
+        return self
+
+    @classmethod
     def open(cls, pid: int, *, nonblock: bool = False, thread: bool = False) -> PidFd:
         """Open a pidfd for process *pid* (``pidfd_open(2)``).
 
@@ -349,9 +362,10 @@ class PidFd:
     def wait(self, timeout: float | None = None) -> WaitStatus:
         """Wait for the process to exit and return its :class:`~pyclone3.WaitStatus`.
 
-        Sleeps in ``poll(2)`` on the pidfd, then reaps with
-        ``waitid(P_PIDFD)``: two syscalls for a child, however long the
-        wait, with no wake-up before the exit. *timeout* is in seconds;
+        Without a timeout this is one blocking ``waitid(P_PIDFD, WEXITED)``.
+        With one, it sleeps in ``poll(2)`` on the pidfd, then reaps with
+        ``waitid(P_PIDFD, WNOHANG)``: two syscalls for a child, however long
+        the wait, with no wake-up before the exit. *timeout* is in seconds;
         ``None`` or ``math.inf`` waits for ever, 0 or less only checks
         once, and any huge value is fine. On timeout :class:`WaitTimeout`
         (a :class:`TimeoutError`) is raised and the process is untouched;
@@ -379,6 +393,10 @@ class PidFd:
 
     def _wait(self, fd: int, timeout: float | None, deadline: float | None) -> WaitStatus:
         bufs = syscalls.WaitBuffers()  # allocated before sleeping, not after waking
+        if deadline is None and not self._foreign:
+            status = self._blocking_reap(fd, bufs)
+            if status is not None:
+                return status
         spurious = 0
         if deadline is None or deadline > time.monotonic():
             while True:
@@ -408,6 +426,29 @@ class PidFd:
             if status is not None:
                 return status
         raise WaitTimeout(self._pid, timeout if timeout is not None else math.inf)
+
+    def _blocking_reap(self, fd: int, bufs: syscalls.WaitBuffers) -> WaitStatus | None:
+        """Without a timeout, one blocking ``waitid(P_PIDFD, WEXITED)`` is the whole wait.
+
+        It returns when the child is reapable, and at once with ``ECHILD`` for
+        a process that is not (or no longer) ours to reap, which then takes
+        the polling path. Signals interrupt it and run their handlers (PEP 475
+        retry). ``None`` also for a ``PIDFD_NONBLOCK`` pidfd (``EAGAIN``).
+        """
+        try:
+            status = syscalls._waitid(_P_PIDFD, fd, _WEXITED, bufs)
+        except ChildProcessError:
+            with self._lock:
+                if self._status is not None:  # another thread of ours reaped it
+                    return self._status
+                self._foreign = True
+            return None
+        if status is None:
+            return None
+        with self._lock:
+            if self._status is None:
+                self._status = status
+            return self._status
 
     def _try_reap(self, fd: int, bufs: syscalls.WaitBuffers | None = None) -> WaitStatus | None:
         """One non-blocking attempt to learn the exit status."""
@@ -464,6 +505,7 @@ class PidFd:
 
 
 _P_PIDFD = int(IdType.P_PIDFD)
+_WEXITED = int(WaitFlag.WEXITED)
 _WEXITED_WNOHANG = int(WaitFlag.WEXITED | WaitFlag.WNOHANG)
 
 

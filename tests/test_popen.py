@@ -311,6 +311,12 @@ def test_cwd_env_and_executable(tmp_path: object) -> None:
     assert out == b"/bin/sh\n"
 
 
+def test_empty_env_and_empty_arguments() -> None:
+    code = "import os, sys; print(len(os.environ) <= 1, sys.argv[1:])"  # LC_CTYPE may appear
+    out = pyclone3.check_output([PYTHON, "-c", code, "", "x"], env={})
+    assert out == b"True ['', 'x']\n"
+
+
 def test_shell_true() -> None:
     assert pyclone3.check_output("echo $((6 * 7))", shell=True) == b"42\n"
 
