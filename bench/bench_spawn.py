@@ -68,10 +68,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         noop, floor_bin = build(tmp)
         targets = {"static no-op": noop, "/bin/true": "/bin/true"}
-        print(
-            f"median spawn+wait over {args.rounds} rounds (µs); path: "
-            f"{pyclone3.Popen([noop]).wait() or pyclone3.Popen([noop]).spawn_path}"
-        )
+        with pyclone3.Popen([noop]) as probe:
+            path = probe.spawn_path
+        print(f"median spawn+wait over {args.rounds} rounds (µs); pyclone3 path: {path}")
         for name, target in targets.items():
             times: dict[str, list[float]] = {k: [] for k in kinds}
             for k in kinds:  # warm up

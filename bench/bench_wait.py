@@ -6,6 +6,7 @@ parent notes the time its wait returns. Three waits, interleaved, in one run:
 
 * ``pidfd``: ``pyclone3.PidFd.wait(timeout=10)`` on a clone3(CLONE_PIDFD) child;
 * ``popen``: ``subprocess.Popen.wait(timeout=10)``;
+* ``p3popen``: ``pyclone3.Popen.wait(timeout=10)`` (the drop-in, on its pidfd);
 * ``waitpid``: a blocking ``os.waitpid(pid, 0)``, the machine's wake-up floor.
 
 Then each wait runs once more under ``strace`` to count the syscalls it makes
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 
+import pyclone3
 from pyclone3 import CloneFlag, PidFd, syscalls
 
 CHILD = (
@@ -53,10 +55,9 @@ def mark(name: str) -> None:
 
 def one_wait(method: str, lifetime: float) -> float:
     """Run one child, wait with *method*; return latency in seconds."""
-    if method == "popen":
-        proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, repr(lifetime)], stdout=subprocess.PIPE
-        )
+    if method in ("popen", "p3popen"):
+        popen = subprocess.Popen if method == "popen" else pyclone3.Popen
+        proc = popen([sys.executable, "-c", CHILD, repr(lifetime)], stdout=subprocess.PIPE)
         mark("begin")
         proc.wait(timeout=10)
         mark("end")
@@ -112,14 +113,16 @@ def count_syscalls(method: str, lifetime: float) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=15, help="waits per method")
-    parser.add_argument("--one", choices=["pidfd", "popen", "waitpid"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--one", choices=["pidfd", "popen", "p3popen", "waitpid"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--lifetime", type=float, default=1.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         one_wait(args.one, args.lifetime)
         return 0
 
-    methods = ["pidfd", "popen", "waitpid"]
+    methods = ["pidfd", "p3popen", "popen", "waitpid"]
     latencies: dict[str, list[float]] = {m: [] for m in methods}
     rng = random.Random(1)
     for _ in range(args.trials):
@@ -136,6 +139,8 @@ def main() -> int:
         print(f"{method:<10}{med[method] * 1e3:>12.3f}{p90 * 1e3:>10.3f}{xs[-1] * 1e3:>10.3f}")
     print(f"pidfd / waitpid (floor): {med['pidfd'] / med['waitpid']:.2f}x   (target <= 1.5x)")
     print(f"pidfd / popen:           {med['pidfd'] / med['popen']:.3f}x  (target <= 0.2x)")
+    print(f"p3popen / waitpid:       {med['p3popen'] / med['waitpid']:.2f}x   (target <= 1.5x)")
+    print(f"p3popen / popen:         {med['p3popen'] / med['popen']:.3f}x  (target <= 0.2x)")
 
     if shutil.which("strace"):
         print("syscalls in one wait of a ~3 s child (strace):")
