@@ -338,7 +338,11 @@ def clone3(
     ``(0, None)`` in the child and ``(pid, pidfd)`` in the parent, where
     *pidfd* is the new child's pidfd (``O_CLOEXEC``, owned by the caller)
     if *flags* has ``CLONE_PIDFD``, else ``None``. Everything
-    :func:`os.fork` warns about applies; to run a program, use the spawn API.
+    :func:`os.fork` warns about applies, and more: the C library's own fork
+    handlers do not run (``clone3`` has no libc wrapper), so if another
+    thread holds a libc lock (``malloc``'s, say) at that instant the child
+    can deadlock. Call it where no other thread runs, or use
+    :func:`pyclone3.spawn` / :class:`pyclone3.Popen` to run a program.
 
     *flags*: :class:`~pyclone3.flags.CloneFlag` bits. Flags that would make
     the child share the interpreter's memory, threads or signal handlers
