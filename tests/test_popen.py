@@ -210,10 +210,20 @@ def test_missing_program_raises_file_not_found_with_filename() -> None:
     assert info.value.filename == "/nonexistent/program" and info.value.errno == errno.ENOENT
 
 
-def test_missing_program_on_path() -> None:
-    with pytest.raises(FileNotFoundError) as info:
+def test_missing_program_on_path_fails_as_subprocess_does() -> None:
+    # FileNotFoundError, unless some PATH directory is unreadable to us, in
+    # which case both raise PermissionError (the first non-ENOENT errno wins).
+    with pytest.raises(OSError) as theirs:
+        subprocess.run(["no-such-program-pyclone3"])
+    with pytest.raises(OSError) as ours:
         pyclone3.run(["no-such-program-pyclone3"])
-    assert info.value.filename == "no-such-program-pyclone3"
+    assert type(ours.value) is type(theirs.value)
+    assert (ours.value.errno, ours.value.filename) == (
+        theirs.value.errno,
+        "no-such-program-pyclone3",
+    )
+    with pytest.raises(FileNotFoundError):
+        pyclone3.run(["no-such-program-pyclone3"], env={"PATH": "/bin:/usr/bin"})
 
 
 def test_non_executable_file_raises_permission_error(tmp_path: object) -> None:
