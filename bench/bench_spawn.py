@@ -6,8 +6,11 @@ round by round so that machine noise hits all alike:
 * ``subprocess``: ``subprocess.Popen(argv).wait()`` (its vfork path);
 * ``pyclone3``: ``pyclone3.Popen(argv).wait()`` (clone3 + pidfd);
 * ``spawn``: the low-level ``pyclone3.spawn(argv).pidfd.wait()``;
+* ``no pidfd``: ``pyclone3.Popen(argv, create_pidfd=False).wait()``, to
+  price the pidfd itself;
 * ``C floor``: a C loop of clone(CLONE_VM|CLONE_VFORK|CLONE_PIDFD) + execve +
-  waitid(P_PIDFD), and of glibc's posix_spawn + waitpid (no Python at all).
+  waitid(P_PIDFD) + close, the same without a pidfd, and glibc's posix_spawn
+  + waitpid (no Python at all, in a small process of its own).
 
 Targets are ``/bin/true`` (dynamically linked: ld.so dominates) and a static
 no-op built here (``bench/c/noop.c``), to see the machinery itself. Needs gcc.
@@ -46,6 +49,8 @@ def time_one(kind: str, argv: list[str]) -> float:
         subprocess.Popen(argv).wait()
     elif kind == "pyclone3":
         pyclone3.Popen(argv).wait()
+    elif kind == "no pidfd":
+        pyclone3.Popen(argv, create_pidfd=False).wait()
     else:
         child = pyclone3.spawn(argv)
         assert child.pidfd is not None
@@ -63,7 +68,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=400, help="spawns per contender and target")
     args = parser.parse_args()
-    kinds = ["subprocess", "pyclone3", "spawn"]
+    kinds = ["subprocess", "pyclone3", "no pidfd", "spawn"]
     pyclone3.features()  # the one-time probe stays out of the figures
     with tempfile.TemporaryDirectory() as tmp:
         noop, floor_bin = build(tmp)
@@ -81,10 +86,12 @@ def main() -> int:
             med = {k: statistics.median(v) for k, v in times.items()}
             c_clone = floor(floor_bin, "clone", target, args.rounds)
             c_spawn = floor(floor_bin, "posix_spawn", target, args.rounds)
+            c_nopidfd = floor(floor_bin, "clone_nopidfd", target, args.rounds)
             print(f"\n{name}:")
             for k in kinds:
                 print(f"  {k:<12}{med[k] * 1e6:>9.1f}")
             print(f"  {'C clone':<12}{c_clone * 1e6:>9.1f}")
+            print(f"  {'C no pidfd':<12}{c_nopidfd * 1e6:>9.1f}")
             print(f"  {'C posix_spawn':<12}{c_spawn * 1e6:>7.1f}")
             print(
                 f"  pyclone3.Popen / subprocess.Popen: {med['pyclone3'] / med['subprocess']:.2f}x"

@@ -210,7 +210,8 @@ class PidFd:
     def _release(self) -> None:
         with self._lock:
             self._users -= 1
-            self._close_if_unused_locked()
+            if self._closing:
+                self._close_if_unused_locked()
 
     def fileno(self) -> int:
         """The pidfd's number, for ``poll``/``select``/event loops; the ``PidFd`` keeps it."""

@@ -215,8 +215,8 @@ class ChildExt:
         """Record the child's end; call with _waitpid_lock held, or when no one else can."""
         if self.returncode is None:
             self.returncode = status.returncode if status is not None else 0
-        pidfd = getattr(self, "_pidfd", None)
-        if pidfd is not None and getattr(self, "_pidfd_owned", True):
+        pidfd = self._pidfd  # only called on a Popen that has one
+        if pidfd is not None and self._pidfd_owned:
             pidfd.close()
 
     def _internal_poll(

@@ -11,6 +11,14 @@ from .flags import ChildCode
 
 __all__ = ["WaitStatus"]
 
+# Plain ints for the hot comparisons (an IntEnum attribute costs a lookup).
+_EXITED = int(ChildCode.CLD_EXITED)
+_KILLED = int(ChildCode.CLD_KILLED)
+_DUMPED = int(ChildCode.CLD_DUMPED)
+_TRAPPED = int(ChildCode.CLD_TRAPPED)
+_STOPPED = int(ChildCode.CLD_STOPPED)
+_CONTINUED = int(ChildCode.CLD_CONTINUED)
+
 
 class WaitStatus:
     """A process state change as ``waitid(2)`` reports it (immutable).
@@ -111,27 +119,27 @@ class WaitStatus:
     @property
     def exited(self) -> bool:
         """The process called ``exit`` (``CLD_EXITED``)."""
-        return self._code == ChildCode.CLD_EXITED
+        return self._code == _EXITED
 
     @property
     def signaled(self) -> bool:
         """The process was killed by a signal (``CLD_KILLED`` or ``CLD_DUMPED``)."""
-        return self._code in (ChildCode.CLD_KILLED, ChildCode.CLD_DUMPED)
+        return self._code in (_KILLED, _DUMPED)
 
     @property
     def core_dumped(self) -> bool:
         """The process was killed by a signal and dumped core (``CLD_DUMPED``)."""
-        return self._code == ChildCode.CLD_DUMPED
+        return self._code == _DUMPED
 
     @property
     def stopped(self) -> bool:
         """The process was stopped (``CLD_STOPPED`` or ``CLD_TRAPPED``)."""
-        return self._code in (ChildCode.CLD_STOPPED, ChildCode.CLD_TRAPPED)
+        return self._code in (_STOPPED, _TRAPPED)
 
     @property
     def continued(self) -> bool:
         """The process was resumed by ``SIGCONT`` (``CLD_CONTINUED``)."""
-        return self._code == ChildCode.CLD_CONTINUED
+        return self._code == _CONTINUED
 
     @property
     def exit_code(self) -> int | None:
