@@ -170,7 +170,7 @@ def test_recycled_pid_is_not_signalled() -> None:
 # ---- many children, failures, threads --------------------------------------------------
 
 
-def test_1000_spawns_with_failures_mixed_in_leave_nothing_behind() -> None:
+def test_1000_spawns_with_failures_mixed_in_leave_nothing_behind(spawn_path: str) -> None:
     before = len(open_fds())
     failures = 0
     for i in range(1000):
@@ -187,7 +187,7 @@ def test_1000_spawns_with_failures_mixed_in_leave_nothing_behind() -> None:
     assert zombies() == []
 
 
-def test_8_threads_spawning_at_once() -> None:
+def test_8_threads_spawning_at_once(spawn_path: str) -> None:
     errors: list[BaseException] = []
     codes: list[int] = []
     lock = threading.Lock()
@@ -217,7 +217,7 @@ def test_8_threads_spawning_at_once() -> None:
     assert len(codes) == 320
 
 
-def test_spawn_while_another_thread_hammers_malloc() -> None:
+def test_spawn_while_another_thread_hammers_malloc(spawn_path: str) -> None:
     stop = threading.Event()
 
     def churn() -> None:
@@ -232,3 +232,56 @@ def test_spawn_while_another_thread_hammers_malloc() -> None:
     finally:
         stop.set()
         t.join()
+
+
+def test_preexec_fn_while_another_thread_hammers_malloc(spawn_path: str) -> None:
+    # The preexec_fn child runs Python after a real fork(): glibc's fork
+    # handlers must have reset malloc's locks, or this deadlocks.
+    stop = threading.Event()
+
+    def churn() -> None:
+        while not stop.is_set():
+            [bytearray(4096) for _ in range(100)]
+
+    t = threading.Thread(target=churn)
+    t.start()
+    try:
+        for _ in range(50):
+            r = pyclone3.run(["/bin/true"], preexec_fn=lambda: [bytearray(65536)], timeout=30)
+            assert r.returncode == 0
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_emfile_is_raised_cached_never_and_recovers() -> None:
+    code = """
+import errno, os, resource
+import pyclone3, pyclone3._spawn as sp
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+pyclone3.features()
+held = []
+try:
+    while True:
+        held.append(os.open("/dev/null", os.O_RDONLY))
+except OSError as exc:
+    assert exc.errno == errno.EMFILE
+try:
+    pyclone3.Popen(["/bin/true"])
+except OSError as exc:
+    assert exc.errno == errno.EMFILE, exc
+    print("EMFILE")
+assert sp._unsupported == set(), sp._unsupported
+for fd in held:
+    os.close(fd)
+with pyclone3.Popen(["/bin/true"]) as p:
+    print(p.spawn_path)
+print(len(os.listdir("/proc/self/fd")) < 10)
+"""
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    from pyclone3._clone3 import lib
+
+    first = "clone3" if lib.HAS_CLONE3_SPAWN and FEATURES.clone_pidfd else "clone"
+    assert out.stdout.split() == ["EMFILE", first, "True"]
