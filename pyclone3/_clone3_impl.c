@@ -271,6 +271,27 @@ long fork_clone3(struct clone_args *args, size_t size)
     return ret;
 }
 
+long fork_with_hooks(void)
+{
+    /* glibc's fork() (its atfork handlers reset malloc's and stdio's locks
+     * in the child) inside the interpreter's hooks, as subprocess does for
+     * preexec_fn: unlike os.fork(), no warning about other threads. */
+    PyGILState_STATE gil = PyGILState_Ensure();
+    long ret;
+    int saved_errno;
+
+    PyOS_BeforeFork();
+    ret = fork();
+    saved_errno = errno;
+    if (ret == 0)
+        PyOS_AfterFork_Child();
+    else
+        PyOS_AfterFork_Parent();
+    PyGILState_Release(gil);
+    errno = saved_errno;
+    return ret;
+}
+
 long probe_clone3(uint64_t flags, int *pidfd)
 {
     struct clone_args args;

@@ -24,8 +24,9 @@ are raised and change nothing. :func:`set_spawn_path` or the environment
 variable ``PYCLONE3_SPAWN_PATH`` force one path (and only that one).
 
 With *preexec_fn* the child must run Python, which rules out the shared
-memory of the ``vfork`` family: the child is made by :func:`os.fork` (glibc's
-fork, with its atfork handlers and the interpreter's) and, unless the path is
+memory of the ``vfork`` family: the child is made by glibc's ``fork()``, with
+its atfork handlers and the interpreter's (as :func:`os.fork` and
+``subprocess`` do), and, unless the path is
 ``vfork``, sends its own pidfd back the same way as ``vfork_pidfd``.
 """
 
@@ -296,7 +297,7 @@ def _spawn_vm(plan: _Plan, path: str) -> SpawnedChild:
 
 
 def _spawn_forked(plan: _Plan, path: str, preexec_fn: Callable[[], Any]) -> SpawnedChild:
-    """The preexec_fn path: os.fork(), the child sends its own pidfd unless path is vfork."""
+    """The preexec_fn path: fork(), the child sends its own pidfd unless path is vfork."""
     s = plan.s
     want_pidfd = path != "vfork" and features().pidfd_open
     errpipe_r, errpipe_w = os.pipe()
@@ -316,7 +317,10 @@ def _spawn_forked(plan: _Plan, path: str, preexec_fn: Callable[[], Any]) -> Spaw
         s.reset_handlers = 0
         s.restore_mask = 0
         s.err_step = lib.SPAWN_ERR_NONE
-        pid = os.fork()
+        pid = lib.fork_with_hooks()  # os.fork() without its multi-thread warning
+        if pid < 0:
+            err = ffi.errno
+            raise OSError(err, os.strerror(err))
         if pid == 0:  # pragma: no cover - runs in the child
             try:
                 lib.pyclone3_child_setup(s)

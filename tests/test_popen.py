@@ -276,6 +276,26 @@ def test_preexec_fn_runs_in_the_child(tmp_path: object) -> None:
         assert f.read() == "True"
 
 
+def test_preexec_fn_with_threads_running_warns_no_more_than_subprocess() -> None:
+    import threading
+    import warnings
+
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait)
+    t.start()
+    try:
+        with warnings.catch_warnings(record=True) as theirs:
+            warnings.simplefilter("always")
+            subprocess.run(["/bin/true"], preexec_fn=lambda: None)
+        with warnings.catch_warnings(record=True) as ours:
+            warnings.simplefilter("always")
+            pyclone3.run(["/bin/true"], preexec_fn=lambda: None)
+    finally:
+        stop.set()
+        t.join()
+    assert [str(w.message) for w in ours] == [str(w.message) for w in theirs]
+
+
 def test_preexec_fn_failure_raises_subprocess_error() -> None:
     def boom() -> None:
         raise RuntimeError("in the child")
