@@ -36,6 +36,7 @@ import errno
 import os
 import socket
 import struct
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple, Union
@@ -56,6 +57,7 @@ __all__ = [
 SPAWN_PATHS = ("clone3", "clone", "vfork_pidfd", "vfork")
 ENV_VAR = "PYCLONE3_SPAWN_PATH"
 
+_NO_FDS = (-1, -1, -1, -1, -1, -1)
 _STACK_SIZE = 64 * 1024
 _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 
@@ -94,10 +96,24 @@ def get_spawn_path() -> str | None:
     """The forced spawn path (set_spawn_path, else $PYCLONE3_SPAWN_PATH), or ``None``."""
     if _forced is not None:
         return _forced
-    env = os.environ.get(ENV_VAR) or None
-    if env is not None and env not in SPAWN_PATHS:
+    raw = _environ_get(_ENV_KEY)  # read on every spawn: the variable may change
+    if not raw:
+        return None
+    env = os.fsdecode(raw)
+    if env not in SPAWN_PATHS:
         raise ValueError(f"{ENV_VAR}={env!r} is not one of {SPAWN_PATHS}")
     return env
+
+
+# os.environ keeps its contents in a dict of encoded keys; reading that is
+# many times cheaper than os.environ.get, which runs on every spawn.
+_environ_data = getattr(os.environ, "_data", None)
+if isinstance(_environ_data, dict):
+    _ENV_KEY: Any = os.environ.encodekey(ENV_VAR)
+    _environ_get = _environ_data.get
+else:  # pragma: no cover - another os.environ implementation
+    _ENV_KEY = ENV_VAR
+    _environ_get = os.environ.get
 
 
 class SpawnedChild(NamedTuple):
@@ -141,6 +157,25 @@ def _pack(first: list[bytes], second: list[bytes], what: str, keep: list[Any]) -
     return arr
 
 
+def _template() -> Any:
+    t = ffi.new("struct pyclone3_spawn *")
+    t.p2cread = t.p2cwrite = t.c2pread = t.c2pwrite = t.errread = t.errwrite = -1
+    t.umask = t.pgid = t.gid = t.uid = t.n_groups = t.pidfd_sock = t.errpipe = -1
+    t.close_fds = t.restore_signals = 1
+    return t
+
+
+#: The defaults, copied into each new plan (cheaper than setting fields).
+_TEMPLATE = _template()[0]
+_FS_ENCODING = sys.getfilesystemencoding()
+
+
+def _fsencode(value: Any) -> bytes:
+    if type(value) is str:  # the common case, without os.fsencode's checks
+        return value.encode(_FS_ENCODING, "surrogateescape")
+    return os.fsencode(value)
+
+
 class _Plan:
     """The C struct for the child and every buffer it points to (kept alive here)."""
 
@@ -163,9 +198,9 @@ class _Plan:
     ) -> None:
         keep: list[Any] = []
         self._keep = keep
-        s = ffi.new("struct pyclone3_spawn *")
+        s = ffi.new("struct pyclone3_spawn *", _TEMPLATE)
         self.s = s
-        fsencode = os.fsencode
+        fsencode = _fsencode
         if env is not None:
             entries = []
             for key, value in env.items():
@@ -191,27 +226,33 @@ class _Plan:
                 raise ValueError("embedded null byte in cwd")
             s.cwd = cwd_c = ffi.new("char[]", cwd_b)
             keep.append(cwd_c)
-        (s.p2cread, s.p2cwrite, s.c2pread, s.c2pwrite, s.errread, s.errwrite) = fds
-        self.pass_fds = sorted({int(fd) for fd in pass_fds})
-        self._set_keep(self.pass_fds)
-        s.close_fds = 1 if close_fds else 0
-        s.umask = umask
-        s.restore_signals = 1 if restore_signals else 0
-        s.setsid = 1 if start_new_session else 0
-        s.pgid = process_group
-        s.gid = -1 if gid is None else gid
-        s.uid = -1 if uid is None else uid
-        if gids is None:
-            s.n_groups = -1
-            s.groups = ffi.NULL
+        if fds != _NO_FDS:
+            (s.p2cread, s.p2cwrite, s.c2pread, s.c2pwrite, s.errread, s.errwrite) = fds
+        if pass_fds:
+            self.pass_fds = sorted({int(fd) for fd in pass_fds})
+            self._set_keep(self.pass_fds)
         else:
+            self.pass_fds = []
+        if not close_fds:
+            s.close_fds = 0
+        if umask != -1:
+            s.umask = umask
+        if not restore_signals:
+            s.restore_signals = 0
+        if start_new_session:
+            s.setsid = 1
+        if process_group != -1:
+            s.pgid = process_group
+        if gid is not None:
+            s.gid = gid
+        if uid is not None:
+            s.uid = uid
+        if gids is not None:
             group_list = [int(g) for g in gids]
             groups = ffi.new("unsigned int[]", group_list or [0])
             keep.append(groups)
             s.groups = groups
             s.n_groups = len(group_list)
-        s.pidfd_sock = -1
-        s.errpipe = -1
 
     def _set_keep(self, fds: list[int]) -> None:
         if fds:
@@ -363,12 +404,21 @@ def _spawn_forked(plan: _Plan, path: str, preexec_fn: Callable[[], Any]) -> Spaw
                 end.close()
 
 
-def _candidates(forced: str | None) -> list[str]:
+_candidates_cache: tuple[frozenset[str], tuple[str, ...]] | None = None
+
+
+def _candidates(forced: str | None) -> tuple[str, ...]:
+    global _candidates_cache
     if forced is not None:
-        return [forced]
-    paths = [p for p in SPAWN_PATHS if p not in _unsupported]
-    if not lib.HAS_CLONE3_SPAWN and "clone3" in paths:
-        paths.remove("clone3")
+        return (forced,)
+    cache = _candidates_cache
+    if cache is not None and cache[0] == _unsupported:
+        return cache[1]
+    unsupported = frozenset(_unsupported)
+    paths = tuple(
+        p for p in SPAWN_PATHS if p not in unsupported and (p != "clone3" or lib.HAS_CLONE3_SPAWN)
+    )
+    _candidates_cache = (unsupported, paths)
     return paths
 
 
@@ -376,9 +426,9 @@ def _run_paths(
     plan: _Plan, preexec_fn: Callable[[], Any] | None, forced: str | None, create_pidfd: bool
 ) -> SpawnedChild:
     global _clear_sighand
-    paths = ["vfork"] if not create_pidfd else _candidates(forced)
+    paths = ("vfork",) if not create_pidfd else _candidates(forced)
     if preexec_fn is not None:
-        path = "vfork" if paths == ["vfork"] else (forced or "vfork_pidfd")
+        path = "vfork" if paths == ("vfork",) else (forced or "vfork_pidfd")
         return _spawn_forked(plan, path, preexec_fn)
     last: OSError | None = None
     for path in paths:
