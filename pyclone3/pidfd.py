@@ -385,7 +385,7 @@ class PidFd:
         """
         if self._status is not None:
             return self._status
-        deadline = _deadline(timeout)
+        deadline = None if timeout is None else _deadline(timeout)
         fd = self._acquire()
         try:
             return self._wait(fd, timeout, deadline)

@@ -162,9 +162,10 @@ class WaitStatus:
 
         ``None`` for a stop or continue report, which is not a termination.
         """
-        if self.exited:
+        code = self._code
+        if code == _EXITED:
             return self._status
-        if self.signaled:
+        if code in (_KILLED, _DUMPED):
             return -self._status
         return None
 

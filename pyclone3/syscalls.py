@@ -204,6 +204,7 @@ class WaitBuffers:
 
 
 _REAPED_CODES = (lib.CLD_EXITED, lib.CLD_KILLED, lib.CLD_DUMPED)
+_WNOWAIT = lib.WNOWAIT
 
 
 def _waitid(idtype: int, ident: int, options: int, bufs: WaitBuffers) -> WaitStatus | None:
@@ -223,7 +224,7 @@ def _waitid(idtype: int, ident: int, options: int, bufs: WaitBuffers) -> WaitSta
     if info.pid == 0:
         return None
     code = info.code
-    reaped = code in _REAPED_CODES and not options & lib.WNOWAIT
+    reaped = code in _REAPED_CODES and not options & _WNOWAIT
     raw_rusage = None
     if reaped:  # the status takes the filled buffer; a later call makes another
         raw_rusage = ru
