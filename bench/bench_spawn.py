@@ -1,16 +1,17 @@
 """Spawn + wait: pyclone3 against subprocess and a C floor, in one run.
 
-Measures the median time of one spawn + wait, interleaving the contenders
-round by round so that machine noise hits all alike:
+Measures the median time of one spawn + wait, interleaving every contender
+chunk by chunk so that machine noise hits all alike:
 
 * ``subprocess``: ``subprocess.Popen(argv).wait()`` (its vfork path);
-* ``pyclone3``: ``pyclone3.Popen(argv).wait()`` (clone3 + pidfd);
+* ``pyclone3``: ``pyclone3.Popen(argv).wait()`` (clone3, with a pidfd);
+* ``no pidfd``: ``pyclone3.Popen(argv, create_pidfd=False).wait()``;
 * ``spawn``: the low-level ``pyclone3.spawn(argv).pidfd.wait()``;
-* ``no pidfd``: ``pyclone3.Popen(argv, create_pidfd=False).wait()``, to
-  price the pidfd itself;
-* ``C floor``: a C loop of clone(CLONE_VM|CLONE_VFORK|CLONE_PIDFD) + execve +
-  waitid(P_PIDFD) + close, the same without a pidfd, and glibc's posix_spawn
-  + waitpid (no Python at all, in a small process of its own).
+* C floors, a C loop of clone(CLONE_VM|CLONE_VFORK|CLONE_PIDFD) + execve +
+  waitid(P_PIDFD) + close, with no Python at all: ``C in-process`` runs it
+  inside this Python process (the same address space and process context as
+  the Python contenders; loaded with ctypes), ``C standalone`` in a small
+  process of its own; ``C posix_spawn`` is glibc's posix_spawn + waitpid.
 
 Targets are ``/bin/true`` (dynamically linked: ld.so dominates) and a static
 no-op built here (``bench/c/noop.c``), to see the machinery itself. Needs gcc.
@@ -20,6 +21,7 @@ Run: ``python bench/bench_spawn.py [--rounds N]``.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import statistics
 import subprocess
@@ -30,17 +32,23 @@ import time
 import pyclone3
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+CHUNKS = 10
 
 
-def build(tmp: str) -> tuple[str, str]:
+def build(tmp: str) -> tuple[str, str, str]:
     noop = os.path.join(tmp, "noop")
     floor = os.path.join(tmp, "floor")
+    floor_lib = os.path.join(tmp, "floor.so")
+    src = os.path.join(HERE, "c", "floor.c")
     subprocess.run(
         ["gcc", "-O2", "-static", "-nostdlib", "-o", noop, os.path.join(HERE, "c", "noop.c")],
         check=True,
     )
-    subprocess.run(["gcc", "-O2", "-o", floor, os.path.join(HERE, "c", "floor.c")], check=True)
-    return noop, floor
+    subprocess.run(["gcc", "-O2", "-o", floor, src], check=True)
+    subprocess.run(
+        ["gcc", "-O2", "-shared", "-fPIC", "-DFLOOR_LIBRARY", "-o", floor_lib, src], check=True
+    )
+    return noop, floor, floor_lib
 
 
 def time_one(kind: str, argv: list[str]) -> float:
@@ -59,47 +67,68 @@ def time_one(kind: str, argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def floor(binary: str, method: str, target: str, n: int) -> float:
-    out = subprocess.run([binary, method, target, str(n)], capture_output=True, check=True)
-    return int(out.stdout) / 1e9
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=400, help="spawns per contender and target")
+    parser.add_argument("--rounds", type=int, default=500, help="spawns per contender and target")
     args = parser.parse_args()
+    per_chunk = max(1, args.rounds // CHUNKS)
     kinds = ["subprocess", "pyclone3", "no pidfd", "spawn"]
     pyclone3.features()  # the one-time probe stays out of the figures
     with tempfile.TemporaryDirectory() as tmp:
-        noop, floor_bin = build(tmp)
-        targets = {"static no-op": noop, "/bin/true": "/bin/true"}
+        noop, floor_bin, floor_lib = build(tmp)
+        lib = ctypes.CDLL(floor_lib)
+        lib.floor_median.restype = ctypes.c_longlong
+        lib.floor_median.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]
+
+        def in_process(method: str, target: str) -> float:
+            ns = lib.floor_median(method.encode(), os.fsencode(target), per_chunk)
+            if ns < 0:
+                raise OSError("the in-process floor failed")
+            return float(ns) / 1e9
+
+        def standalone(method: str, target: str) -> float:
+            out = subprocess.run(
+                [floor_bin, method, target, str(per_chunk)], capture_output=True, check=True
+            )
+            return int(out.stdout) / 1e9
+
         with pyclone3.Popen([noop]) as probe:
             path = probe.spawn_path
-        print(f"median spawn+wait over {args.rounds} rounds (µs); pyclone3 path: {path}")
-        for name, target in targets.items():
+        print(
+            f"median spawn+wait, {CHUNKS} interleaved chunks of {per_chunk} (µs); "
+            f"pyclone3 path: {path}"
+        )
+        for name, target in {"static no-op": noop, "/bin/true": "/bin/true"}.items():
             times: dict[str, list[float]] = {k: [] for k in kinds}
+            floors: dict[str, list[float]] = {
+                "C in-process": [],
+                "C standalone": [],
+                "C posix_spawn": [],
+            }
             for k in kinds:  # warm up
                 time_one(k, [target])
-            for _ in range(args.rounds):
-                for k in kinds:
-                    times[k].append(time_one(k, [target]))
+            for _ in range(CHUNKS):
+                for _ in range(per_chunk):
+                    for k in kinds:
+                        times[k].append(time_one(k, [target]))
+                floors["C in-process"].append(in_process("clone", target))
+                floors["C standalone"].append(standalone("clone", target))
+                floors["C posix_spawn"].append(standalone("posix_spawn", target))
             med = {k: statistics.median(v) for k, v in times.items()}
-            c_clone = floor(floor_bin, "clone", target, args.rounds)
-            c_spawn = floor(floor_bin, "posix_spawn", target, args.rounds)
-            c_nopidfd = floor(floor_bin, "clone_nopidfd", target, args.rounds)
+            fmed = {k: statistics.median(v) for k, v in floors.items()}
             print(f"\n{name}:")
-            for k in kinds:
-                print(f"  {k:<12}{med[k] * 1e6:>9.1f}")
-            print(f"  {'C clone':<12}{c_clone * 1e6:>9.1f}")
-            print(f"  {'C no pidfd':<12}{c_nopidfd * 1e6:>9.1f}")
-            print(f"  {'C posix_spawn':<12}{c_spawn * 1e6:>7.1f}")
+            for k, v in [*med.items(), *fmed.items()]:
+                print(f"  {k:<15}{v * 1e6:>8.1f}")
             print(
-                f"  pyclone3.Popen / subprocess.Popen: {med['pyclone3'] / med['subprocess']:.2f}x"
+                f"  pyclone3.Popen / subprocess.Popen:  {med['pyclone3'] / med['subprocess']:.3f}x"
                 "  (target <= 1.0x)"
             )
             print(
-                f"  spawn / C clone floor:             {med['spawn'] / c_clone:.2f}x"
-                "  (target <= 1.5x)"
+                f"  spawn / C in-process floor:         {med['spawn'] / fmed['C in-process']:.2f}x"
+                "   (target <= 1.5x)"
+            )
+            print(
+                f"  spawn / C standalone floor:         {med['spawn'] / fmed['C standalone']:.2f}x"
             )
     return 0
 

@@ -392,6 +392,29 @@ class PidFd:
         finally:
             self._release()
 
+    def _wait_and_close(self, timeout: float | None) -> WaitStatus:
+        """:meth:`wait`, then :meth:`close`: for an owner done with the pidfd once reaped.
+
+        One lock round after the wake-up instead of three: the code that runs
+        between the exit and the return is the wait's latency.
+        """
+        status = self._status
+        if status is None:
+            deadline = None if timeout is None else _deadline(timeout)
+            fd = self._acquire()
+            try:
+                status = self._wait(fd, timeout, deadline)
+            except BaseException:
+                self._release()
+                raise
+            with self._lock:
+                self._users -= 1
+                self._closing = True
+                self._close_if_unused_locked()
+            return status
+        self.close()
+        return status
+
     def _wait(self, fd: int, timeout: float | None, deadline: float | None) -> WaitStatus:
         bufs = syscalls.WaitBuffers()  # allocated before sleeping, not after waking
         if deadline is None and not self._foreign:

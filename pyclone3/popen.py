@@ -252,7 +252,10 @@ class ChildExt:
         if self.returncode is not None:
             return self.returncode
         try:
-            status: WaitStatus | None = pidfd.wait(timeout)
+            if self._pidfd_owned:  # reap and close in one go
+                status: WaitStatus | None = pidfd._wait_and_close(timeout)
+            else:
+                status = pidfd.wait(timeout)
         except WaitTimeout:
             raise subprocess.TimeoutExpired(self.args, timeout or 0.0) from None
         except ChildProcessError:

@@ -5,7 +5,9 @@
  *   floor clone PROGRAM N          clone(CLONE_VM|CLONE_VFORK|CLONE_PIDFD)
  *                                  + execve + waitid(P_PIDFD) + close(pidfd)
  *   floor clone_nopidfd PROGRAM N  the same without a pidfd: + waitpid
- * Prints the median nanoseconds per spawn+wait. */
+ * Prints the median nanoseconds per spawn+wait. Built with -shared, the same
+ * loop is floor_median(method, program, n), for running it inside the Python
+ * process under test (same address space, same process context). */
 #define _GNU_SOURCE
 #include <sched.h>
 #include <signal.h>
@@ -50,28 +52,27 @@ static int cmp(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-int main(int argc, char **argv)
+long long floor_median(const char *method, char *program, int n)
 {
-    int n, i;
-    long long *t;
-    if (argc != 4)
-        return 2;
-    argv_[0] = argv[2];
-    n = atoi(argv[3]);
+    int i;
+    long long *t, median;
+    argv_[0] = program;
     t = calloc((size_t)n, sizeof(*t));
+    if (!t)
+        return -1;
     for (i = 0; i < n; i++) {
         long long start = now_ns();
-        if (strcmp(argv[1], "posix_spawn") == 0) {
+        if (strcmp(method, "posix_spawn") == 0) {
             pid_t pid;
             int status;
             if (posix_spawn(&pid, argv_[0], NULL, NULL, argv_, environ) != 0)
-                return 1;
+                return -1;
             waitpid(pid, &status, 0);
-        } else if (strcmp(argv[1], "clone_nopidfd") == 0) {
+        } else if (strcmp(method, "clone_nopidfd") == 0) {
             int status;
             pid_t pid = clone(child, stack + sizeof(stack), CLONE_VM | CLONE_VFORK | SIGCHLD, NULL);
             if (pid < 0)
-                return 1;
+                return -1;
             waitpid(pid, &status, 0);
         } else {
             int pidfd = -1;
@@ -79,13 +80,28 @@ int main(int argc, char **argv)
             pid_t pid = clone(child, stack + sizeof(stack),
                               CLONE_VM | CLONE_VFORK | CLONE_PIDFD | SIGCHLD, NULL, &pidfd);
             if (pid < 0)
-                return 1;
+                return -1;
             syscall(SYS_waitid, P_PIDFD, pidfd, &si, WEXITED, NULL);
             close(pidfd);
         }
         t[i] = now_ns() - start;
     }
     qsort(t, (size_t)n, sizeof(*t), cmp);
-    printf("%lld\n", t[n / 2]);
+    median = t[n / 2];
+    free(t);
+    return median;
+}
+
+#ifndef FLOOR_LIBRARY
+int main(int argc, char **argv)
+{
+    long long median;
+    if (argc != 4)
+        return 2;
+    median = floor_median(argv[1], argv[2], atoi(argv[3]));
+    if (median < 0)
+        return 1;
+    printf("%lld\n", median);
     return 0;
 }
+#endif
