@@ -13,7 +13,9 @@ Layers, from the bottom:
   libraries build on;
 * :func:`spawn`, :func:`set_spawn_path` and the C spawn core behind them;
 * :class:`Popen`, :class:`CommandExt`, :class:`ChildExt`, :func:`run` & co.:
-  ``subprocess`` on pidfds (:mod:`pyclone3.popen`).
+  ``subprocess`` on pidfds (:mod:`pyclone3.popen`);
+* :func:`iter_exits`, :func:`wait_all`, :func:`wait_any`: many children on
+  one ``epoll`` (:mod:`pyclone3.multi`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .flags import (
     PidfdSignalFlag,
     WaitFlag,
 )
+from .multi import WaitAllTimeout, iter_exits, wait_all, wait_any
 from .pidfd import PidFd, WaitTimeout
 from .popen import (
     ChildExt,
@@ -64,6 +67,7 @@ __all__ = [
     "PidfdUnavailableError",
     "Popen",
     "SpawnedChild",
+    "WaitAllTimeout",
     "WaitFlag",
     "WaitStatus",
     "WaitTimeout",
@@ -76,8 +80,11 @@ __all__ = [
     "get_spawn_path",
     "getoutput",
     "getstatusoutput",
+    "iter_exits",
     "run",
     "set_spawn_path",
     "spawn",
     "syscalls",
+    "wait_all",
+    "wait_any",
 ]

@@ -1,0 +1,192 @@
+"""Waiting on many children at once: :func:`iter_exits`, :func:`wait_all`, :func:`wait_any`.
+
+All three watch every child's pidfd with one ``epoll`` instance: no thread
+per child, no polling loop. Each wake-up reaps every child that is ready
+(``epoll_wait`` hands back all of them at once), so a burst of exits costs one
+wake-up, not one each. A child that turns readable but cannot be reaped yet
+(a traced child, or a non-child whose own parent has not reaped it) is taken
+out of the ``epoll`` set and re-checked with a growing pause instead, so it
+can never make the loop spin.
+
+Children are :class:`~pyclone3.PidFd` objects or ``Popen`` objects with a
+pidfd (:class:`pyclone3.Popen`, or any ``Popen`` with the
+:class:`~pyclone3.ChildExt` mixin). For a ``Popen`` its ``returncode`` is set
+as the exit is reported, exactly as ``poll()`` would set it.
+"""
+
+from __future__ import annotations
+
+import math
+import select
+import time
+from collections.abc import Generator, Iterable
+from typing import Any, Union
+
+from .flags import ChildCode
+from .pidfd import PidFd, _deadline
+from .popen import ChildExt
+from .status import WaitStatus
+
+__all__ = ["Child", "WaitAllTimeout", "iter_exits", "wait_all", "wait_any"]
+
+#: What the functions here accept: a PidFd, or a Popen with a pidfd.
+Child = Union[PidFd, ChildExt]
+
+_STALLED_MAX_S = 0.05
+
+
+class WaitAllTimeout(TimeoutError):
+    """The deadline passed with children still running.
+
+    :attr:`done` maps each child reported so far to its status; :attr:`pending`
+    lists the children still running, in the order they were given.
+    """
+
+    def __init__(self, timeout: float, done: dict[Any, WaitStatus], pending: list[Any]) -> None:
+        super().__init__(
+            f"{len(pending)} of {len(done) + len(pending)} children still running "
+            f"after {timeout} seconds"
+        )
+        self.timeout = timeout
+        self.done = done
+        self.pending = pending
+
+
+def _known_status(child: Any, pidfd: PidFd) -> WaitStatus | None:
+    """The exit already seen for *child* (its pidfd may be closed by now)."""
+    status = pidfd._status
+    if status is None and isinstance(child, ChildExt) and child.returncode is not None:
+        code = child.returncode  # reaped without a status (e.g. by someone else)
+        if code >= 0:
+            return WaitStatus(child.pid, ChildCode.CLD_EXITED, code)
+        return WaitStatus(child.pid, ChildCode.CLD_KILLED, -code)
+    return status
+
+
+def _pidfd_of(child: Any) -> PidFd:
+    if isinstance(child, PidFd):
+        return child
+    if isinstance(child, ChildExt):
+        return child.pidfd  # raises PidfdUnavailableError without one
+    raise TypeError(f"expected a PidFd or a pyclone3 Popen, not {type(child).__name__}")
+
+
+def _record(child: Any, status: WaitStatus) -> None:
+    """Let a Popen know its child was reaped, as its own poll() would."""
+    if isinstance(child, ChildExt) and child.returncode is None:
+        child._internal_poll()
+
+
+def iter_exits(
+    children: Iterable[Child], timeout: float | None = None
+) -> Generator[tuple[Child, WaitStatus], None, None]:
+    """Yield ``(child, status)`` for each child as it exits, in exit order.
+
+    Children that have already exited come first. Each child is reported
+    once, even if given twice. *timeout* (seconds, for the whole iteration;
+    ``None`` waits for ever) raises :class:`WaitAllTimeout` when it passes
+    with children left. The pidfds stay usable (and cannot be closed under
+    the loop) until the iterator finishes or is closed.
+
+    Raises ``TypeError`` for anything but a ``PidFd`` or a ``Popen`` with
+    a pidfd, :class:`~pyclone3.PidfdUnavailableError` for a ``Popen`` without
+    one, ``ValueError`` for a closed ``PidFd``, all before waiting.
+    """
+    unique: dict[int, Any] = {}
+    for child in children:
+        unique.setdefault(id(child), child)
+    given = list(unique.values())
+    deadline = None if timeout is None else _deadline(timeout)
+    pidfds = [_pidfd_of(c) for c in given]
+    acquired: list[PidFd] = []
+    ep = select.epoll()
+    try:
+        by_fd: dict[int, tuple[Any, PidFd]] = {}
+        ready_now = []
+        for child, pidfd in zip(given, pidfds):
+            status = _known_status(child, pidfd)
+            if status is not None:  # reaped before we started
+                ready_now.append((child, status))
+                continue
+            fd = pidfd._acquire()  # held: no close can free the fd under us
+            acquired.append(pidfd)
+            by_fd[fd] = (child, pidfd)
+            ep.register(fd, select.EPOLLIN)
+        done: dict[Any, WaitStatus] = {}
+        for child, status in ready_now:
+            done[child] = status
+            _record(child, status)
+            yield child, status
+        # Readable but not reapable yet (a traced child; a non-child whose
+        # parent has not reaped it): watched for HUP only (the kernel's
+        # "reaped" signal) and re-checked after a growing pause: never spun on.
+        stalled: dict[int, float] = {}  # fd -> monotonic time of the next check
+        pause: dict[int, float] = {}
+        while by_fd:
+            now = time.monotonic()
+            wait_s = -1.0 if deadline is None else max(deadline - now, 0.0)
+            if stalled:
+                until = max(min(stalled.values()) - now, 0.0)
+                wait_s = until if wait_s < 0 else min(wait_s, until)
+            events = ep.poll(wait_s)
+            now = time.monotonic()
+            ready = {fd for fd, _ in events}
+            ready.update(fd for fd, when in stalled.items() if when <= now)
+            reaped = []
+            for fd in ready:
+                child, pidfd = by_fd[fd]
+                status = pidfd._try_reap(fd)
+                if status is not None:
+                    reaped.append((fd, child, status))
+                    continue
+                step = min(pause.get(fd, 0.0005) * 2, _STALLED_MAX_S)
+                if fd not in stalled:
+                    ep.modify(fd, 0)
+                pause[fd] = step
+                stalled[fd] = now + step
+            for fd, child, status in reaped:
+                del by_fd[fd]
+                stalled.pop(fd, None)
+                pause.pop(fd, None)
+                ep.unregister(fd)
+                done[child] = status
+                _record(child, status)
+            for _, child, status in reaped:
+                yield child, status
+            if by_fd and not reaped and deadline is not None and now >= deadline:
+                pending = [c for c in given if c not in done]
+                raise WaitAllTimeout(timeout if timeout is not None else math.inf, done, pending)
+    finally:
+        ep.close()
+        for pidfd in acquired:
+            pidfd._release()
+
+
+def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[WaitStatus]:
+    """Wait for every child to exit; return their statuses in the order given.
+
+    On timeout raises :class:`WaitAllTimeout`, whose ``done`` and ``pending``
+    say who finished. See :func:`iter_exits`.
+    """
+    given = list(children)
+    statuses: dict[int, WaitStatus] = {}
+    for child, status in iter_exits(given, timeout):
+        statuses[id(child)] = status
+    return [statuses[id(c)] for c in given]
+
+
+def wait_any(children: Iterable[Child], timeout: float | None = None) -> tuple[Child, WaitStatus]:
+    """Wait for the first child to exit and return ``(child, status)``.
+
+    If several are ready at once, the others stay un-reported (and unreaped)
+    for a later call. Raises :class:`WaitAllTimeout` on timeout, ``ValueError``
+    for no children.
+    """
+    given = list(children)
+    if not given:
+        raise ValueError("wait_any() needs at least one child")
+    exits = iter_exits(given, timeout)
+    try:
+        return next(exits)
+    finally:
+        exits.close()

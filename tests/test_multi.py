@@ -1,0 +1,185 @@
+"""Waiting on many children: iter_exits, wait_all, wait_any on one epoll."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+
+import pytest
+from conftest import open_fds, require, sleeper
+
+import pyclone3
+from pyclone3 import PidFd, Popen
+from pyclone3.multi import WaitAllTimeout, iter_exits, wait_all, wait_any
+
+
+def test_exits_are_reported_in_exit_order_with_their_status() -> None:
+    delays = [0.25, 0.05, 0.15, 0.0]
+    procs = [Popen(["/bin/sh", "-c", f"sleep {d}; exit {i}"]) for i, d in enumerate(delays)]
+    order = [(p.args[2], status.exit_code) for p, status in iter_exits(procs, timeout=30)]
+    assert [code for _, code in order] == [3, 1, 2, 0]
+    assert [p.returncode for p in procs] == [0, 1, 2, 3]  # set as poll() would
+
+
+def test_random_exit_order_of_pidfds() -> None:
+    rng = random.Random(7)
+    children = {}
+    for i in range(40):
+        child = pyclone3.spawn(["/bin/sh", "-c", f"sleep {rng.uniform(0, 0.3):.3f}; exit {i}"])
+        assert child.pidfd is not None
+        children[child.pidfd] = i
+    seen = {}
+    for pidfd, status in iter_exits(children, timeout=30):
+        assert pidfd not in seen  # each exit once
+        seen[pidfd] = status.exit_code
+    assert seen == children
+    for pidfd in children:
+        pidfd.close()
+
+
+def test_wait_all_returns_statuses_in_the_order_given() -> None:
+    procs = [Popen(["/bin/sh", "-c", f"sleep 0.0{i}; exit {i}"]) for i in range(5)]
+    assert [s.exit_code for s in wait_all(procs)] == [0, 1, 2, 3, 4]
+
+
+def test_wait_any_returns_the_first_and_leaves_the_rest() -> None:
+    slow = sleeper(30)
+    fast = pyclone3.spawn(["/bin/sh", "-c", "exit 9"]).pidfd
+    assert fast is not None
+    with slow, fast:
+        child, status = wait_any([slow, fast], timeout=30)
+        assert child is fast and status.exit_code == 9
+        assert slow.is_alive()
+        slow.kill()
+        child, status = wait_any([slow], timeout=30)
+        assert child is slow and status.returncode == -signal.SIGKILL
+
+
+def test_deadline_expires_with_children_still_running() -> None:
+    quick = Popen(["/bin/true"])
+    slow = Popen(["/bin/sleep", "30"])
+    started = time.monotonic()
+    got = []
+    with pytest.raises(WaitAllTimeout) as info:
+        for child, _ in iter_exits([quick, slow], timeout=0.3):
+            got.append(child)
+    assert 0.25 < time.monotonic() - started < 10
+    assert got == [quick] and info.value.pending == [slow] and quick in info.value.done
+    assert isinstance(info.value, TimeoutError)
+    slow.kill()
+    assert slow.wait() == -9
+
+
+def test_zero_timeout_reports_what_has_exited() -> None:
+    done = Popen(["/bin/true"])
+    done.wait()
+    running = Popen(["/bin/sleep", "30"])
+    with pytest.raises(WaitAllTimeout) as info:
+        list(iter_exits([done, running], timeout=0))
+    assert list(info.value.done) == [done] and info.value.pending == [running]
+    running.kill()
+    running.wait()
+
+
+def test_children_killed_from_outside() -> None:
+    procs = [Popen(["/bin/sleep", "30"]) for _ in range(5)]
+    for p in procs:
+        os.kill(p.pid, signal.SIGTERM)  # someone else's signal
+    assert {s.returncode for s in wait_all(procs, timeout=30)} == {-signal.SIGTERM}
+
+
+@require("pidfd_info_exit")
+def test_children_reaped_from_outside_still_report_their_status() -> None:
+    procs = [Popen(["/bin/sh", "-c", f"exit {i}"]) for i in range(3)]
+    for p in procs:
+        os.waitpid(p.pid, 0)  # someone else's reaper
+    assert [s.exit_code for s in wait_all(procs, timeout=30)] == [0, 1, 2]
+
+
+def test_a_thousand_short_lived_children() -> None:
+    before = len(open_fds())
+    total = 0
+    for _ in range(4):
+        procs = [Popen(["/bin/true"]) for _ in range(250)]
+        total += sum(1 for _, s in iter_exits(procs, timeout=60) if s.exit_code == 0)
+    assert total == 1000
+    assert len(open_fds()) == before
+
+
+def test_a_burst_is_reaped_in_few_wakeups(monkeypatch: pytest.MonkeyPatch) -> None:
+    polls = []
+    real_epoll = __import__("select").epoll
+
+    class Counting:
+        def __init__(self) -> None:
+            self.ep = real_epoll()
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.ep, name)
+
+        def poll(self, *args: object) -> object:
+            polls.append(1)
+            return self.ep.poll(*args)
+
+    import pyclone3.multi as multi
+
+    monkeypatch.setattr(multi.select, "epoll", Counting)
+    procs = [Popen(["/bin/true"]) for _ in range(50)]
+    time.sleep(0.3)  # all have exited: one wake-up must reap them all
+    assert len(list(iter_exits(procs, timeout=30))) == 50
+    assert len(polls) <= 2
+
+
+def test_arguments_are_checked_before_waiting() -> None:
+    with pytest.raises(TypeError):
+        list(iter_exits([os.getpid()]))  # type: ignore[list-item]
+    closed = PidFd.open(os.getpid())
+    closed.close()
+    with pytest.raises(ValueError):
+        list(iter_exits([closed]))
+    with pytest.raises(pyclone3.PidfdUnavailableError):
+        p = Popen(["/bin/true"], create_pidfd=False)
+        try:
+            list(iter_exits([p]))
+        finally:
+            p.wait()
+    with pytest.raises(ValueError):
+        wait_any([])
+
+
+def test_a_pidfd_closed_during_iteration_is_not_freed_under_it() -> None:
+    import threading
+
+    child = sleeper(0.3)
+    fd = child.fileno()
+    got: list[object] = []
+    waiter = threading.Thread(target=lambda: got.extend(wait_all([child], timeout=30)))
+    waiter.start()
+    deadline = time.monotonic() + 10
+    while child._users == 0:  # until the iterator holds it
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    child.close()
+    assert os.path.exists(f"/proc/self/fd/{fd}")  # deferred: still being waited on
+    waiter.join()
+    assert got and got[0].exit_code == 0  # type: ignore[attr-defined]
+    assert not os.path.exists(f"/proc/self/fd/{fd}")
+
+
+def test_already_waited_children_are_reported_at_once() -> None:
+    p = Popen(["/bin/sh", "-c", "exit 4"])
+    p.wait()  # its pidfd is closed by now
+    assert [(c, s.exit_code) for c, s in iter_exits([p], timeout=0)] == [(p, 4)]
+
+
+def test_closing_the_iterator_early_releases_everything() -> None:
+    procs = [Popen(["/bin/sh", "-c", f"sleep 0.0{i}"]) for i in range(3)]
+    exits = iter_exits(procs, timeout=30)
+    first = next(exits)
+    exits.close()
+    assert first[0] in procs
+    for p in procs:
+        assert p._pidfd is not None and p._pidfd._users == 0  # released
+        p.wait()
