@@ -33,6 +33,11 @@ __all__ = ["Child", "WaitAllTimeout", "iter_exits", "wait_all", "wait_any"]
 Child = Union[PidFd, ChildExt]
 
 _STALLED_MAX_S = 0.05
+#: While exits keep coming (another one within this long of the last
+#: wake-up), wait this long after a wake-up before reaping again, so that
+#: one wake-up reaps a batch. A lone exit after a quiet spell is reaped at
+#: once; no exit is reported later than this after it happened.
+COALESCE_S = 0.010
 
 
 class WaitAllTimeout(TimeoutError):
@@ -122,14 +127,25 @@ def iter_exits(
         # "reaped" signal) and re-checked after a growing pause: never spun on.
         stalled: dict[int, float] = {}  # fd -> monotonic time of the next check
         pause: dict[int, float] = {}
+        last_wake = -math.inf
         while by_fd:
             now = time.monotonic()
+            if now - last_wake < COALESCE_S and not stalled:
+                # Exits are frequent: let more of them gather, then reap them
+                # together (never past the deadline).
+                nap = COALESCE_S - (now - last_wake)
+                if deadline is not None:
+                    nap = min(nap, max(deadline - now, 0.0))
+                time.sleep(nap)
+                now = time.monotonic()
             wait_s = -1.0 if deadline is None else max(deadline - now, 0.0)
             if stalled:
                 until = max(min(stalled.values()) - now, 0.0)
                 wait_s = until if wait_s < 0 else min(wait_s, until)
             events = ep.poll(wait_s)
             now = time.monotonic()
+            if events:
+                last_wake = now
             ready = {fd for fd, _ in events}
             ready.update(fd for fd, when in stalled.items() if when <= now)
             reaped = []

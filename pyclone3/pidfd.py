@@ -421,6 +421,12 @@ class PidFd:
             status = self._blocking_reap(fd, bufs)
             if status is not None:
                 return status
+        elif not self._foreign:
+            # One WNOHANG reap first, as subprocess does: an exited child
+            # costs one syscall, a running one a single extra.
+            status = self._try_reap(fd, bufs)
+            if status is not None:
+                return status
         spurious = 0
         if deadline is None or deadline > time.monotonic():
             while True:

@@ -1,0 +1,103 @@
+"""Wait for many children: pyclone3.wait_all against the standard library's loop.
+
+500 children sleep 0.5-1.5 s (staggered at random); the parent waits for all
+of them with a deadline. Contenders, each in a fresh process of its own:
+
+* ``stdlib``: ``subprocess.Popen`` children, ``for p in procs:
+  p.wait(timeout=remaining)``;
+* ``pyclone3``: ``pyclone3.Popen`` children, ``pyclone3.wait_all(procs,
+  timeout)`` (one epoll, every ready child reaped per wake-up).
+
+Reported for the wait phase only: parent CPU (user+system), context switches
+(the wake-ups), how late the last exit was noticed, and the process's peak
+RSS. Run: ``python bench/bench_many.py [--children N] [--runs R]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def one(kind: str, n: int, seed: int) -> dict[str, float]:
+    import pyclone3
+
+    rng = random.Random(seed)
+    delays = [rng.uniform(0.5, 1.5) for _ in range(n)]
+    popen = subprocess.Popen if kind == "stdlib" else pyclone3.Popen
+    procs, ends = [], []
+    for d in delays:
+        procs.append(popen(["/bin/sleep", f"{d:.3f}"]))
+        ends.append(time.monotonic() + d)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    deadline = time.monotonic() + 30
+    if kind == "stdlib":
+        for p in procs:
+            p.wait(timeout=max(deadline - time.monotonic(), 0))
+    else:
+        pyclone3.wait_all(procs, timeout=30)
+    done = time.monotonic()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    assert all(p.returncode == 0 for p in procs)
+    return {
+        "cpu_ms": ((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)) * 1e3,
+        "switches": (after.ru_nvcsw - before.ru_nvcsw) + (after.ru_nivcsw - before.ru_nivcsw),
+        "late_ms": (done - max(ends)) * 1e3,
+        "peak_rss_mb": after.ru_maxrss / 1024,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--children", type=int, default=500)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--one", choices=["stdlib", "pyclone3"], help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one, args.children, args.seed)))
+        return 0
+    results: dict[str, list[dict[str, float]]] = {"stdlib": [], "pyclone3": []}
+    for run in range(args.runs):
+        for kind in results:
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--one",
+                    kind,
+                    "--children",
+                    str(args.children),
+                    "--seed",
+                    str(run),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            results[kind].append(json.loads(out))
+    print(f"{args.children} children sleeping 0.5-1.5 s, medians of {args.runs} runs:")
+    print(f"{'':10}{'cpu ms':>9}{'switches':>10}{'late ms':>9}{'peak MB':>9}")
+    med = {}
+    for kind, runs in results.items():
+        med[kind] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        m = med[kind]
+        print(
+            f"{kind:10}{m['cpu_ms']:>9.1f}{m['switches']:>10.0f}{m['late_ms']:>9.1f}"
+            f"{m['peak_rss_mb']:>9.1f}"
+        )
+    print(
+        f"CPU pyclone3/stdlib: {med['pyclone3']['cpu_ms'] / med['stdlib']['cpu_ms']:.2f}x"
+        "  (target <= 1.0x)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
