@@ -251,9 +251,11 @@ class ChildExt:
             return super()._wait(timeout)  # type: ignore[misc, no-any-return]
         if self.returncode is not None:
             return self.returncode
+        closed = False
         try:
             if self._pidfd_owned:  # reap and close in one go
                 status: WaitStatus | None = pidfd._wait_and_close(timeout)
+                closed = True
             else:
                 status = pidfd.wait(timeout)
         except WaitTimeout:
@@ -261,7 +263,10 @@ class ChildExt:
         except ChildProcessError:
             status = None
         with self._waitpid_lock:
-            self._reaped(status)
+            if not closed:
+                self._reaped(status)
+            elif self.returncode is None:
+                self.returncode = status.returncode if status is not None else 0
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
