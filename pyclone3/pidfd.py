@@ -299,6 +299,10 @@ class PidFd:
         finally:
             self._release()
 
+    def _poll_ready(self) -> bool:
+        """Whether the pidfd is readable now (the process has exited); no reap."""
+        return _poll(self._fd, select.POLLIN, 0.0) != 0
+
     def info(self, mask: int = PidfdInfoFlag.PIDFD_INFO_PID) -> syscalls.PidfdInfo:
         """``PIDFD_GET_INFO`` (Linux 6.13+): see :func:`pyclone3.syscalls.pidfd_get_info`."""
         fd = self._acquire()
