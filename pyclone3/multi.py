@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 import select
+import subprocess
 import time
 from collections.abc import Generator, Iterable
 from typing import Any, Union
 
 from .flags import ChildCode
-from .pidfd import PidFd, _deadline
+from .pidfd import PidFd, WaitTimeout, _deadline
 from .popen import ChildExt
 from .status import WaitStatus
 
@@ -181,14 +182,57 @@ def iter_exits(
 def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[WaitStatus]:
     """Wait for every child to exit; return their statuses in the order given.
 
+    As the statuses come back in the given order, no ``epoll`` is needed:
+    the children are waited for one after the other, each with the time
+    left. A child that has already exited costs one ``waitid``; the wait
+    blocks (in ``poll(2)`` on a pidfd, woken by the exit itself) only for a
+    child still running when its turn comes: for exits in random order,
+    about ``ln(n)`` times in all. This costs less CPU than the standard
+    library's ``p.wait(timeout=remaining)`` loop, which sleeps and polls in
+    steps of up to 50 ms, and notices every exit sooner.
+
     On timeout raises :class:`WaitAllTimeout`, whose ``done`` and ``pending``
-    say who finished. See :func:`iter_exits`.
+    say who had finished by then. Arguments are checked as :func:`iter_exits`
+    checks them, before any wait.
     """
-    given = list(children)
-    statuses: dict[int, WaitStatus] = {}
-    for child, status in iter_exits(given, timeout):
-        statuses[id(child)] = status
-    return [statuses[id(c)] for c in given]
+    as_given = list(children)
+    unique: dict[int, Any] = {}
+    for child in as_given:
+        unique.setdefault(id(child), child)
+    given = list(unique.values())
+    pidfds = [_pidfd_of(c) for c in given]
+    for child, pidfd in zip(given, pidfds):
+        if pidfd.closed and _known_status(child, pidfd) is None:
+            raise ValueError(f"I/O operation on closed PidFd: {child!r}")
+    deadline = None if timeout is None else _deadline(timeout)
+    done: dict[Any, WaitStatus] = {}
+    for child, pidfd in zip(given, pidfds):
+        status = _known_status(child, pidfd)
+        if status is None:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                if isinstance(child, ChildExt) and child._pidfd_owned:
+                    # the Popen's own path: reap, record and close in one go
+                    child._wait(remaining)
+                    status = _known_status(child, pidfd)
+                    assert status is not None
+                else:
+                    status = pidfd.wait(remaining)
+            except (WaitTimeout, subprocess.TimeoutExpired):
+                # Sweep the rest once without blocking, so `done` is exact.
+                for other, other_fd in zip(given, pidfds):
+                    if other not in done and other is not child and not other_fd.closed:
+                        found = other_fd.try_wait()
+                        if found is not None:
+                            done[other] = found
+                            _record(other, found)
+                pending = [c for c in given if c not in done]
+                raise WaitAllTimeout(
+                    timeout if timeout is not None else math.inf, done, pending
+                ) from None
+        done[child] = status
+        _record(child, status)
+    return [done[c] for c in as_given]
 
 
 def wait_any(children: Iterable[Child], timeout: float | None = None) -> tuple[Child, WaitStatus]:

@@ -21,6 +21,7 @@ from .status import WaitStatus
 __all__ = ["PidFd", "WaitTimeout"]
 
 _POLL_MAX_MS = 2**31 - 1
+_FAST_TIMEOUT_MAX = 1e9  # seconds; NaN, infinities and the rest take the full check
 #: While a non-child's zombie waits for its own parent to reap it, re-check
 #: at least this often in case the kernel does not wake pollers on reap.
 _REAP_RECHECK_MS = 100
@@ -45,6 +46,9 @@ def _deadline(timeout: float | None) -> float | None:
     """Monotonic deadline for *timeout* seconds; ``None`` means never."""
     if timeout is None:
         return None
+    kind = type(timeout)
+    if (kind is float or kind is int) and 0 <= timeout < _FAST_TIMEOUT_MAX:
+        return time.monotonic() + timeout  # the common case, checked cheaply
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
         raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
     seconds = float(timeout)
