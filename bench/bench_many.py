@@ -10,7 +10,13 @@ of them with a deadline. Contenders, each in a fresh process of its own:
 
 Reported for the wait phase only: parent CPU (user+system), context switches
 (the wake-ups), how late the last exit was noticed, and the process's peak
-RSS. Run: ``python bench/bench_many.py [--children N] [--runs R]``.
+RSS.
+
+Then asyncio: 200 concurrent children (``/bin/true``, output captured),
+``pyclone3.aio.create_subprocess_exec`` against
+``asyncio.create_subprocess_exec``: total wall time and CPU.
+
+Run: ``python bench/bench_many.py [--children N] [--runs R]``.
 """
 
 from __future__ import annotations
@@ -53,13 +59,49 @@ def one(kind: str, n: int, seed: int) -> dict[str, float]:
     }
 
 
+def one_async(kind: str, n: int) -> dict[str, float]:
+    import asyncio
+
+    import pyclone3.aio
+
+    create = (
+        asyncio.create_subprocess_exec
+        if kind == "asyncio"
+        else pyclone3.aio.create_subprocess_exec
+    )
+
+    async def child() -> int | None:
+        proc = await create("/bin/true", stdout=asyncio.subprocess.PIPE)
+        await proc.communicate()
+        return proc.returncode
+
+    async def all_of_them() -> list[int | None]:
+        return await asyncio.gather(*(child() for _ in range(n)))
+
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    start = time.monotonic()
+    codes = asyncio.run(all_of_them())
+    wall = time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    assert codes == [0] * n
+    return {
+        "wall_ms": wall * 1e3,
+        "cpu_ms": ((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)) * 1e3,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--children", type=int, default=500)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--one", choices=["stdlib", "pyclone3"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--one", choices=["stdlib", "pyclone3", "asyncio", "aio"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one in ("asyncio", "aio"):
+        print(json.dumps(one_async(args.one, 200)))
+        return 0
     if args.one:
         print(json.dumps(one(args.one, args.children, args.seed)))
         return 0
@@ -96,6 +138,24 @@ def main() -> int:
         f"CPU pyclone3/stdlib: {med['pyclone3']['cpu_ms'] / med['stdlib']['cpu_ms']:.2f}x"
         "  (target <= 1.0x)"
     )
+    aresults: dict[str, list[dict[str, float]]] = {"asyncio": [], "aio": []}
+    for _ in range(args.runs):
+        for kind in aresults:
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", kind],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            aresults[kind].append(json.loads(out))
+    amed = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in aresults.items()}
+    print(f"\n200 concurrent asyncio children, medians of {args.runs} runs:")
+    print(f"{'':16}{'wall ms':>9}{'cpu ms':>9}")
+    for kind, label in (("asyncio", "asyncio"), ("aio", "pyclone3.aio")):
+        print(f"{label:16}{amed[kind]['wall_ms']:>9.1f}{amed[kind]['cpu_ms']:>9.1f}")
+    wall = amed["aio"]["wall_ms"] / amed["asyncio"]["wall_ms"]
+    cpu = amed["aio"]["cpu_ms"] / amed["asyncio"]["cpu_ms"]
+    print(f"pyclone3.aio/asyncio: wall {wall:.2f}x, CPU {cpu:.2f}x  (target <= 1.0x)")
     return 0
 
 
