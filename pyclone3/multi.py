@@ -208,10 +208,17 @@ def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[Wa
     done: dict[Any, WaitStatus] = {}
     for child, pidfd in zip(given, pidfds):
         status = _known_status(child, pidfd)
+        owned_popen = isinstance(child, ChildExt) and child._pidfd_owned
+        if status is None and owned_popen:
+            status = pidfd._reap_now_and_close()  # exited already: one waitid
+            if status is not None:
+                with child._waitpid_lock:
+                    if child.returncode is None:
+                        child.returncode = status.returncode
         if status is None:
             remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
             try:
-                if isinstance(child, ChildExt) and child._pidfd_owned:
+                if owned_popen:
                     # the Popen's own path: reap, record and close in one go
                     child._wait(remaining)
                     status = _known_status(child, pidfd)
