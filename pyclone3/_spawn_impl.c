@@ -365,11 +365,17 @@ long pyclone3_spawn(struct pyclone3_spawn *s, int method, int clear_sighand,
     s->err_step = SPAWN_ERR_NONE;
     s->err_errno = 0;
     s->errpipe = -1;
-    /* No signal handler may run in the child while it shares our memory. */
-    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, 8);
-    s->sigmask = old;
-    s->restore_mask = 1;
+    /* No signal handler may run in the child while it shares our memory.
+     * With CLONE_CLEAR_SIGHAND the kernel resets the child's handlers as it
+     * creates it, so there is no window to close; otherwise block every
+     * signal around the clone and let the child reset its handlers, then
+     * restore our mask in it. */
     s->reset_handlers = !(method == SPAWN_CLONE3 && clear_sighand);
+    s->restore_mask = s->reset_handlers;
+    if (s->restore_mask) {
+        syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, 8);
+        s->sigmask = old;
+    }
 
     switch (method) {
     case SPAWN_CLONE3: {
@@ -407,7 +413,8 @@ long pyclone3_spawn(struct pyclone3_spawn *s, int method, int clear_sighand,
         err = EINVAL;
     }
 
-    syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, 8);
+    if (s->restore_mask)
+        syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, 8);
     errno = pid < 0 ? err : saved_errno;
     return pid;
 }
