@@ -250,17 +250,18 @@ int sys_pidfd_get_info(int pidfd, struct pidfd_info *info)
 
 /* ---- helpers ----------------------------------------------------------- */
 
-long fork_clone3(struct clone_args *args, size_t size)
+/* Run make(arg), which creates a child that returns here like fork(), inside
+ * the interpreter's fork hooks, as os.fork() does: the GIL held (cffi released
+ * it around our call), PyOS_BeforeFork (import lock, os.register_at_fork
+ * callbacks), then PyOS_AfterFork_Child or _Parent (thread states). */
+static long with_fork_hooks(long (*make)(void *), void *arg)
 {
-    /* cffi released the GIL around this call. os.fork() holds it across the
-     * fork and runs the interpreter's before/after hooks (import lock,
-     * os.register_at_fork callbacks, thread state reset): do the same. */
     PyGILState_STATE gil = PyGILState_Ensure();
     long ret;
     int saved_errno;
 
     PyOS_BeforeFork();
-    ret = syscall(SYS_clone3, args, size);
+    ret = make(arg);
     saved_errno = errno;
     if (ret == 0)
         PyOS_AfterFork_Child();
@@ -271,25 +272,34 @@ long fork_clone3(struct clone_args *args, size_t size)
     return ret;
 }
 
+struct clone3_call {
+    struct clone_args *args;
+    size_t size;
+};
+
+static long make_clone3(void *arg)
+{
+    struct clone3_call *call = arg;
+    return syscall(SYS_clone3, call->args, call->size);
+}
+
+static long make_fork(void *arg)
+{
+    (void)arg;
+    return fork();   /* glibc's: its atfork handlers reset malloc's locks */
+}
+
+long fork_clone3(struct clone_args *args, size_t size)
+{
+    struct clone3_call call = {args, size};
+    return with_fork_hooks(make_clone3, &call);
+}
+
 long fork_with_hooks(void)
 {
-    /* glibc's fork() (its atfork handlers reset malloc's and stdio's locks
-     * in the child) inside the interpreter's hooks, as subprocess does for
-     * preexec_fn: unlike os.fork(), no warning about other threads. */
-    PyGILState_STATE gil = PyGILState_Ensure();
-    long ret;
-    int saved_errno;
-
-    PyOS_BeforeFork();
-    ret = fork();
-    saved_errno = errno;
-    if (ret == 0)
-        PyOS_AfterFork_Child();
-    else
-        PyOS_AfterFork_Parent();
-    PyGILState_Release(gil);
-    errno = saved_errno;
-    return ret;
+    /* As subprocess does for preexec_fn; unlike os.fork(), no warning about
+     * other threads. */
+    return with_fork_hooks(make_fork, NULL);
 }
 
 long probe_clone3(uint64_t flags, int *pidfd)

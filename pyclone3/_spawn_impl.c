@@ -89,12 +89,28 @@ static void child_reset_handlers(void)
     }
 }
 
+/* One byte and room for one SCM_RIGHTS fd: the pidfd a child sends. */
+union pidfd_control {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+};
+
+static void pidfd_msg_init(struct msghdr *msg, struct iovec *iov, char *byte,
+                           union pidfd_control *control)
+{
+    memset(msg, 0, sizeof(*msg));
+    memset(control, 0, sizeof(*control));
+    iov->iov_base = byte;
+    iov->iov_len = 1;
+    msg->msg_iov = iov;
+    msg->msg_iovlen = 1;
+    msg->msg_control = control->buf;
+    msg->msg_controllen = sizeof(control->buf);
+}
+
 static int child_send_pidfd(int sock)
 {
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } control;
+    union pidfd_control control;
     struct msghdr msg;
     struct iovec iov;
     struct cmsghdr *cmsg;
@@ -104,14 +120,7 @@ static int child_send_pidfd(int sock)
 
     if (fd < 0)
         return -1;
-    memset(&msg, 0, sizeof(msg));
-    memset(&control, 0, sizeof(control));
-    iov.iov_base = &byte;
-    iov.iov_len = 1;
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.buf;
-    msg.msg_controllen = sizeof(control.buf);
+    pidfd_msg_init(&msg, &iov, &byte, &control);
     cmsg = CMSG_FIRSTHDR(&msg);
     cmsg->cmsg_level = SOL_SOCKET;
     cmsg->cmsg_type = SCM_RIGHTS;
@@ -422,23 +431,14 @@ long pyclone3_spawn(struct pyclone3_spawn *s, int method, int clear_sighand,
 /* Receive the pidfd a child sent over `sock` (MSG_CMSG_CLOEXEC); -1 if none. */
 int pyclone3_recv_pidfd(int sock)
 {
-    union {
-        char buf[CMSG_SPACE(sizeof(int))];
-        struct cmsghdr align;
-    } control;
+    union pidfd_control control;
     struct msghdr msg;
     struct iovec iov;
     struct cmsghdr *cmsg;
     char byte;
     int fd = -1;
 
-    memset(&msg, 0, sizeof(msg));
-    iov.iov_base = &byte;
-    iov.iov_len = 1;
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.buf;
-    msg.msg_controllen = sizeof(control.buf);
+    pidfd_msg_init(&msg, &iov, &byte, &control);
     if (recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT) < 1)
         return -1;
     cmsg = CMSG_FIRSTHDR(&msg);
