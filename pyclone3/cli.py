@@ -1,0 +1,262 @@
+"""The ``pyclone3`` command: ``run``, ``wait`` and ``features``.
+
+``pyclone3 run`` is ``timeout(1)`` on pidfds: the command is spawned with its
+pidfd taken at creation, signals are sent through that pidfd, and the exit
+status follows ``timeout(1)``'s conventions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import math
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+from . import __version__
+from ._features import features
+from .pidfd import PidFd
+from .popen import Popen
+
+#: timeout(1)'s exit statuses.
+EXIT_TIMEDOUT = 124
+EXIT_FAILURE = 125  # pyclone3 itself failed
+EXIT_CANNOT_INVOKE = 126
+EXIT_ENOENT = 127
+
+#: Signals pyclone3 run passes on to the command when it receives them.
+FORWARDED = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+
+
+def _signal(value: str) -> signal.Signals:
+    name = value.upper()
+    if name.isdigit():
+        try:
+            return signal.Signals(int(name))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"no signal numbered {value}") from None
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return signal.Signals[name]
+    except KeyError:
+        raise argparse.ArgumentTypeError(
+            f"unknown signal {value!r} (try TERM, KILL, INT, HUP or a number)"
+        ) from None
+
+
+def _duration(value: str) -> float:
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    scale = units.get(value[-1:])
+    number = value[:-1] if scale is not None else value
+    try:
+        seconds = float(number) * (scale or 1.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {value!r} (seconds, or a number with s, m, h or d)"
+        ) from None
+    if math.isnan(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"a duration must be 0 or more, not {value!r}")
+    return seconds
+
+
+def _exit_status(returncode: int) -> int:
+    """The shell's convention: 128 + N for death by signal N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _report_rusage(proc: Popen) -> None:
+    status = proc.pidfd._status if proc._pidfd is not None else None
+    ru = status.rusage if status is not None else None
+    if ru is None:
+        print("pyclone3: no resource usage was reported", file=sys.stderr)
+        return
+    print(
+        f"pyclone3: user {ru.ru_utime:.3f}s system {ru.ru_stime:.3f}s "
+        f"max RSS {ru.ru_maxrss} KiB, {ru.ru_minflt} minor / {ru.ru_majflt} major faults, "
+        f"{ru.ru_nvcsw} voluntary / {ru.ru_nivcsw} involuntary context switches",
+        file=sys.stderr,
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        print(
+            "pyclone3 run: no command given (pyclone3 run [OPTIONS] -- CMD ARGS...)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    try:
+        proc = Popen(command)
+    except FileNotFoundError as exc:
+        print(f"pyclone3 run: {command[0]}: {exc.strerror}", file=sys.stderr)
+        return EXIT_ENOENT
+    except PermissionError as exc:
+        print(f"pyclone3 run: {command[0]}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CANNOT_INVOKE
+    except OSError as exc:
+        print(f"pyclone3 run: cannot run {command[0]}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CANNOT_INVOKE if exc.errno in (errno.ENOEXEC, errno.EISDIR) else EXIT_FAILURE
+
+    def forward(signum: int, frame: object) -> None:
+        proc.send_signal(signum)  # through the pidfd: never a recycled PID
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    timed_out = False
+    try:
+        try:
+            proc.wait(timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            proc.send_signal(args.signal)
+            try:
+                proc.wait(timeout=args.kill_after)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if args.rusage:
+        _report_rusage(proc)
+    assert proc.returncode is not None
+    if timed_out and proc.returncode != -signal.SIGKILL:
+        return EXIT_TIMEDOUT
+    return _exit_status(proc.returncode)
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    handles: list[PidFd] = []
+    try:
+        for pid in args.pids:
+            try:
+                handles.append(PidFd.open(pid))
+            except ProcessLookupError:
+                print(f"pyclone3 wait: no process {pid}", file=sys.stderr)
+                return EXIT_FAILURE
+            except OSError as exc:
+                print(f"pyclone3 wait: cannot watch {pid}: {exc.strerror}", file=sys.stderr)
+                return EXIT_FAILURE
+        deadline = None if args.timeout is None else time.monotonic() + args.timeout
+        poller = select.poll()
+        by_fd = {h.fileno(): h for h in handles}
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        while by_fd:
+            ms = None
+            if deadline is not None:
+                ms = max(math.ceil((deadline - time.monotonic()) * 1000), 0)
+            ready = poller.poll(ms)
+            if not ready:
+                left = " ".join(str(h.pid) for h in by_fd.values())
+                print(
+                    f"pyclone3 wait: still running after {args.timeout}s: {left}", file=sys.stderr
+                )
+                return EXIT_TIMEDOUT
+            for fd, _ in ready:
+                handle = by_fd.pop(fd)
+                poller.unregister(fd)
+                if args.verbose:
+                    print(f"{handle.pid} exited")
+        return 0
+    finally:
+        for handle in handles:
+            handle.close()
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    report = features()
+    print(report.to_json() if args.json else report)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pyclone3",
+        description="Run, wait for and inspect processes through pidfds, race-free. "
+        "With no command, print the feature report.",
+        epilog="Exit status of 'run' follows timeout(1): the command's own status, "
+        "124 if it timed out, 128+N if it died of signal N, 125 if pyclone3 failed, "
+        "126 if the command cannot be run, 127 if it was not found.",
+    )
+    parser.add_argument("--version", action="version", version=f"pyclone3 {__version__}")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="action", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run a command, killing it through its pidfd on timeout",
+        description="Run CMD with its pidfd taken at creation. On --timeout, send --signal "
+        "through the pidfd (never to a recycled PID), then SIGKILL after --kill-after. "
+        "SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed on to CMD.",
+    )
+    run.add_argument(
+        "-t",
+        "--timeout",
+        type=_duration,
+        metavar="DURATION",
+        help="time limit: seconds, or with a suffix s, m, h or d",
+    )
+    run.add_argument(
+        "-s",
+        "--signal",
+        type=_signal,
+        default=signal.SIGTERM,
+        metavar="SIG",
+        help="signal to send on timeout (default TERM)",
+    )
+    run.add_argument(
+        "-k",
+        "--kill-after",
+        type=_duration,
+        metavar="DURATION",
+        help="also send KILL if CMD still runs this long after the signal",
+    )
+    run.add_argument(
+        "--rusage", action="store_true", help="print CMD's resource usage to stderr when it ends"
+    )
+    run.add_argument(
+        "command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...", help="the command to run"
+    )
+    run.set_defaults(func=cmd_run)
+
+    wait = sub.add_parser(
+        "wait",
+        help="wait for processes (not only children) to exit",
+        description="Wait until every PID has exited, through pidfds: a PID that is reused "
+        "meanwhile cannot fool it. Exits 0, 124 on timeout, 125 if a PID does not exist.",
+    )
+    wait.add_argument("pids", type=int, nargs="+", metavar="PID")
+    wait.add_argument("-t", "--timeout", type=_duration, metavar="DURATION")
+    wait.add_argument("-v", "--verbose", action="store_true", help="print each exit")
+    wait.set_defaults(func=cmd_wait)
+
+    feats = sub.add_parser("features", help="report what this kernel and sandbox allow")
+    feats.add_argument("--json", action="store_true", help="as JSON, for scripts")
+    feats.set_defaults(func=cmd_features)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.action is None:  # `python -m pyclone3`: the feature report
+        return cmd_features(args)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 128 + signal.SIGINT

@@ -1,0 +1,141 @@
+"""The pyclone3 command: run (timeout(1)'s conventions), wait, features."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import PYTHON
+
+CLI = [PYTHON, "-m", "pyclone3"]
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("code", [0, 3, 100])
+def test_run_passes_the_exit_status_through(code: int) -> None:
+    assert run_cli("run", "--", "/bin/sh", "-c", f"exit {code}").returncode == code
+
+
+def test_run_death_by_signal_is_128_plus_n() -> None:
+    r = run_cli("run", "--", "/bin/sh", "-c", "kill -USR1 $$")
+    assert r.returncode == 128 + signal.SIGUSR1
+
+
+def test_run_timeout_is_124_and_kills_through_the_pidfd() -> None:
+    started = time.monotonic()
+    r = run_cli("run", "--timeout", "0.3", "--", "/bin/sleep", "30")
+    assert r.returncode == 124 and time.monotonic() - started < 20
+
+
+def test_run_kill_after_for_a_command_that_ignores_the_signal() -> None:
+    script = "trap '' TERM; while :; do sleep 0.05; done"
+    r = run_cli("run", "-t", "0.3", "-k", "0.3", "--", "/bin/sh", "-c", script)
+    assert r.returncode == 128 + signal.SIGKILL
+
+
+def test_run_custom_signal() -> None:
+    r = run_cli(
+        "run",
+        "-t",
+        "0.2",
+        "-s",
+        "INT",
+        "--",
+        "/bin/sh",
+        "-c",
+        "trap 'exit 42' INT; while :; do sleep 0.05; done",
+    )
+    assert r.returncode == 124  # timed out; the command chose its own exit
+
+
+@pytest.mark.parametrize(
+    "command, code",
+    [(["/no/such/program"], 127), (["/etc/hostname"], 126), (["/"], 126)],
+)
+def test_run_own_errors(command: list[str], code: int) -> None:
+    r = run_cli("run", "--", *command)
+    assert r.returncode == code and "pyclone3 run" in r.stderr
+
+
+def test_run_without_a_command_explains() -> None:
+    r = run_cli("run")
+    assert r.returncode == 125 and "no command" in r.stderr
+
+
+@pytest.mark.parametrize(
+    "bad", [["run", "-t", "soon", "--", "true"], ["run", "-s", "NOPE", "--", "true"]]
+)
+def test_bad_options_say_what_to_do(bad: list[str]) -> None:
+    r = run_cli(*bad)
+    assert r.returncode == 2 and ("duration" in r.stderr or "signal" in r.stderr)
+
+
+def test_run_forwards_sigint_to_the_command() -> None:
+    proc = subprocess.Popen([*CLI, "run", "--", "/bin/sleep", "30"], stderr=subprocess.PIPE)
+    time.sleep(0.5)  # let it start the command
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 128 + signal.SIGINT
+    assert proc.stderr is not None
+    proc.stderr.close()
+
+
+def test_run_rusage_report() -> None:
+    r = run_cli("run", "--rusage", "--", "/bin/true")
+    assert r.returncode == 0 and "max RSS" in r.stderr
+
+
+def test_wait_for_processes_that_are_not_children() -> None:
+    other = subprocess.Popen(["/bin/sleep", "0.3"])
+    try:
+        started = time.monotonic()
+        r = run_cli("wait", "-v", str(other.pid))
+        assert r.returncode == 0 and f"{other.pid} exited" in r.stdout
+        assert time.monotonic() - started >= 0.2
+    finally:
+        other.wait()
+
+
+def test_wait_timeout_and_missing_pid() -> None:
+    other = subprocess.Popen(["/bin/sleep", "30"])
+    try:
+        r = run_cli("wait", "--timeout", "0.2", str(other.pid))
+        assert r.returncode == 124 and str(other.pid) in r.stderr
+    finally:
+        other.kill()
+        other.wait()
+    with open("/proc/sys/kernel/pid_max") as f:
+        missing = int(f.read()) + 1
+    r = run_cli("wait", str(missing))
+    assert r.returncode == 125 and "no process" in r.stderr
+
+
+def test_features_table_and_json() -> None:
+    table = run_cli("features")
+    assert table.returncode == 0 and "clone3" in table.stdout
+    data = json.loads(run_cli("features", "--json").stdout)
+    assert data["kernel"] == os.uname().release
+    assert run_cli().stdout == table.stdout  # no command: the report
+
+
+def test_help_reads_well() -> None:
+    r = run_cli("--help")
+    assert r.returncode == 0
+    for word in ("run", "wait", "features", "124", "timeout(1)"):
+        assert word in r.stdout
+    assert "--kill-after" in run_cli("run", "--help").stdout
+
+
+def test_console_script_is_installed() -> None:
+    script = os.path.join(os.path.dirname(sys.executable), "pyclone3")
+    if not os.path.exists(script):
+        pytest.skip("not installed as a console script in this environment")
+    r = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.startswith("pyclone3 ")
