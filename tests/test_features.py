@@ -162,3 +162,11 @@ def test_clone_pidfd_refused_with_einval_still_finds_clone3(
     finally:
         monkeypatch.undo()
         features(refresh=True)
+
+
+def test_the_installed_package_is_the_one_under_test() -> None:
+    # Set by the nox sessions, which test an installed pyclone3 (a wheel).
+    if not os.environ.get("PYCLONE3_TEST_INSTALLED"):
+        pytest.skip("testing the source tree (PYCLONE3_TEST_INSTALLED not set)")
+    source = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyclone3")
+    assert os.path.dirname(os.path.abspath(pyclone3.__file__)) != source, pyclone3.__file__
