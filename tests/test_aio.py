@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -214,3 +215,45 @@ def test_a_foreign_reaper_does_not_lose_the_status() -> None:
     finally:
         signal.signal(signal.SIGCHLD, old)
     time.sleep(0)
+
+
+WATCHERS = ["SafeChildWatcher", "FastChildWatcher", "ThreadedChildWatcher", "PidfdChildWatcher"]
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="child watchers are gone after 3.11")
+@pytest.mark.parametrize("name", WATCHERS)
+def test_any_child_watcher_is_fine(name: str) -> None:
+    import warnings
+
+    from conftest import FEATURES
+
+    if name == "FastChildWatcher" and not FEATURES.pidfd_info_exit:
+        pytest.skip("FastChildWatcher reaps every child; statuses need PIDFD_INFO_EXIT")
+    watcher_type = getattr(asyncio, name, None)
+    if watcher_type is None:
+        pytest.skip(f"asyncio has no {name} here")
+    policy = asyncio.get_event_loop_policy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old = policy.get_child_watcher() if hasattr(policy, "get_child_watcher") else None
+
+        async def main() -> list[int | None]:
+            watcher = watcher_type()
+            watcher.attach_loop(asyncio.get_running_loop())
+            policy.set_child_watcher(watcher)
+            try:
+                codes = []
+                for i in range(5):
+                    proc = await create_subprocess_exec("/bin/sh", "-c", f"exit {i}")
+                    codes.append(await proc.wait())
+                # asyncio's own subprocesses still work beside ours
+                std = await asyncio.create_subprocess_exec("/bin/sh", "-c", "exit 9")
+                codes.append(await std.wait())
+                return codes
+            finally:
+                watcher.close()
+
+        try:
+            assert run(main()) == [0, 1, 2, 3, 4, 9]
+        finally:
+            policy.set_child_watcher(old)
