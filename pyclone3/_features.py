@@ -57,6 +57,8 @@ class Features:
     pidfd_get_info: bool
     #: PIDFD_INFO_EXIT: exit status of a reaped process through its pidfd (6.15+).
     pidfd_info_exit: bool
+    #: pidfds of one process share an inode and of two processes do not (pidfs, 6.9+).
+    pidfd_identity: bool
     #: where the cgroup v2 hierarchy is mounted, if it is.
     cgroup2_mount: str | None
     #: this process's cgroup v2 path (from /proc/self/cgroup), if any.
@@ -227,6 +229,7 @@ def _probe_with(p: _Prober) -> Features:
             p.notes[name] = "needs pidfd_open"
 
     clone3, clone_pidfd, info_exit = _probe_clone3(p, get_info)
+    identity = _probe_identity(p, own)
     mount, cgroup = _cgroup2()
     return Features(
         kernel=os.uname().release,
@@ -241,10 +244,29 @@ def _probe_with(p: _Prober) -> Features:
         pidfd_signal_process_group=group,
         pidfd_get_info=get_info,
         pidfd_info_exit=info_exit,
+        pidfd_identity=identity,
         cgroup2_mount=mount,
         cgroup=cgroup,
         notes=p.notes,
     )
+
+
+def _probe_identity(p: _Prober, own: int | None) -> bool:
+    """pidfs (6.9+) gives each process its own inode; before, all share one anon inode."""
+    if own is None:
+        p.notes["pidfd_identity"] = "needs pidfd_open"
+        return False
+    parent = p.keep(p.attempt("pidfd_identity", syscalls.pidfd_open, os.getppid()))
+    if parent is None:
+        return False
+    again = p.keep(p.attempt("pidfd_identity", syscalls.pidfd_open, os.getpid()))
+    if again is None:
+        return False
+    mine, theirs, same = os.fstat(own), os.fstat(parent), os.fstat(again)
+    if (mine.st_dev, mine.st_ino) == (same.st_dev, same.st_ino) and mine.st_ino != theirs.st_ino:
+        return True
+    p.notes["pidfd_identity"] = "pidfds share one anonymous inode (before Linux 6.9)"
+    return False
 
 
 def _clone3_child(flags: int) -> tuple[int, int]:

@@ -58,6 +58,15 @@ class WaitAllTimeout(TimeoutError):
         self.pending = pending
 
 
+def _timeout(
+    timeout: float | None, given: list[Any], done: dict[int, WaitStatus]
+) -> WaitAllTimeout:
+    """The exception for a deadline that passed; *done* is keyed by ``id(child)``."""
+    finished = {c: done[id(c)] for c in given if id(c) in done}
+    pending = [c for c in given if id(c) not in done]
+    return WaitAllTimeout(timeout if timeout is not None else math.inf, finished, pending)
+
+
 def _known_status(child: Any, pidfd: PidFd) -> WaitStatus | None:
     """The exit already seen for *child* (its pidfd may be closed by now)."""
     status = pidfd._status
@@ -118,9 +127,9 @@ def iter_exits(
             acquired.append(pidfd)
             by_fd[fd] = (child, pidfd)
             ep.register(fd, select.EPOLLIN)
-        done: dict[Any, WaitStatus] = {}
+        done: dict[int, WaitStatus] = {}  # by id(child): equal PidFds stay apart
         for child, status in ready_now:
-            done[child] = status
+            done[id(child)] = status
             _record(child, status)
             yield child, status
         # Readable but not reapable yet (a traced child; a non-child whose
@@ -166,13 +175,12 @@ def iter_exits(
                 stalled.pop(fd, None)
                 pause.pop(fd, None)
                 ep.unregister(fd)
-                done[child] = status
+                done[id(child)] = status
                 _record(child, status)
             for _, child, status in reaped:
                 yield child, status
             if by_fd and not reaped and deadline is not None and now >= deadline:
-                pending = [c for c in given if c not in done]
-                raise WaitAllTimeout(timeout if timeout is not None else math.inf, done, pending)
+                raise _timeout(timeout, given, done)
     finally:
         ep.close()
         for pidfd in acquired:
@@ -205,7 +213,7 @@ def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[Wa
         if pidfd.closed and _known_status(child, pidfd) is None:
             raise ValueError(f"I/O operation on closed PidFd: {child!r}")
     deadline = None if timeout is None else _deadline(timeout)
-    done: dict[Any, WaitStatus] = {}
+    done: dict[int, WaitStatus] = {}  # by id(child)
     for child, pidfd in zip(given, pidfds):
         status = _known_status(child, pidfd)
         owned_popen = isinstance(child, ChildExt) and child._pidfd_owned
@@ -228,18 +236,15 @@ def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[Wa
             except (WaitTimeout, subprocess.TimeoutExpired):
                 # Sweep the rest once without blocking, so `done` is exact.
                 for other, other_fd in zip(given, pidfds):
-                    if other not in done and other is not child and not other_fd.closed:
+                    if id(other) not in done and other is not child and not other_fd.closed:
                         found = other_fd.try_wait()
                         if found is not None:
-                            done[other] = found
+                            done[id(other)] = found
                             _record(other, found)
-                pending = [c for c in given if c not in done]
-                raise WaitAllTimeout(
-                    timeout if timeout is not None else math.inf, done, pending
-                ) from None
-        done[child] = status
+                raise _timeout(timeout, given, done) from None
+        done[id(child)] = status
         _record(child, status)
-    return [done[c] for c in as_given]
+    return [done[id(c)] for c in as_given]
 
 
 def wait_any(children: Iterable[Child], timeout: float | None = None) -> tuple[Child, WaitStatus]:

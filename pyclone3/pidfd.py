@@ -23,6 +23,7 @@ from .status import WaitStatus
 __all__ = ["PidFd", "WaitTimeout"]
 
 _POLL_MAX_MS = 2**31 - 1
+_UNKNOWN: Any = object()  # no identity key worked out yet
 _FAST_TIMEOUT_MAX = 1e9  # seconds; NaN, infinities and the rest take the full check
 #: While a non-child's zombie waits for its own parent to reap it, re-check
 #: at least this often in case the kernel does not wake pollers on reap.
@@ -132,6 +133,7 @@ class PidFd:
         "_closing",
         "_fd",
         "_foreign",
+        "_identity_key",
         "_lock",
         "_pid",
         "_status",
@@ -161,6 +163,7 @@ class PidFd:
         self._users = 0
         self._status: WaitStatus | None = None
         self._foreign = False
+        self._identity_key: Any = _UNKNOWN
         self._fd = fd
         self._closing = False
 
@@ -173,6 +176,7 @@ class PidFd:
         self._users = 0
         self._status = None
         self._foreign = False
+        self._identity_key = _UNKNOWN
         self._fd = fd
         self._closing = False
         return self
@@ -265,6 +269,45 @@ class PidFd:
             warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
         finally:  # even when warnings are errors, the fd must not leak
             self.close()
+
+    # ---- identity ---------------------------------------------------------------
+
+    def _identity(self) -> tuple[int, int] | None:
+        """``(st_dev, st_ino)`` of the pidfd where that names the process (pidfs).
+
+        Worked out once, on first use while open, then kept: a ``PidFd`` first
+        compared or hashed after :meth:`close`, or on a kernel before 6.9, has
+        no key and is equal only to itself.
+        """
+        key = self._identity_key
+        if key is _UNKNOWN:
+            key = None
+            with self._lock:
+                if not self._closing and features().pidfd_identity:
+                    st = os.fstat(self._fd)
+                    key = (st.st_dev, st.st_ino)
+                self._identity_key = key
+        return key  # type: ignore[no-any-return]
+
+    def __eq__(self, other: object) -> bool:
+        """Two ``PidFd`` objects are equal when they name the same process.
+
+        On Linux 6.9+ (pidfs) every pidfd of a process shares one inode, which
+        identifies the process for ever; supervisors can key tables by
+        ``PidFd``. Before 6.9 (:attr:`Features.pidfd_identity
+        <pyclone3.Features.pidfd_identity>` false) a ``PidFd`` equals only
+        itself. Compare or hash while open (the key is kept once known).
+        """
+        if self is other:
+            return True
+        if not isinstance(other, PidFd):
+            return NotImplemented
+        mine = self._identity()
+        return mine is not None and mine == other._identity()
+
+    def __hash__(self) -> int:
+        key = self._identity()
+        return hash(key) if key is not None else id(self) >> 4
 
     def __repr__(self) -> str:
         status = self._status

@@ -402,3 +402,42 @@ def test_getfd_through_the_object() -> None:
         assert os.read(r, 1) == b"x"
         for fd in (r, w, dup):
             os.close(fd)
+
+
+# ---- identity ---------------------------------------------------------------------
+
+
+@require("pidfd_identity")
+def test_pidfds_of_one_process_are_equal_and_hash_alike() -> None:
+    with PidFd.open(os.getpid()) as a, PidFd.open(os.getpid()) as b, sleeper() as other:
+        assert a == b and hash(a) == hash(b) and a is not b
+        assert a != other and len({a, b, other}) == 2
+        table = {a: "me"}
+        assert table[b] == "me"  # supervisors can key tables by process
+        other.kill()
+        other.wait()
+
+
+@require("pidfd_identity")
+def test_identity_survives_the_process_and_the_close() -> None:
+    with sleeper() as child:
+        again = PidFd.open(child.pid)
+        key = hash(child)
+        child.kill()
+        child.wait()
+        assert child == again  # the process is gone; its identity is not
+        again.close()
+    assert hash(child) == key and child == again  # kept once known
+
+
+def test_without_identity_a_pidfd_equals_only_itself() -> None:
+    a = PidFd.open(os.getpid())
+    b = PidFd.open(os.getpid())
+    a.close()
+    b.close()  # closed before any comparison: no key can be had
+    assert a == a and a != b and hash(a) != hash(b)
+
+
+def test_comparing_with_other_types() -> None:
+    with PidFd.open(os.getpid()) as a:
+        assert a != os.getpid() and (a == "x") is False
