@@ -22,7 +22,14 @@ from __future__ import annotations
 
 from . import flags, syscalls
 from ._features import Features, features
-from ._spawn import SPAWN_PATHS, SpawnedChild, get_spawn_path, set_spawn_path, spawn
+from ._spawn import (
+    SPAWN_PATHS,
+    SpawnedChild,
+    check_pdeathsig,
+    get_spawn_path,
+    set_spawn_path,
+    spawn,
+)
 from .flags import (
     ChildCode,
     CloneFlag,
@@ -75,6 +82,7 @@ __all__ = [
     "call",
     "check_call",
     "check_output",
+    "check_pdeathsig",
     "features",
     "flags",
     "get_spawn_path",

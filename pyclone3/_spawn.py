@@ -195,6 +195,7 @@ class _Plan:
         gids: Iterable[int] | None,
         uid: int | None,
         umask: int,
+        pdeathsig: int = 0,
     ) -> None:
         keep: list[Any] = []
         self._keep = keep
@@ -247,6 +248,9 @@ class _Plan:
             s.gid = gid
         if uid is not None:
             s.uid = uid
+        if pdeathsig:
+            s.pdeathsig = pdeathsig
+            s.parent_pid = os.getpid()
         if gids is not None:
             group_list = [int(g) for g in gids]
             groups = ffi.new("unsigned int[]", group_list or [0])
@@ -494,6 +498,7 @@ def spawn_for_popen(
     create_pidfd: bool,
     path: str | None,
     on_failed: Callable[[int, int | None], None] | None = None,
+    pdeathsig: int = 0,
 ) -> SpawnedChild:
     """The spawn core as subprocess.Popen._execute_child needs it (see popen.py)."""
     plan = _Plan(
@@ -511,6 +516,7 @@ def spawn_for_popen(
         gids,
         uid,
         umask,
+        pdeathsig,
     )
     try:
         return _run_paths(plan, preexec_fn, path or get_spawn_path(), create_pidfd)
@@ -518,6 +524,24 @@ def spawn_for_popen(
         if on_failed is not None:  # Popen records the failed child's pid and status
             on_failed(failed.pid, failed.returncode)
         raise _child_error(failed.step, failed.err, cwd, orig_executable) from None
+
+
+def check_pdeathsig(sig: int | None) -> int:
+    """Check a *pdeathsig* argument: ``None`` or 0 for none, else a signal number.
+
+    With it, the child gets that signal when the thread that spawned it exits
+    (``PR_SET_PDEATHSIG``, set as the child's last step before exec, after
+    any change of user or group, which would clear it). If the parent died
+    before that, the child sends it to itself at once. Note that it is the
+    spawning *thread*'s exit that counts, as the kernel defines it.
+    """
+    if sig is None:
+        return 0
+    if isinstance(sig, bool) or not isinstance(sig, int):
+        raise TypeError(f"pdeathsig must be a signal number, not {type(sig).__name__}")
+    if not 0 <= sig <= 64:
+        raise ValueError(f"pdeathsig must be a signal number in 1..64, got {sig}")
+    return int(sig)
 
 
 def spawn(
@@ -541,6 +565,7 @@ def spawn(
     preexec_fn: Callable[[], Any] | None = None,
     create_pidfd: bool = True,
     spawn_path: str | None = None,
+    pdeathsig: int | None = None,
 ) -> SpawnedChild:
     """Start *args* and return its PID and pidfd: the low-level spawn.
 
@@ -552,7 +577,8 @@ def spawn(
     filename, the cwd's for a failed ``chdir``, ...) after the failed child
     was reaped. The caller owns the returned pidfd and must reap the child
     (``child.pidfd.wait()``); on the ``vfork`` path, or with
-    ``create_pidfd=False``, ``pidfd`` is ``None``.
+    ``create_pidfd=False``, ``pidfd`` is ``None``. *pdeathsig*: see
+    :func:`check_pdeathsig`.
 
     Raises ``ValueError`` (empty *args*, NUL bytes, bad spawn path) or
     ``TypeError`` before creating anything.
@@ -573,6 +599,7 @@ def spawn(
             raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if spawn_path is not None and spawn_path not in SPAWN_PATHS:
         raise ValueError(f"unknown spawn path {spawn_path!r}; choose from {SPAWN_PATHS}")
+    death = check_pdeathsig(pdeathsig)
     exe = executable if executable is not None else args[0]
     return spawn_for_popen(
         args,
@@ -593,4 +620,5 @@ def spawn(
         preexec_fn=preexec_fn,
         create_pidfd=create_pidfd,
         path=spawn_path,
+        pdeathsig=death,
     )

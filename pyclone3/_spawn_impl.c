@@ -15,6 +15,7 @@
  * The only library state it touches is errno, which syscall() sets; the
  * parent saves and restores its own around the spawn.
  */
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -54,6 +55,8 @@ struct pyclone3_spawn {
     int reset_handlers;
     int restore_mask;
     uint64_t sigmask;
+    int pdeathsig;
+    int parent_pid;
 };
 
 /* ---- the child ----------------------------------------------------------- */
@@ -212,6 +215,15 @@ int pyclone3_child_setup(struct pyclone3_spawn *s)
         child_fail(s, SPAWN_ERR_NOEXEC, errno);
     if (s->uid >= 0 && syscall(SYS_setreuid, s->uid, s->uid) < 0)
         child_fail(s, SPAWN_ERR_NOEXEC, errno);
+    /* Last: a change of credentials clears the parent-death signal. If the
+     * parent died before the prctl took effect, the signal will never come:
+     * deliver it now, as the kernel would have. */
+    if (s->pdeathsig > 0) {
+        if (syscall(SYS_prctl, PR_SET_PDEATHSIG, s->pdeathsig, 0, 0, 0) < 0)
+            child_fail(s, SPAWN_ERR_NOEXEC, errno);
+        if (syscall(SYS_getppid) != s->parent_pid)
+            syscall(SYS_kill, syscall(SYS_getpid), s->pdeathsig);
+    }
     return 0;
 }
 

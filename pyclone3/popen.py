@@ -21,7 +21,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-from ._spawn import SPAWN_PATHS, spawn_for_popen
+from ._spawn import SPAWN_PATHS, check_pdeathsig, spawn_for_popen
 from .pidfd import PidFd, WaitTimeout
 from .status import WaitStatus
 
@@ -52,6 +52,9 @@ class CommandExt:
         take the child's pidfd at creation (see :attr:`ChildExt.pidfd`).
     *spawn_path*
         force one of :data:`pyclone3.SPAWN_PATHS` for this child.
+    *pdeathsig*
+        a signal the child gets when the spawning thread exits
+        (``PR_SET_PDEATHSIG``; see :func:`pyclone3.check_pdeathsig`).
 
     The child is set up exactly as ``subprocess`` does it (fds, ``cwd``,
     ``env``, ``umask``, sessions, process groups, users and groups,
@@ -70,10 +73,16 @@ class CommandExt:
         def _close_pipe_fds(self, *fds: int) -> None: ...
 
     def __init__(
-        self, *args: Any, create_pidfd: bool = True, spawn_path: str | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        create_pidfd: bool = True,
+        spawn_path: str | None = None,
+        pdeathsig: int | None = None,
+        **kwargs: Any,
     ) -> None:
         if spawn_path is not None and spawn_path not in SPAWN_PATHS:
             raise ValueError(f"unknown spawn path {spawn_path!r}; choose from {SPAWN_PATHS}")
+        self._pyclone3_pdeathsig = check_pdeathsig(pdeathsig)
         self._pyclone3_create_pidfd = bool(create_pidfd)
         self._pyclone3_spawn_path = spawn_path
         self._pidfd = None
@@ -148,6 +157,7 @@ class CommandExt:
             create_pidfd=self._pyclone3_create_pidfd,
             path=self._pyclone3_spawn_path,
             on_failed=failed,
+            pdeathsig=self._pyclone3_pdeathsig,
         )
         self.pid = child.pid
         self._pidfd = child.pidfd

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from conftest import FEATURES, PYTHON, open_fds, require, zombies
+from conftest import FEATURES, PYTHON, fork_child, open_fds, require, zombies
 
 import pyclone3
 from pyclone3 import CloneFlag, PidFd, Popen, spawn, syscalls
@@ -285,3 +285,60 @@ print(len(os.listdir("/proc/self/fd")) < 10)
 
     first = "clone3" if lib.HAS_CLONE3_SPAWN and FEATURES.clone_pidfd else "clone"
     assert out.stdout.split() == ["EMFILE", first, "True"]
+
+
+# ---- pdeathsig -----------------------------------------------------------------------
+
+
+def _orphan(pdeathsig: int | None, preexec: bool = False) -> PidFd:
+    """A `sleep 30` whose parent (a child of ours) exits at once; its PidFd."""
+    r, w = os.pipe()
+
+    def middle() -> int:
+        os.close(r)
+        kwargs: dict = {"pdeathsig": pdeathsig}
+        if preexec:
+            kwargs["preexec_fn"] = lambda: None
+        p = Popen(["/bin/sleep", "30"], **kwargs)
+        os.write(w, str(p.pid).encode())
+        os._exit(0)  # dies without waiting: the sleep is orphaned
+
+    parent = fork_child(middle)
+    os.close(w)
+    pid = int(os.read(r, 20))
+    os.close(r)
+    orphan = PidFd.open(pid)
+    parent.wait()
+    parent.close()
+    return orphan
+
+
+def _exited_within(pidfd: PidFd, seconds: float) -> bool:
+    import select
+
+    poller = select.poll()
+    poller.register(pidfd.fileno(), select.POLLIN)
+    return bool(poller.poll(seconds * 1000))
+
+
+@pytest.mark.parametrize("preexec", [False, True])
+def test_pdeathsig_kills_the_child_when_its_parent_dies(spawn_path: str, preexec: bool) -> None:
+    with _orphan(signal.SIGKILL, preexec) as orphan:
+        assert _exited_within(orphan, 10)
+
+
+def test_without_pdeathsig_the_orphan_lives_on() -> None:
+    with _orphan(None) as orphan:
+        assert not _exited_within(orphan, 0.3)
+        orphan.kill()
+        assert _exited_within(orphan, 10)
+
+
+@pytest.mark.parametrize(
+    "value, exc", [("KILL", TypeError), (True, TypeError), (65, ValueError), (-1, ValueError)]
+)
+def test_pdeathsig_is_checked(value: object, exc: type) -> None:
+    with pytest.raises(exc):
+        Popen(["/bin/true"], pdeathsig=value)
+    with pytest.raises(exc):
+        spawn(["/bin/true"], pdeathsig=value)  # type: ignore[arg-type]
