@@ -243,6 +243,11 @@ int sys_waitid(int idtype, int id, struct pyclone3_waitinfo *info,
     return 0;
 }
 
+int sys_setns(int fd, int nstype)
+{
+    return (int)syscall(SYS_setns, fd, nstype);
+}
+
 int sys_pidfd_get_info(int pidfd, struct pidfd_info *info)
 {
     return ioctl(pidfd, PIDFD_GET_INFO, info);

@@ -616,6 +616,26 @@ class PidFd:
             "(PIDFD_INFO_EXIT needs Linux 6.15)",
         )
 
+    def setns(self, flags: int) -> None:
+        """Move the calling thread into the process's namespaces named by *flags*.
+
+        *flags* are ``CLONE_NEW*`` :class:`~pyclone3.flags.CloneFlag` bits;
+        all are entered at once (``setns(2)`` on the pidfd, Linux 5.8+). Only
+        the calling thread moves; run it in a thread or process of its own.
+        Raises ``ValueError`` for a non-namespace flag (or 0) and
+        ``PermissionError`` without the privilege; see
+        :func:`pyclone3.syscalls.setns`.
+        """
+        if isinstance(flags, bool) or not isinstance(flags, int):
+            raise TypeError(f"flags must be CLONE_NEW* flags, not {type(flags).__name__}")
+        if flags == 0:
+            raise ValueError("setns() needs at least one CLONE_NEW* flag")
+        fd = self._acquire()
+        try:
+            syscalls.setns(fd, flags)
+        finally:
+            self._release()
+
     def getfd(self, targetfd: int) -> int:
         """Duplicate fd *targetfd* of the process into this one (``pidfd_getfd(2)``).
 

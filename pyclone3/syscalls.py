@@ -36,6 +36,7 @@ __all__ = [
     "pidfd_getfd",
     "pidfd_open",
     "pidfd_send_signal",
+    "setns",
     "waitid",
 ]
 
@@ -230,6 +231,46 @@ def _waitid(idtype: int, ident: int, options: int, bufs: WaitBuffers) -> WaitSta
         raw_rusage = ru
         bufs.rusage = None
     return WaitStatus._from_kernel(info.pid, code, info.status, info.uid, raw_rusage)
+
+
+#: The namespace flags setns(2) takes.
+NAMESPACE_FLAGS = (
+    CloneFlag.CLONE_NEWNS
+    | CloneFlag.CLONE_NEWCGROUP
+    | CloneFlag.CLONE_NEWUTS
+    | CloneFlag.CLONE_NEWIPC
+    | CloneFlag.CLONE_NEWUSER
+    | CloneFlag.CLONE_NEWPID
+    | CloneFlag.CLONE_NEWNET
+    | CloneFlag.CLONE_NEWTIME
+)
+
+
+def setns(fd: FdLike, nstype: int) -> None:
+    """Move the calling *thread* into namespaces of another process.
+
+    C call: ``syscall(SYS_setns, fd, nstype)``; see ``setns(2)``. With a
+    pidfd (Linux 5.8+), *nstype* is one or more ``CLONE_NEW*`` flags and the
+    thread enters all of them at once, atomically; with a ``/proc/PID/ns/*``
+    file, 0 or the one matching flag. Entering a PID namespace affects the
+    thread's future children only; a user namespace needs a single-threaded
+    process.
+
+    Raises:
+        PermissionError: ``EPERM`` (``CAP_SYS_ADMIN`` in the target
+            namespace's owning user namespace is needed).
+        OSError: ``EINVAL`` (a bad flag; a pidfd before 5.8; a
+            multi-threaded process and ``CLONE_NEWUSER``), ``EBADF``,
+            ``ESRCH`` (the process has exited).
+        ValueError: a flag that is not a namespace flag.
+        TypeError: an argument has the wrong type.
+    """
+    target = _fd("fd", fd)
+    flags = _flags("nstype", nstype)
+    if flags & ~NAMESPACE_FLAGS:
+        raise ValueError(f"not namespace flags: {CloneFlag(flags & ~NAMESPACE_FLAGS)!r}")
+    if lib.sys_setns(target, flags) < 0:
+        raise_errno(ffi.errno)
 
 
 @dataclass(frozen=True)

@@ -441,3 +441,63 @@ def test_without_identity_a_pidfd_equals_only_itself() -> None:
 def test_comparing_with_other_types() -> None:
     with PidFd.open(os.getpid()) as a:
         assert a != os.getpid() and (a == "x") is False
+
+
+# ---- setns ----------------------------------------------------------------------------
+
+
+def _in_new_uts_namespace(hostname: str) -> PidFd:
+    """A child of ours in a new UTS namespace with *hostname*; ready when returned."""
+    import socket
+
+    from pyclone3 import CloneFlag
+
+    r, w = os.pipe()
+    pid, fd = syscalls.clone3(flags=CloneFlag.CLONE_NEWUTS | CloneFlag.CLONE_PIDFD)
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            os.close(r)
+            socket.sethostname(hostname)
+            os.write(w, b"ready")
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    os.close(w)
+    assert os.read(r, 5) == b"ready"
+    os.close(r)
+    assert fd is not None
+    return PidFd(fd, pid=pid)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a UTS namespace")
+def test_setns_enters_the_namespaces_of_a_process() -> None:
+    import socket
+
+    from pyclone3 import CloneFlag
+
+    with _in_new_uts_namespace("pyclone3-setns") as target:
+
+        def enter() -> int:  # in a disposable process: setns moves the caller
+            target.setns(CloneFlag.CLONE_NEWUTS)
+            return 0 if socket.gethostname() == "pyclone3-setns" else 1
+
+        mover = fork_child(enter)
+        with mover:
+            assert mover.wait(timeout=30).exit_code == 0
+        assert socket.gethostname() != "pyclone3-setns"  # we did not move
+        target.kill()
+        target.wait()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="checks the unprivileged error")
+def test_setns_unprivileged_is_a_permission_error() -> None:
+    from pyclone3 import CloneFlag
+
+    with PidFd.open(1) as init, pytest.raises(PermissionError):
+        init.setns(CloneFlag.CLONE_NEWNET)
+
+
+@pytest.mark.parametrize("flags, exc", [(0, ValueError), (1 << 8, ValueError), ("NET", TypeError)])
+def test_setns_checks_flags(flags: object, exc: type) -> None:
+    with PidFd.open(os.getpid()) as own, pytest.raises(exc):
+        own.setns(flags)  # type: ignore[arg-type]
