@@ -372,7 +372,7 @@ def _spawn_forked(plan: _Plan, path: str, preexec_fn: Callable[[], Any]) -> Spaw
                 try:
                     preexec_fn()
                 except BaseException:
-                    os.write(errpipe_w, struct.pack("ii", lib.SPAWN_ERR_PREEXEC, 0))
+                    os.write(errpipe_w, _REPORT.pack(lib.SPAWN_ERR_PREEXEC, 0))
                     os._exit(255)
                 lib.pyclone3_child_exec(s)
             finally:
@@ -383,8 +383,8 @@ def _spawn_forked(plan: _Plan, path: str, preexec_fn: Callable[[], Any]) -> Spaw
             child_end.close()
             child_end = None
         report = b""
-        while len(report) < 8:
-            part = os.read(errpipe_r, 8 - len(report))
+        while len(report) <= _REPORT.size:  # to EOF (exec'd) or past a full report
+            part = os.read(errpipe_r, 64)
             if not part:
                 break
             report += part
@@ -392,10 +392,9 @@ def _spawn_forked(plan: _Plan, path: str, preexec_fn: Callable[[], Any]) -> Spaw
         if parent_end is not None:
             fd = lib.pyclone3_recv_pidfd(parent_end.fileno())
             pidfd = PidFd._adopt(fd, pid) if fd >= 0 else None
-        if len(report) == 8:
-            step, err = struct.unpack("ii", report)
-            plan.s.err_step = step
-            plan.s.err_errno = err
+        failure = parse_report(report)
+        if failure is not None:
+            plan.s.err_step, plan.s.err_errno = failure
         return _finish(plan, pid, pidfd, path)
     finally:
         s.errpipe = -1
@@ -467,11 +466,38 @@ def _run_paths(
     raise last
 
 
+_REPORT = struct.Struct("ii")  # what a failing fork-path child writes: step, errno
+_BAD_REPORT = -1
+_STEPS = frozenset(
+    {lib.SPAWN_ERR_NOEXEC, lib.SPAWN_ERR_EXEC, lib.SPAWN_ERR_PREEXEC, lib.SPAWN_ERR_PIDFD}
+)
+_ERRNO_MAX = 4095  # the kernel's errno range
+
+
+def parse_report(data: bytes) -> tuple[int, int] | None:
+    """Read what a fork-path child wrote to its error pipe.
+
+    ``None`` if nothing (it exec'd); else ``(step, errno)``; anything but one
+    well-formed record (a short or long write, an unknown step, an errno out
+    of range) is ``(_BAD_REPORT, 0)``, never an exception.
+    """
+    if not data:
+        return None
+    if len(data) != _REPORT.size:
+        return (_BAD_REPORT, 0)
+    step, err = _REPORT.unpack(data)
+    if step not in _STEPS or not 0 <= err <= _ERRNO_MAX:
+        return (_BAD_REPORT, 0)
+    return (step, err)
+
+
 def _child_error(step: int, err: int, cwd: Any, executable: Any) -> BaseException:
     """The exception subprocess raises for a child that failed before or at exec."""
-    if step == lib.SPAWN_ERR_PREEXEC:
+    if step == lib.SPAWN_ERR_PREEXEC or step == _BAD_REPORT:
         import subprocess
 
+        if step == _BAD_REPORT:
+            return subprocess.SubprocessError("Bad error report from the child process")
         return subprocess.SubprocessError("Exception occurred in preexec_fn.")
     filename = executable if step == lib.SPAWN_ERR_EXEC else cwd
     return OSError(err, os.strerror(err), filename)

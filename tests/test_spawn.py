@@ -10,6 +10,8 @@ import time
 
 import pytest
 from conftest import FEATURES, PYTHON, fork_child, open_fds, require, zombies
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import pyclone3
 from pyclone3 import CloneFlag, PidFd, Popen, spawn, syscalls
@@ -342,3 +344,31 @@ def test_pdeathsig_is_checked(value: object, exc: type) -> None:
         Popen(["/bin/true"], pdeathsig=value)
     with pytest.raises(exc):
         spawn(["/bin/true"], pdeathsig=value)  # type: ignore[arg-type]
+
+
+# ---- the child -> parent error channel -----------------------------------------------
+
+
+@given(st.binary(max_size=40))
+@settings(max_examples=500)
+def test_error_report_parser_never_raises(data: bytes) -> None:
+    from pyclone3._spawn import _BAD_REPORT, _STEPS, _child_error, parse_report
+
+    result = parse_report(data)
+    if not data:
+        assert result is None
+        return
+    assert result is not None
+    step, err = result
+    assert step == _BAD_REPORT or (step in _STEPS and 0 <= err <= 4095)
+    exc = _child_error(step, err, "/cwd", "/exe")  # always buildable
+    assert isinstance(exc, (OSError, subprocess.SubprocessError))
+
+
+@given(st.sampled_from([1, 2, 3, 4]), st.integers(min_value=0, max_value=4095))
+def test_well_formed_reports_round_trip(step: int, err: int) -> None:
+    import struct
+
+    from pyclone3._spawn import parse_report
+
+    assert parse_report(struct.pack("ii", step, err)) == (step, err)
