@@ -372,3 +372,54 @@ def test_well_formed_reports_round_trip(step: int, err: int) -> None:
     from pyclone3._spawn import parse_report
 
     assert parse_report(struct.pack("ii", step, err)) == (step, err)
+
+
+# ---- a storm of signals -----------------------------------------------------------------
+
+
+def test_signal_storm_during_spawn_and_wait(spawn_path: str) -> None:
+    hits = [0]
+
+    def count(signum: int, frame: object) -> None:
+        hits[0] += 1
+
+    old = signal.signal(signal.SIGALRM, count)
+    old_chld = signal.signal(signal.SIGCHLD, count)
+    signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+    try:
+        for i in range(150):
+            if i % 3 == 0:
+                assert pyclone3.call(["/bin/sh", "-c", f"exit {i % 7}"]) == i % 7
+            elif i % 3 == 1:
+                with Popen(["/bin/sleep", "0.01"]) as p:
+                    assert p.wait(timeout=30) == 0
+            else:
+                with pytest.raises(FileNotFoundError):
+                    Popen(["/no/such/program"])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        signal.signal(signal.SIGCHLD, old_chld)
+    assert hits[0] > 100  # the storm really blew
+
+
+def test_interrupted_wait_can_be_repeated_and_returns_the_status() -> None:
+    class Interrupt(Exception):
+        pass
+
+    def boom(signum: int, frame: object) -> None:
+        raise Interrupt
+
+    old = signal.signal(signal.SIGALRM, boom)
+    try:
+        with Popen(["/bin/sh", "-c", "sleep 0.3; exit 5"]) as p:
+            for timeout in (None, 30.0):
+                signal.setitimer(signal.ITIMER_REAL, 0.05)
+                with pytest.raises(Interrupt):
+                    p.wait(timeout=timeout)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            assert p.returncode is None
+            assert p.wait(timeout=30) == 5
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
