@@ -110,3 +110,34 @@ def spawn_path(request: pytest.FixtureRequest) -> object:
         yield path
     finally:
         pyclone3.set_spawn_path(None)
+
+
+def reap_every_child(signum: int, frame: object) -> None:
+    """A SIGCHLD handler that reaps whatever it can, as a FastChildWatcher does."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+class malloc_churn:
+    """A thread allocating and freeing memory as fast as it can, while in the block."""
+
+    def __enter__(self) -> malloc_churn:
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._churn)
+        self._thread.start()
+        return self
+
+    def _churn(self) -> None:
+        while not self._stop.is_set():
+            [bytearray(4096) for _ in range(100)]
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

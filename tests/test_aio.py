@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import time
 from typing import Any
 
 import pytest
-from conftest import PYTHON, require, sleeper
+from conftest import PYTHON, reap_every_child, require, sleeper
 
 import pyclone3
 from pyclone3 import Popen
@@ -195,16 +194,7 @@ def test_no_sigchld_handler_is_installed() -> None:
 @require("pidfd_info_exit")
 def test_a_foreign_reaper_does_not_lose_the_status() -> None:
     # What an asyncio FastChildWatcher, or any waitpid(-1) loop, does.
-    def reap_all(signum: int, frame: object) -> None:
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-
-    old = signal.signal(signal.SIGCHLD, reap_all)
+    old = signal.signal(signal.SIGCHLD, reap_every_child)
     try:
 
         async def main() -> list[int | None]:

@@ -9,7 +9,16 @@ import threading
 import time
 
 import pytest
-from conftest import FEATURES, PYTHON, fork_child, open_fds, require, zombies
+from conftest import (
+    FEATURES,
+    PYTHON,
+    fork_child,
+    malloc_churn,
+    open_fds,
+    reap_every_child,
+    require,
+    zombies,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -102,16 +111,7 @@ def test_sigchld_handler_that_reaps_everything(spawn_path: str) -> None:
     if spawn_path == "vfork":
         pytest.skip("no pidfd on this path")
 
-    def reap_all(signum: int, frame: object) -> None:
-        while True:
-            try:
-                pid, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-
-    old = signal.signal(signal.SIGCHLD, reap_all)
+    old = signal.signal(signal.SIGCHLD, reap_every_child)
     try:
         procs = [Popen(["/bin/sh", "-c", f"exit {i}"]) for i in range(20)]
         assert [p.wait(timeout=10) for p in procs] == list(range(20))
@@ -220,40 +220,18 @@ def test_8_threads_spawning_at_once(spawn_path: str) -> None:
 
 
 def test_spawn_while_another_thread_hammers_malloc(spawn_path: str) -> None:
-    stop = threading.Event()
-
-    def churn() -> None:
-        while not stop.is_set():
-            [bytearray(4096) for _ in range(100)]
-
-    t = threading.Thread(target=churn)
-    t.start()
-    try:
-        for _ in range(200):
-            assert pyclone3.call([PYTHON, "-c", ""] if _ % 50 == 0 else ["/bin/true"]) == 0
-    finally:
-        stop.set()
-        t.join()
+    with malloc_churn():
+        for i in range(200):
+            assert pyclone3.call([PYTHON, "-c", ""] if i % 50 == 0 else ["/bin/true"]) == 0
 
 
 def test_preexec_fn_while_another_thread_hammers_malloc(spawn_path: str) -> None:
     # The preexec_fn child runs Python after a real fork(): glibc's fork
     # handlers must have reset malloc's locks, or this deadlocks.
-    stop = threading.Event()
-
-    def churn() -> None:
-        while not stop.is_set():
-            [bytearray(4096) for _ in range(100)]
-
-    t = threading.Thread(target=churn)
-    t.start()
-    try:
+    with malloc_churn():
         for _ in range(50):
             r = pyclone3.run(["/bin/true"], preexec_fn=lambda: [bytearray(65536)], timeout=30)
             assert r.returncode == 0
-    finally:
-        stop.set()
-        t.join()
 
 
 def test_emfile_is_raised_cached_never_and_recovers() -> None:
