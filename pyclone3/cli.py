@@ -101,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILURE
     try:
-        proc = Popen(command)
+        proc = Popen(command, pdeathsig=args.pdeathsig)
     except FileNotFoundError as exc:
         print(f"pyclone3 run: {command[0]}: {exc.strerror}", file=sys.stderr)
         return EXIT_ENOENT
@@ -228,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--rusage", action="store_true", help="print CMD's resource usage to stderr when it ends"
+    )
+    run.add_argument(
+        "--pdeathsig",
+        type=_signal,
+        metavar="SIG",
+        help="signal CMD gets if pyclone3 itself dies (even of SIGKILL)",
     )
     run.add_argument(
         "command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...", help="the command to run"

@@ -139,3 +139,40 @@ def test_console_script_is_installed() -> None:
         pytest.skip("not installed as a console script in this environment")
     r = subprocess.run([script, "--version"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.startswith("pyclone3 ")
+
+
+def test_run_pdeathsig_takes_the_command_down_with_pyclone3() -> None:
+    import select
+
+    from pyclone3 import PidFd
+
+    proc = subprocess.Popen(
+        [*CLI, "run", "--pdeathsig", "KILL", "--", "/bin/sleep", "30"], stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 20
+        child = None
+        while child is None:  # find the sleep whose parent is pyclone3
+            assert time.monotonic() < deadline
+            for name in os.listdir("/proc"):
+                if name.isdigit():
+                    try:
+                        with open(f"/proc/{name}/stat") as f:
+                            fields = f.read().rsplit(")", 1)[1].split()
+                    except OSError:
+                        continue
+                    if int(fields[1]) == proc.pid:
+                        child = int(name)
+            time.sleep(0.02)
+        with PidFd.open(child) as sleeper_fd:
+            proc.kill()  # pyclone3 dies without a chance to forward anything
+            proc.wait()
+            poller = select.poll()
+            poller.register(sleeper_fd.fileno(), select.POLLIN)
+            assert poller.poll(10_000), "the command outlived pyclone3"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
