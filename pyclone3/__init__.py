@@ -11,7 +11,9 @@ Layers, from the bottom:
 * :mod:`pyclone3.syscalls`: one checked, typed function per syscall;
 * :class:`PidFd`, :class:`WaitStatus`, :func:`features`: the objects other
   libraries build on;
-* :func:`spawn`, :func:`set_spawn_path` and the C spawn core behind them;
+* :func:`spawn`, :func:`set_spawn_path` and the C spawn core behind them,
+  with the spawn-time Linux options of :mod:`pyclone3.clone_options`
+  (namespaces, cgroup, ``set_tid``, ID maps, ``setns``);
 * :class:`Popen`, :class:`CommandExt`, :class:`ChildExt`, :func:`run` & co.:
   ``subprocess`` on pidfds (:mod:`pyclone3.popen`);
 * :func:`iter_exits`, :func:`wait_all`, :func:`wait_any`: many children on
@@ -20,7 +22,7 @@ Layers, from the bottom:
 
 from __future__ import annotations
 
-from . import flags, syscalls
+from . import clone_options, flags, syscalls
 from ._features import Features, features
 from ._spawn import (
     SPAWN_PATHS,
@@ -83,6 +85,7 @@ __all__ = [
     "check_call",
     "check_output",
     "check_pdeathsig",
+    "clone_options",
     "features",
     "flags",
     "get_spawn_path",

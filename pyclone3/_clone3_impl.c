@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
+#include <sys/vfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -206,6 +207,15 @@ struct pyclone3_waitinfo {
 long sys_clone3(struct clone_args *args, size_t size)
 {
     return syscall(SYS_clone3, args, size);
+}
+
+/* 1 if fd is on a cgroup v2 filesystem, 0 if not, -1 with errno. */
+int pyclone3_is_cgroup2(int fd)
+{
+    struct statfs st;
+    if (fstatfs(fd, &st) < 0)
+        return -1;
+    return st.f_type == 0x63677270;    /* CGROUP2_SUPER_MAGIC */
 }
 
 int sys_pidfd_open(int pid, unsigned int flags)

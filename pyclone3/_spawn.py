@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import socket
 import struct
 import sys
@@ -43,6 +44,7 @@ from typing import Any, NamedTuple, Union
 
 from ._clone3 import ffi, lib
 from ._features import TRANSIENT_ERRNOS, features
+from .clone_options import CloneOptions, IdMap, check_clone_options
 from .pidfd import PidFd
 
 __all__ = [
@@ -58,6 +60,7 @@ SPAWN_PATHS = ("clone3", "clone", "vfork_pidfd", "vfork")
 ENV_VAR = "PYCLONE3_SPAWN_PATH"
 
 _NO_FDS = (-1, -1, -1, -1, -1, -1)
+_SIGCHLD = int(signal.SIGCHLD)
 _STACK_SIZE = 64 * 1024
 _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 
@@ -162,6 +165,8 @@ def _template() -> Any:
     t.p2cread = t.p2cwrite = t.c2pread = t.c2pwrite = t.errread = t.errwrite = -1
     t.umask = t.pgid = t.gid = t.uid = t.n_groups = t.pidfd_sock = t.errpipe = -1
     t.close_fds = t.restore_signals = 1
+    t.cgroup_fd = t.setns_fd = t.sync_fd = t.sync_wfd = -1
+    t.exit_signal = _SIGCHLD
     return t
 
 
@@ -196,8 +201,10 @@ class _Plan:
         uid: int | None,
         umask: int,
         pdeathsig: int = 0,
+        opts: CloneOptions | None = None,
     ) -> None:
         keep: list[Any] = []
+        self.cgroup_fd = -1
         self._keep = keep
         s = ffi.new("struct pyclone3_spawn *", _TEMPLATE)
         self.s = s
@@ -257,6 +264,43 @@ class _Plan:
             keep.append(groups)
             s.groups = groups
             s.n_groups = len(group_list)
+        if opts is not None:
+            self._set_options(opts)
+
+    def _set_options(self, opts: CloneOptions) -> None:
+        s = self.s
+        s.clone_flags = opts.flags & ~lib.CLONE_CLEAR_SIGHAND  # always used where possible
+        s.exit_signal = opts.exit_signal
+        if opts.set_tid:
+            tids = ffi.new("int[]", list(opts.set_tid))
+            self._keep.append(tids)
+            s.set_tid = tids
+            s.set_tid_size = len(opts.set_tid)
+        if opts.setns is not None:
+            target, ns_flags = opts.setns
+            if ns_flags & ~lib.CLONE_NEWPID:  # NEWPID: see _in_pid_namespace
+                s.setns_fd = target if isinstance(target, int) else target.fileno()
+                s.setns_flags = ns_flags & ~lib.CLONE_NEWPID
+        if opts.cgroup is not None:
+            cgroup = opts.cgroup
+            if isinstance(cgroup, int):
+                fd = cgroup
+            else:  # the plan owns this fd: close() closes it
+                fd = self.cgroup_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            s.cgroup_fd = fd
+            v2 = lib.pyclone3_is_cgroup2(fd)
+            if v2 < 0:
+                err = ffi.errno
+                self.close()
+                raise OSError(err, os.strerror(err), None if isinstance(cgroup, int) else cgroup)
+            if not v2:
+                self.close()
+                raise ValueError(f"cgroup {cgroup!r} is not a directory of a cgroup v2 hierarchy")
+
+    def close(self) -> None:
+        if self.cgroup_fd >= 0:
+            os.close(self.cgroup_fd)
+            self.cgroup_fd = -1
 
     def _set_keep(self, fds: list[int]) -> None:
         if fds:
@@ -345,13 +389,7 @@ def _spawn_forked(plan: _Plan, path: str, preexec_fn: Callable[[], Any]) -> Spaw
     """The preexec_fn path: fork(), the child sends its own pidfd unless path is vfork."""
     s = plan.s
     want_pidfd = path != "vfork" and features().pidfd_open
-    errpipe_r, errpipe_w = os.pipe()
-    low = []
-    while errpipe_w < 3:  # keep it clear of the child's 0..2
-        low.append(errpipe_w)
-        errpipe_w = os.dup(errpipe_w)
-    for fd in low:
-        os.close(fd)
+    errpipe_r, errpipe_w = _error_pipe()
     parent_end = child_end = None
     try:
         if want_pidfd:
@@ -382,12 +420,7 @@ def _spawn_forked(plan: _Plan, path: str, preexec_fn: Callable[[], Any]) -> Spaw
         if child_end is not None:
             child_end.close()
             child_end = None
-        report = b""
-        while len(report) <= _REPORT.size:  # to EOF (exec'd) or past a full report
-            part = os.read(errpipe_r, 64)
-            if not part:
-                break
-            report += part
+        report = _read_report(errpipe_r)
         pidfd = None
         if parent_end is not None:
             fd = lib.pyclone3_recv_pidfd(parent_end.fileno())
@@ -399,12 +432,194 @@ def _spawn_forked(plan: _Plan, path: str, preexec_fn: Callable[[], Any]) -> Spaw
     finally:
         s.errpipe = -1
         s.pidfd_sock = -1
+        plan._set_keep(plan.pass_fds)
         os.close(errpipe_r)
         if errpipe_w >= 0:
             os.close(errpipe_w)
         for end in (parent_end, child_end):
             if end is not None:
                 end.close()
+
+
+def _error_pipe() -> tuple[int, int]:
+    """A pipe for a child's error report, its write end clear of the child's 0..2."""
+    errpipe_r, errpipe_w = os.pipe()
+    low = []
+    while errpipe_w < 3:
+        low.append(errpipe_w)
+        errpipe_w = os.dup(errpipe_w)
+    for fd in low:
+        os.close(fd)
+    return errpipe_r, errpipe_w
+
+
+def _read_report(errpipe_r: int) -> bytes:
+    """Read to EOF (the child exec'd or died) or past one full report."""
+    report = b""
+    while len(report) <= _REPORT.size:
+        part = os.read(errpipe_r, 64)
+        if not part:
+            break
+        report += part
+    return report
+
+
+def _write_id_maps(pid: int, opts: CloneOptions) -> None:
+    """Write the waiting child's setgroups, uid_map and gid_map, in the order the kernel needs."""
+    for name, data in (
+        ("setgroups", None if opts.setgroups is None else b"allow" if opts.setgroups else b"deny"),
+        ("uid_map", opts.uid_map),
+        ("gid_map", opts.gid_map),
+    ):
+        if data is None:
+            continue
+        path = f"/proc/{pid}/{name}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, path) from None
+        try:
+            os.write(fd, data)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, path) from None
+        finally:
+            os.close(fd)
+
+
+def _spawn_unshared(plan: _Plan, path: str, opts: CloneOptions) -> SpawnedChild:
+    """clone3/clone without shared memory: the child may wait for its ID maps."""
+    s = plan.s
+    waits = opts.uid_map is not None or opts.gid_map is not None or opts.setgroups is not None
+    pidfd_out = _buffers.pidfd
+    pidfd_out[0] = -1
+    errpipe_r, errpipe_w = _error_pipe()
+    sync_r = sync_w = -1
+    try:
+        if waits:
+            sync_r, sync_w = os.pipe()
+            s.sync_fd, s.sync_wfd = sync_r, sync_w
+        plan._set_keep(sorted({*plan.pass_fds, errpipe_w}))
+        s.errpipe = errpipe_w
+        method = lib.SPAWN_CLONE3_FORK if path == "clone3" else lib.SPAWN_CLONE_FORK
+        clear = 1 if path == "clone3" and _clear_sighand else 0
+        pid = lib.pyclone3_spawn(s, method, clear, ffi.NULL, 0, pidfd_out)
+        if pid < 0:
+            err = ffi.errno
+            raise OSError(err, os.strerror(err))
+        pidfd = PidFd._adopt(pidfd_out[0], pid)
+        os.close(errpipe_w)
+        errpipe_w = -1
+        if waits:
+            os.close(sync_r)
+            sync_r = -1
+            try:
+                _write_id_maps(pid, opts)
+                os.write(sync_w, b"g")
+            except BaseException:
+                os.close(sync_w)  # the child sees EOF and exits
+                sync_w = -1
+                try:
+                    pidfd.wait()
+                finally:
+                    pidfd.close()
+                raise
+        report = _read_report(errpipe_r)
+        failure = parse_report(report)
+        if failure is not None:
+            s.err_step, s.err_errno = failure
+        return _finish(plan, pid, pidfd, path)
+    finally:
+        s.errpipe = s.sync_fd = s.sync_wfd = -1
+        plan._set_keep(plan.pass_fds)
+        for fd in (errpipe_r, errpipe_w, sync_r, sync_w):
+            if fd >= 0:
+                os.close(fd)
+
+
+def _option_paths(opts: CloneOptions, forced: str | None) -> tuple[str, ...]:
+    """The paths that can honour *opts*: clone3, and clone unless clone3 is needed."""
+    if opts.needs_clone3:
+        able: tuple[str, ...] = ("clone3",)
+    elif opts.needs_clone or opts.fork_like:
+        able = ("clone3", "clone")
+    else:
+        able = SPAWN_PATHS  # a cgroup or setns only: the child can do either itself
+    if forced is not None:
+        if forced not in able:
+            raise ValueError(
+                f"spawn path {forced!r} cannot honour these options; use one of {able}"
+            )
+        return (forced,)
+    if not opts.fork_like and not lib.HAS_CLONE3_SPAWN:
+        able = tuple(p for p in able if p != "clone3")
+    return tuple(p for p in able if p not in _unsupported) or able
+
+
+def _run_option_paths(plan: _Plan, opts: CloneOptions, forced: str | None) -> SpawnedChild:
+    """Spawn with clone options: move down a path only for ENOSYS or EPERM; cache nothing.
+
+    An ``EINVAL`` or ``E2BIG`` from clone3 with a cgroup means no
+    ``CLONE_INTO_CGROUP`` (before 5.7): the same path is tried once more with
+    the child joining the cgroup itself.
+    """
+    last: OSError | None = None
+    for path in _option_paths(opts, forced):
+        plan.s.cgroup_in_child = 0 if path == "clone3" else 1
+        for _ in range(2):
+            try:
+                if opts.fork_like:
+                    return _spawn_unshared(plan, path, opts)
+                return _spawn_vm(plan, path)
+            except OSError as exc:
+                last = exc
+                if (
+                    exc.errno in (errno.EINVAL, errno.E2BIG)
+                    and plan.s.cgroup_fd >= 0
+                    and not plan.s.cgroup_in_child
+                ):
+                    plan.s.cgroup_in_child = 1
+                    continue
+                if forced is not None or exc.errno not in (errno.ENOSYS, errno.EPERM):
+                    if exc.errno in _CGROUP_ERRNOS and plan.s.cgroup_fd >= 0:
+                        # CLONE_INTO_CGROUP's own refusals: say which cgroup.
+                        cgroup = opts.cgroup if not isinstance(opts.cgroup, int) else None
+                        raise OSError(exc.errno, exc.strerror, cgroup) from None
+                    raise
+                break
+    assert last is not None
+    raise last
+
+
+#: What CLONE_INTO_CGROUP returns for a cgroup it will not take (a domain
+#: with controllers and no room for processes, a threaded cgroup, no access).
+_CGROUP_ERRNOS = frozenset({errno.EBUSY, errno.EOPNOTSUPP, errno.EACCES, errno.EBADF})
+
+
+def _in_pid_namespace(target: PidFd | int, run: Callable[[], SpawnedChild]) -> SpawnedChild:
+    """Run *run* on a new thread that first entered *target*'s PID namespace.
+
+    ``setns(CLONE_NEWPID)`` changes where the caller's *children* go, so a
+    thread of our own enters it and spawns: the child is born inside, and
+    the thread, with its changed namespace, ends.
+    """
+    result: list[Any] = []
+
+    def body() -> None:
+        try:
+            fd = target if isinstance(target, int) else target.fileno()
+            if lib.sys_setns(fd, lib.CLONE_NEWPID) < 0:
+                err = ffi.errno
+                raise OSError(err, os.strerror(err))
+            result.append(run())
+        except BaseException as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=body, name="pyclone3-setns-pid")
+    thread.start()
+    thread.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]  # type: ignore[no-any-return]
 
 
 _candidates_cache: tuple[frozenset[str], tuple[str, ...]] | None = None
@@ -469,7 +684,14 @@ def _run_paths(
 _REPORT = struct.Struct("ii")  # what a failing fork-path child writes: step, errno
 _BAD_REPORT = -1
 _STEPS = frozenset(
-    {lib.SPAWN_ERR_NOEXEC, lib.SPAWN_ERR_EXEC, lib.SPAWN_ERR_PREEXEC, lib.SPAWN_ERR_PIDFD}
+    {
+        lib.SPAWN_ERR_NOEXEC,
+        lib.SPAWN_ERR_EXEC,
+        lib.SPAWN_ERR_PREEXEC,
+        lib.SPAWN_ERR_PIDFD,
+        lib.SPAWN_ERR_CGROUP,
+        lib.SPAWN_ERR_SETNS,
+    }
 )
 _ERRNO_MAX = 4095  # the kernel's errno range
 
@@ -491,7 +713,9 @@ def parse_report(data: bytes) -> tuple[int, int] | None:
     return (step, err)
 
 
-def _child_error(step: int, err: int, cwd: Any, executable: Any) -> BaseException:
+def _child_error(
+    step: int, err: int, cwd: Any, executable: Any, cgroup: Any = None
+) -> BaseException:
     """The exception subprocess raises for a child that failed before or at exec."""
     if step == lib.SPAWN_ERR_PREEXEC or step == _BAD_REPORT:
         import subprocess
@@ -499,7 +723,14 @@ def _child_error(step: int, err: int, cwd: Any, executable: Any) -> BaseExceptio
         if step == _BAD_REPORT:
             return subprocess.SubprocessError("Bad error report from the child process")
         return subprocess.SubprocessError("Exception occurred in preexec_fn.")
-    filename = executable if step == lib.SPAWN_ERR_EXEC else cwd
+    if step == lib.SPAWN_ERR_EXEC:
+        filename = executable
+    elif step == lib.SPAWN_ERR_CGROUP:
+        filename = cgroup if not isinstance(cgroup, int) else None
+    elif step == lib.SPAWN_ERR_SETNS:
+        filename = None
+    else:
+        filename = cwd
     return OSError(err, os.strerror(err), filename)
 
 
@@ -525,8 +756,15 @@ def spawn_for_popen(
     path: str | None,
     on_failed: Callable[[int, int | None], None] | None = None,
     pdeathsig: int = 0,
+    options: CloneOptions | None = None,
 ) -> SpawnedChild:
     """The spawn core as subprocess.Popen._execute_child needs it (see popen.py)."""
+    opts = options if options is not None and options.any else None
+    if opts is not None:
+        if preexec_fn is not None:
+            raise ValueError("[no-preexec] preexec_fn cannot be combined with clone options")
+        if not create_pidfd:
+            raise ValueError("[no-preexec] clone options need create_pidfd=True")
     plan = _Plan(
         args,
         executable,
@@ -543,13 +781,23 @@ def spawn_for_popen(
         uid,
         umask,
         pdeathsig,
+        opts,
     )
     try:
-        return _run_paths(plan, preexec_fn, path or get_spawn_path(), create_pidfd)
+        forced = path or get_spawn_path()
+        if opts is None:
+            return _run_paths(plan, preexec_fn, forced, create_pidfd)
+        setns = opts.setns
+        if setns is not None and setns[1] & lib.CLONE_NEWPID:
+            return _in_pid_namespace(setns[0], lambda: _run_option_paths(plan, opts, forced))
+        return _run_option_paths(plan, opts, forced)
     except _ChildFailed as failed:
         if on_failed is not None:  # Popen records the failed child's pid and status
             on_failed(failed.pid, failed.returncode)
-        raise _child_error(failed.step, failed.err, cwd, orig_executable) from None
+        cgroup = opts.cgroup if opts is not None else None
+        raise _child_error(failed.step, failed.err, cwd, orig_executable, cgroup) from None
+    finally:
+        plan.close()
 
 
 def check_pdeathsig(sig: int | None) -> int:
@@ -592,6 +840,14 @@ def spawn(
     create_pidfd: bool = True,
     spawn_path: str | None = None,
     pdeathsig: int | None = None,
+    clone_flags: int = 0,
+    exit_signal: int | None = None,
+    set_tid: Sequence[int] | None = None,
+    cgroup: StrOrBytesPath | int | None = None,
+    uid_map: IdMap | None = None,
+    gid_map: IdMap | None = None,
+    setgroups: bool | None = None,
+    setns: tuple[PidFd | int, int] | None = None,
 ) -> SpawnedChild:
     """Start *args* and return its PID and pidfd: the low-level spawn.
 
@@ -605,6 +861,12 @@ def spawn(
     (``child.pidfd.wait()``); on the ``vfork`` path, or with
     ``create_pidfd=False``, ``pidfd`` is ``None``. *pdeathsig*: see
     :func:`check_pdeathsig`.
+
+    The Linux options (*clone_flags*, *exit_signal*, *set_tid*, *cgroup*,
+    *uid_map*, *gid_map*, *setgroups*, *setns*) are described, with the
+    rules they are checked against, in :mod:`pyclone3.clone_options`. The
+    child is born with them: in its new namespaces and its cgroup, with its
+    ID maps written, before anything of the program runs.
 
     Raises ``ValueError`` (empty *args*, NUL bytes, bad spawn path) or
     ``TypeError`` before creating anything.
@@ -626,6 +888,16 @@ def spawn(
     if spawn_path is not None and spawn_path not in SPAWN_PATHS:
         raise ValueError(f"unknown spawn path {spawn_path!r}; choose from {SPAWN_PATHS}")
     death = check_pdeathsig(pdeathsig)
+    options = check_clone_options(
+        clone_flags,
+        exit_signal=exit_signal,
+        set_tid=set_tid,
+        cgroup=cgroup,
+        uid_map=uid_map,
+        gid_map=gid_map,
+        setgroups=setgroups,
+        setns=setns,
+    )
     exe = executable if executable is not None else args[0]
     return spawn_for_popen(
         args,
@@ -647,4 +919,5 @@ def spawn(
         create_pidfd=create_pidfd,
         path=spawn_path,
         pdeathsig=death,
+        options=options,
     )

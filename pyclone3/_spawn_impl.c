@@ -26,10 +26,14 @@ extern char **environ;
 #define SPAWN_ERR_EXEC 2     /* execve failed for every candidate path */
 #define SPAWN_ERR_PREEXEC 3  /* preexec_fn raised (fork path, set by Python) */
 #define SPAWN_ERR_PIDFD 4    /* the child could not open or send its pidfd */
+#define SPAWN_ERR_CGROUP 5   /* the child could not join its cgroup */
+#define SPAWN_ERR_SETNS 6    /* the child could not enter the namespaces */
 
 #define SPAWN_CLONE3 0       /* clone3(CLONE_VM|CLONE_VFORK|CLONE_PIDFD) */
 #define SPAWN_CLONE 1        /* clone(CLONE_VM|CLONE_VFORK|CLONE_PIDFD) */
 #define SPAWN_VFORK 2        /* vfork(); pidfd sent by the child if asked */
+#define SPAWN_CLONE3_FORK 3  /* clone3(CLONE_PIDFD), no shared memory */
+#define SPAWN_CLONE_FORK 4   /* clone(CLONE_PIDFD), no shared memory */
 
 struct pyclone3_spawn {
     char *const *exec_paths;
@@ -57,6 +61,16 @@ struct pyclone3_spawn {
     uint64_t sigmask;
     int pdeathsig;
     int parent_pid;
+    uint64_t clone_flags;
+    int exit_signal;
+    const int *set_tid;
+    int set_tid_size;
+    int cgroup_fd;
+    int cgroup_in_child;
+    int setns_fd;
+    int setns_flags;
+    int sync_fd;
+    int sync_wfd;
 };
 
 /* ---- the child ----------------------------------------------------------- */
@@ -164,6 +178,30 @@ int pyclone3_child_setup(struct pyclone3_spawn *s)
         syscall(SYS_rt_sigprocmask, SIG_SETMASK, &s->sigmask, NULL, 8);
     if (s->pidfd_sock >= 0 && child_send_pidfd(s->pidfd_sock) < 0)
         child_fail(s, SPAWN_ERR_PIDFD, errno);
+    if (s->sync_fd >= 0) {
+        /* Wait for the parent's go (it writes our uid/gid maps first). EOF
+         * or anything else means it gave up: leave without a report. */
+        char go = 0;
+        long n;
+        syscall(SYS_close, s->sync_wfd);
+        do
+            n = syscall(SYS_read, s->sync_fd, &go, 1);
+        while (n < 0 && errno == EINTR);
+        if (n != 1 || go != 'g')
+            for (;;)
+                syscall(SYS_exit_group, 255);
+        syscall(SYS_close, s->sync_fd);
+    }
+    if (s->cgroup_in_child && s->cgroup_fd >= 0) {
+        /* No CLONE_INTO_CGROUP on this path: move ourselves in before
+         * anything of the program runs. */
+        long fd = syscall(SYS_openat, s->cgroup_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || syscall(SYS_write, fd, "0", 1) != 1)
+            child_fail(s, SPAWN_ERR_CGROUP, errno);
+        syscall(SYS_close, fd);
+    }
+    if (s->setns_fd >= 0 && syscall(SYS_setns, s->setns_fd, s->setns_flags) < 0)
+        child_fail(s, SPAWN_ERR_SETNS, errno);
 
     /* The parent's ends of the pipes. */
     if (s->p2cwrite >= 0)
@@ -383,15 +421,19 @@ long pyclone3_spawn(struct pyclone3_spawn *s, int method, int clear_sighand,
     /* The stack grows down on every supported architecture. */
     char *top = (char *)((uintptr_t)(stack + stack_size) & ~(uintptr_t)15);
 
+    int fork_like = method == SPAWN_CLONE3_FORK || method == SPAWN_CLONE_FORK;
+    int exit_signal = s->exit_signal;
+
     s->err_step = SPAWN_ERR_NONE;
     s->err_errno = 0;
-    s->errpipe = -1;
+    if (!fork_like)
+        s->errpipe = -1;        /* shared memory carries the report */
     /* No signal handler may run in the child while it shares our memory.
      * With CLONE_CLEAR_SIGHAND the kernel resets the child's handlers as it
      * creates it, so there is no window to close; otherwise block every
      * signal around the clone and let the child reset its handlers, then
      * restore our mask in it. */
-    s->reset_handlers = !(method == SPAWN_CLONE3 && clear_sighand);
+    s->reset_handlers = !((method == SPAWN_CLONE3 || method == SPAWN_CLONE3_FORK) && clear_sighand);
     s->restore_mask = s->reset_handlers;
     if (s->restore_mask) {
         syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, 8);
@@ -399,17 +441,38 @@ long pyclone3_spawn(struct pyclone3_spawn *s, int method, int clear_sighand,
     }
 
     switch (method) {
-    case SPAWN_CLONE3: {
-#if HAVE_CLONE3_STACK
+    case SPAWN_CLONE3:
+    case SPAWN_CLONE3_FORK: {
         struct clone_args args;
+        size_t size = CLONE_ARGS_SIZE_VER0;
         memset(&args, 0, sizeof(args));
-        args.flags = CLONE_VM | CLONE_VFORK | CLONE_PIDFD |
-                     (clear_sighand ? CLONE_CLEAR_SIGHAND : 0);
+        args.flags = CLONE_PIDFD | s->clone_flags | (clear_sighand ? CLONE_CLEAR_SIGHAND : 0);
         args.pidfd = (uint64_t)(uintptr_t)pidfd;
-        args.exit_signal = SIGCHLD;
+        args.exit_signal = (uint64_t)exit_signal;
+        if (s->set_tid_size > 0) {
+            args.set_tid = (uint64_t)(uintptr_t)s->set_tid;
+            args.set_tid_size = (uint64_t)s->set_tid_size;
+            size = CLONE_ARGS_SIZE_VER1;
+        }
+        if (s->cgroup_fd >= 0 && !s->cgroup_in_child) {
+            args.flags |= CLONE_INTO_CGROUP;
+            args.cgroup = (uint64_t)s->cgroup_fd;
+            size = CLONE_ARGS_SIZE_VER2;
+        }
+        if (method == SPAWN_CLONE3_FORK) {
+            /* A copy of our memory, like fork: the child returns here. */
+            pid = syscall(SYS_clone3, &args, size);
+            if (pid == 0)
+                spawn_child(s);        /* never returns */
+            if (pid < 0)
+                err = errno;
+            break;
+        }
+#if HAVE_CLONE3_STACK
+        args.flags |= CLONE_VM | CLONE_VFORK;
         args.stack = (uint64_t)(uintptr_t)stack;
         args.stack_size = (uint64_t)(top - stack);
-        pid = pyclone3_clone3_stack(&args, CLONE_ARGS_SIZE_VER0, spawn_child, s);
+        pid = pyclone3_clone3_stack(&args, size, spawn_child, s);
         if (pid < 0) {
             err = (int)-pid;
             pid = -1;
@@ -421,7 +484,18 @@ long pyclone3_spawn(struct pyclone3_spawn *s, int method, int clear_sighand,
     }
     case SPAWN_CLONE:
         pid = clone(spawn_child, top,
-                    CLONE_VM | CLONE_VFORK | (pidfd ? CLONE_PIDFD : 0) | SIGCHLD, s, pidfd);
+                    CLONE_VM | CLONE_VFORK | (pidfd ? CLONE_PIDFD : 0) | (int)s->clone_flags |
+                        exit_signal, s, pidfd);
+        if (pid < 0)
+            err = errno;
+        break;
+    case SPAWN_CLONE_FORK:
+        /* clone(flags, newsp, parent_tid, ...): the pidfd goes to parent_tid
+         * on every architecture we build for. */
+        pid = syscall(SYS_clone, (unsigned long)(CLONE_PIDFD | s->clone_flags) |
+                                     (unsigned long)exit_signal, NULL, pidfd, NULL, NULL);
+        if (pid == 0)
+            spawn_child(s);            /* never returns */
         if (pid < 0)
             err = errno;
         break;

@@ -402,7 +402,7 @@ class PidFd:
     def try_wait(self) -> WaitStatus | None:
         """The exit status if the process has exited, else ``None``; never blocks.
 
-        For a child this reaps it (one ``waitid(P_PIDFD, WEXITED|WNOHANG)``).
+        For a child this reaps it (one ``waitid(P_PIDFD, WEXITED|WNOHANG|__WALL)``).
         For anything else see :meth:`wait`.
         """
         if self._status is not None:
@@ -416,7 +416,7 @@ class PidFd:
     def wait(self, timeout: float | None = None) -> WaitStatus:
         """Wait for the process to exit and return its :class:`~pyclone3.WaitStatus`.
 
-        Without a timeout this is one blocking ``waitid(P_PIDFD, WEXITED)``.
+        Without a timeout this is one blocking ``waitid(P_PIDFD, WEXITED|__WALL)``.
         With one, it sleeps in ``poll(2)`` on the pidfd, then reaps with
         ``waitid(P_PIDFD, WNOHANG)``: two syscalls for a child, however long
         the wait, with no wake-up before the exit. *timeout* is in seconds;
@@ -549,7 +549,7 @@ class PidFd:
     def _blocking_reap(
         self, fd: int, bufs: syscalls.WaitBuffers, *, then_close: bool = False
     ) -> WaitStatus | None:
-        """Without a timeout, one blocking ``waitid(P_PIDFD, WEXITED)`` is the whole wait.
+        """Without a timeout, one blocking ``waitid(P_PIDFD, WEXITED|__WALL)`` is the whole wait.
 
         It returns when the child is reapable, and at once with ``ECHILD`` for
         a process that is not (or no longer) ours to reap, which then takes
@@ -662,8 +662,10 @@ class _ThreadInfo(threading.local):
 
 _REAP_INFO = _ThreadInfo()
 _P_PIDFD = int(IdType.P_PIDFD)
-_WEXITED = int(WaitFlag.WEXITED)
-_WEXITED_WNOHANG = int(WaitFlag.WEXITED | WaitFlag.WNOHANG)
+# __WALL: a child spawned with an exit signal other than SIGCHLD (or none) is
+# a "clone" child, which waitid only reports with __WCLONE or __WALL.
+_WEXITED = int(WaitFlag.WEXITED | WaitFlag["__WALL"])
+_WEXITED_WNOHANG = int(WaitFlag.WEXITED | WaitFlag.WNOHANG | WaitFlag["__WALL"])
 
 
 def _exit_info_supported() -> bool:

@@ -39,6 +39,7 @@ _LD_W_ABS = 0x20
 _JEQ_K = 0x15
 _JSET_K = 0x45
 _CLONE_PIDFD = 0x1000
+_CLONE_ARGS_SIZE_VER2 = 88
 _RET_K = 0x06
 _RET_ALLOW = 0x7FFF0000
 _RET_ERRNO = 0x00050000
@@ -56,6 +57,8 @@ def deny(rules: dict[str, int]) -> None:
 
     The pseudo-name ``clone_pidfd`` fails only those clone(2) calls whose
     flags include CLONE_PIDFD, as qemu-user does; plain fork() still works.
+    ``clone3_cgroup`` fails only clone3 calls whose struct is the 88-byte
+    one that carries a cgroup, as a kernel before 5.7 does (``E2BIG``).
     """
     machine = platform.machine()
     numbers = _NUMBERS[machine]
@@ -66,15 +69,24 @@ def deny(rules: dict[str, int]) -> None:
         (_LD_W_ABS, 0, 0, 0),  # seccomp_data.nr
     ]
     for name, err in rules.items():
-        if name == "clone_pidfd":
+        if name in ("clone_pidfd", "clone3_cgroup"):
             continue
         insns.append((_JEQ_K, 0, 1, numbers[name]))
         insns.append((_RET_K, 0, 0, _RET_ERRNO | err))
-    if "clone_pidfd" in rules:  # last: it replaces the syscall number with an argument
+    # The argument rules load an argument over the syscall number: each
+    # reloads the number first.
+    if "clone_pidfd" in rules:
+        insns.append((_LD_W_ABS, 0, 0, 0))
         insns.append((_JEQ_K, 0, 3, numbers["clone"]))
         insns.append((_LD_W_ABS, 0, 0, 16))  # low word of seccomp_data.args[0]
         insns.append((_JSET_K, 0, 1, _CLONE_PIDFD))
         insns.append((_RET_K, 0, 0, _RET_ERRNO | rules["clone_pidfd"]))
+    if "clone3_cgroup" in rules:
+        insns.append((_LD_W_ABS, 0, 0, 0))
+        insns.append((_JEQ_K, 0, 3, numbers["clone3"]))
+        insns.append((_LD_W_ABS, 0, 0, 24))  # low word of seccomp_data.args[1], the size
+        insns.append((_JEQ_K, 0, 1, _CLONE_ARGS_SIZE_VER2))
+        insns.append((_RET_K, 0, 0, _RET_ERRNO | rules["clone3_cgroup"]))
     insns.append((_RET_K, 0, 0, _RET_ALLOW))
     code = b"".join(struct.pack("HBBI", *insn) for insn in insns)
     buf = ctypes.create_string_buffer(code)
