@@ -577,9 +577,9 @@ def test_cgroup_fallback_when_clone_into_cgroup_is_refused(
     if not seccomp.supported():
         pytest.skip("no syscall table for this CPU")
     where, rel = cgroup_dir
+    helper = os.path.join(HERE, "seccomp.py")
     result = subprocess.run(
-        [PYTHON, os.path.join(HERE, "seccomp.py"), *rules, "--"]
-        + [PYTHON, "-c", CGROUP_FALLBACK, where],  # noqa: RUF005
+        [PYTHON, helper, *rules, "--", PYTHON, "-c", CGROUP_FALLBACK, where],
         capture_output=True,
         text=True,
         timeout=60,
