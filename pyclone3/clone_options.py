@@ -22,7 +22,8 @@ The rules, each with the kernel code it mirrors (``kernel/fork.c``,
 ``exit-signal-range`` (5.3, ``clone3_args_valid``)
     An exit signal is 0 (none) to 64 (``_NSIG``).
 ``set-tid-size`` (5.5, ``copy_clone_args_from_user``)
-    ``set_tid`` holds 1 to 32 (``MAX_PID_NS_LEVEL``) PIDs.
+    ``set_tid`` holds at most 32 (``MAX_PID_NS_LEVEL``) PIDs; an empty one
+    means none.
 ``set-tid-depth`` (5.5, ``alloc_pid``)
     No more PIDs than the child has PID namespace levels: this process's
     depth + 1, + 1 more with ``CLONE_NEWPID``.
@@ -249,12 +250,12 @@ def check_clone_options(
         if isinstance(set_tid, (str, bytes)) or not isinstance(set_tid, Sequence):
             raise TypeError("set_tid must be a sequence of PIDs, innermost namespace first")
         tids = tuple(_int(t, "set_tid entries") for t in set_tid)
-        if not 1 <= len(tids) <= MAX_PID_NS_LEVEL:
+        if len(tids) > MAX_PID_NS_LEVEL:
             raise ValueError(
-                f"[set-tid-size] set_tid holds 1..{MAX_PID_NS_LEVEL} PIDs, got {len(tids)}"
+                f"[set-tid-size] set_tid holds at most {MAX_PID_NS_LEVEL} PIDs, got {len(tids)}"
             )
         levels = pid_ns_depth() + 1 + (1 if flags & CloneFlag.CLONE_NEWPID else 0)
-        if len(tids) > levels:
+        if tids and len(tids) > levels:
             raise ValueError(
                 f"[set-tid-depth] set_tid has {len(tids)} PIDs but the child has "
                 f"{levels} PID namespace level(s)"
@@ -263,7 +264,7 @@ def check_clone_options(
         for tid in tids:
             if not 1 <= tid < pid_max:
                 raise ValueError(f"[set-tid-range] set_tid PID {tid} is not in 1..{pid_max - 1}")
-        if flags & CloneFlag.CLONE_NEWPID and tids[0] != 1:
+        if tids and flags & CloneFlag.CLONE_NEWPID and tids[0] != 1:
             raise ValueError(
                 "[set-tid-newpid] with CLONE_NEWPID the child is PID 1 of its namespace: "
                 f"set_tid[0] must be 1, got {tids[0]}"
