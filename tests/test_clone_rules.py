@@ -15,6 +15,7 @@ reports; D reaps everything M leaves (a ``CLONE_PARENT`` child is D's).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -24,14 +25,13 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from conftest import fork_child, requires_root
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import pyclone3
 from pyclone3 import CloneFlag
 from pyclone3.clone_options import SPAWN_CLONE_FLAGS, CloneOptions, check_clone_options
-
-from conftest import fork_child, requires_root
 
 pytestmark = [requires_root]
 
@@ -98,10 +98,8 @@ def _attempt(opts: CloneOptions, w: int) -> None:
     else:
         assert child.pidfd is not None
         child.pidfd.kill()
-        try:
+        with contextlib.suppress(ChildProcessError):  # CLONE_PARENT: D reaps it
             child.pidfd.wait()
-        except ChildProcessError:
-            pass  # CLONE_PARENT: D's child, D reaps it
         child.pidfd.close()
     finally:
         plan.close()
