@@ -17,12 +17,13 @@ Layers, from the bottom:
 * :class:`Popen`, :class:`CommandExt`, :class:`ChildExt`, :func:`run` & co.:
   ``subprocess`` on pidfds (:mod:`pyclone3.popen`);
 * :func:`iter_exits`, :func:`wait_all`, :func:`wait_any`: many children on
-  one ``epoll`` (:mod:`pyclone3.multi`).
+  one ``epoll`` (:mod:`pyclone3.multi`);
+* :mod:`pyclone3.tree`: a child's whole tree, found, killed and reaped.
 """
 
 from __future__ import annotations
 
-from . import clone_options, flags, syscalls
+from . import clone_options, flags, syscalls, tree
 from ._features import Features, features
 from ._spawn import (
     SPAWN_PATHS,
@@ -96,6 +97,7 @@ __all__ = [
     "set_spawn_path",
     "spawn",
     "syscalls",
+    "tree",
     "wait_all",
     "wait_any",
 ]

@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/vfs.h>
 #include <sys/wait.h>
@@ -207,6 +208,19 @@ struct pyclone3_waitinfo {
 long sys_clone3(struct clone_args *args, size_t size)
 {
     return syscall(SYS_clone3, args, size);
+}
+
+int pyclone3_set_child_subreaper(int on)
+{
+    return (int)syscall(SYS_prctl, PR_SET_CHILD_SUBREAPER, (unsigned long)on, 0UL, 0UL, 0UL);
+}
+
+int pyclone3_get_child_subreaper(void)
+{
+    int value = 0;
+    if (syscall(SYS_prctl, PR_GET_CHILD_SUBREAPER, &value, 0UL, 0UL, 0UL) < 0)
+        return -1;
+    return value;
 }
 
 /* 1 if fd is on a cgroup v2 filesystem, 0 if not, -1 with errno. */

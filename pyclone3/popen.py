@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import types
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import tree
 from ._spawn import SPAWN_PATHS, check_pdeathsig, spawn_for_popen
+from .clone_options import IdMap, check_clone_options
 from .pidfd import PidFd, WaitTimeout
 from .status import WaitStatus
 
@@ -55,6 +59,17 @@ class CommandExt:
     *pdeathsig*
         a signal the child gets when the spawning thread exits
         (``PR_SET_PDEATHSIG``; see :func:`pyclone3.check_pdeathsig`).
+    *clone_flags*, *exit_signal*, *set_tid*, *cgroup*, *uid_map*, *gid_map*, *setgroups*, *setns*
+        the child is born in new namespaces, in a cgroup, with chosen PIDs,
+        ID maps, or inside another process's namespaces: see
+        :mod:`pyclone3.clone_options` for each and the rules they obey.
+    *kill_tree*
+        make :meth:`~subprocess.Popen.kill` and
+        :meth:`~subprocess.Popen.terminate` signal the child's whole tree
+        (:func:`pyclone3.tree.kill_tree`), and make this process a child
+        subreaper, for good, so that the tree's orphans stay findable; they
+        are reaped by ``kill()`` and when the child is. Best with
+        ``start_new_session=True``.
 
     The child is set up exactly as ``subprocess`` does it (fds, ``cwd``,
     ``env``, ``umask``, sessions, process groups, users and groups,
@@ -78,11 +93,31 @@ class CommandExt:
         create_pidfd: bool = True,
         spawn_path: str | None = None,
         pdeathsig: int | None = None,
+        clone_flags: int = 0,
+        exit_signal: int | None = None,
+        set_tid: Sequence[int] | None = None,
+        cgroup: Any = None,
+        uid_map: IdMap | None = None,
+        gid_map: IdMap | None = None,
+        setgroups: bool | None = None,
+        setns: tuple[PidFd | int, int] | None = None,
+        kill_tree: bool = False,
         **kwargs: Any,
     ) -> None:
         if spawn_path is not None and spawn_path not in SPAWN_PATHS:
             raise ValueError(f"unknown spawn path {spawn_path!r}; choose from {SPAWN_PATHS}")
         self._pyclone3_pdeathsig = check_pdeathsig(pdeathsig)
+        self._pyclone3_options = check_clone_options(
+            clone_flags,
+            exit_signal=exit_signal,
+            set_tid=set_tid,
+            cgroup=cgroup,
+            uid_map=uid_map,
+            gid_map=gid_map,
+            setgroups=setgroups,
+            setns=setns,
+        )
+        self._pyclone3_kill_tree = bool(kill_tree)
         self._pyclone3_create_pidfd = bool(create_pidfd)
         self._pyclone3_spawn_path = spawn_path
         self._pidfd = None
@@ -131,6 +166,8 @@ class CommandExt:
         if executable is None:
             executable = args[0]
         sys.audit("subprocess.Popen", executable, args, cwd, env)
+        if self._pyclone3_kill_tree and not tree.is_child_subreaper():
+            tree.set_child_subreaper(True)
 
         def failed(pid: int, returncode: int | None) -> None:
             self.pid = pid
@@ -158,6 +195,7 @@ class CommandExt:
             path=self._pyclone3_spawn_path,
             on_failed=failed,
             pdeathsig=self._pyclone3_pdeathsig,
+            options=self._pyclone3_options,
         )
         self.pid = child.pid
         self._pidfd = child.pidfd
@@ -228,6 +266,40 @@ class ChildExt:
         pidfd = self._pidfd  # only called on a Popen that has one
         if pidfd is not None and self._pidfd_owned:
             pidfd.close()
+        self._reap_tree()
+
+    def _reap_tree(self) -> None:
+        if getattr(self, "_pyclone3_kill_tree", False):
+            tree.reap_orphans(self.pid)
+
+    def kill_tree(self, sig: int = signal.SIGKILL, *, timeout: float = 5.0) -> int:
+        """Signal the child and its whole tree: :func:`pyclone3.tree.kill_tree`.
+
+        Returns how many processes were signalled (0 once the child is
+        reaped). Needs the child's pidfd.
+        """
+        self._internal_poll()
+        if self.returncode is not None:
+            self._reap_tree()
+            return 0
+        try:
+            return tree.kill_tree(self.pidfd, sig, timeout=timeout)
+        except ValueError:  # the pidfd was closed meanwhile: reaped
+            return 0
+
+    def kill(self) -> None:
+        """``SIGKILL`` to the child, or to its whole tree with ``kill_tree=True``."""
+        if getattr(self, "_pyclone3_kill_tree", False) and self._pidfd_for_wait() is not None:
+            self.kill_tree(signal.SIGKILL)
+        else:
+            self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        """``SIGTERM`` to the child, or to its whole tree with ``kill_tree=True``."""
+        if getattr(self, "_pyclone3_kill_tree", False) and self._pidfd_for_wait() is not None:
+            self.kill_tree(signal.SIGTERM)
+        else:
+            self.send_signal(signal.SIGTERM)
 
     def _internal_poll(
         self, _deadstate: int | None = None, *args: Any, **kwargs: Any
@@ -277,6 +349,7 @@ class ChildExt:
                 self._reaped(status)
             elif self.returncode is None:
                 self.returncode = status.returncode if status is not None else 0
+                self._reap_tree()
         return self.returncode
 
     def send_signal(self, sig: int) -> None:

@@ -591,3 +591,50 @@ def test_cgroup_fallback_when_clone_into_cgroup_is_refused(
 
 def test_module_is_exported() -> None:
     assert pyclone3.clone_options is clone_options
+
+
+# ---- the same options through Popen (CommandExt) --------------------------------
+
+
+@requires_root
+def test_popen_takes_the_clone_options(cgroup_dir: tuple[str, str]) -> None:
+    where, rel = cgroup_dir
+    out = pyclone3.check_output(
+        ["/bin/sh", "-c", REPORT],
+        clone_flags=CloneFlag.CLONE_NEWPID | CloneFlag.CLONE_NEWNET,
+        cgroup=where,
+    )
+    inside = dict(line.split("=", 1) for line in out.decode().splitlines())
+    assert inside["pid"] == "1"
+    assert inside["ns_net"] != own_ns("net")
+    assert inside["cgroup"] == f"0::{rel}"
+
+
+def test_popen_checks_the_options_before_spawning() -> None:
+    with pytest.raises(ValueError, match="parent-exit-signal"):
+        pyclone3.Popen(["/bin/true"], clone_flags=CloneFlag.CLONE_PARENT, exit_signal=10)
+    with pytest.raises(ValueError, match="no-preexec"):
+        pyclone3.Popen(["/bin/true"], clone_flags=CloneFlag.CLONE_NEWNET, preexec_fn=os.getpid)
+
+
+@pytest.mark.skipif(not _userns_allowed(), reason="user namespaces are disabled here")
+def test_popen_unprivileged_map_root_user() -> None:
+    r, w = os.pipe()
+
+    def body() -> int:
+        os.close(r)
+        result = pyclone3.run(
+            ["/bin/sh", "-c", "id -u"],
+            stdout=w,
+            clone_flags=CloneFlag.CLONE_NEWUSER,
+            uid_map=[(0, os.getuid(), 1)],
+            gid_map=[(0, os.getgid(), 1)],
+        )
+        return result.returncode
+
+    try:
+        assert unprivileged(body) == 0
+    finally:
+        os.close(w)
+    with os.fdopen(r) as f:
+        assert f.read().strip() == "0"
