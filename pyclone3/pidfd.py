@@ -370,7 +370,9 @@ class PidFd:
         method checks the pidfd's readiness first). *flags* are
         :class:`~pyclone3.flags.PidfdSignalFlag` bits, e.g.
         ``PIDFD_SIGNAL_PROCESS_GROUP`` (6.9+) to signal the process group
-        the process leads. Other errors as
+        the process leads (before 6.9, :func:`pyclone3.tree.kill_tree`
+        reaches the group and the rest of the tree through pidfds too;
+        ``os.killpg`` would go by number). Other errors as
         :func:`pyclone3.syscalls.pidfd_send_signal`.
         """
         if isinstance(sig, bool) or not isinstance(sig, int):
