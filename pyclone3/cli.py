@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import math
+import os
 import select
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from ._features import features
+from .flags import CloneFlag
 from .pidfd import PidFd
 from .popen import Popen
 
@@ -71,6 +73,44 @@ def _duration(value: str) -> float:
     return seconds
 
 
+#: unshare(1)'s names for the namespace types, and their /proc/PID/ns names.
+NAMESPACES = {
+    "mount": (CloneFlag.CLONE_NEWNS, "mnt"),
+    "uts": (CloneFlag.CLONE_NEWUTS, "uts"),
+    "ipc": (CloneFlag.CLONE_NEWIPC, "ipc"),
+    "net": (CloneFlag.CLONE_NEWNET, "net"),
+    "pid": (CloneFlag.CLONE_NEWPID, "pid"),
+    "user": (CloneFlag.CLONE_NEWUSER, "user"),
+    "cgroup": (CloneFlag.CLONE_NEWCGROUP, "cgroup"),
+    "time": (CloneFlag.CLONE_NEWTIME, "time"),
+}
+
+
+def _namespaces(value: str) -> int:
+    flags = 0
+    for name in value.split(","):
+        if name not in NAMESPACES:
+            raise argparse.ArgumentTypeError(
+                f"unknown namespace {name!r} (choose from {', '.join(NAMESPACES)})"
+            )
+        flags |= NAMESPACES[name][0]
+    return flags
+
+
+def _differing_namespaces(pid: int) -> int:
+    """The namespace types in which *pid* is not where we are (nsenter --all)."""
+    flags = 0
+    for flag, proc_name in NAMESPACES.values():
+        try:
+            theirs = os.readlink(f"/proc/{pid}/ns/{proc_name}")
+            ours = os.readlink(f"/proc/self/ns/{proc_name}")
+        except FileNotFoundError:
+            continue  # no such namespace type on this kernel
+        if theirs != ours:
+            flags |= flag
+    return flags
+
+
 def _exit_status(returncode: int) -> int:
     """The shell's convention: 128 + N for death by signal N."""
     return 128 - returncode if returncode < 0 else returncode
@@ -100,20 +140,72 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILURE
+    options: dict[str, object] = {}
+    flags = args.unshare or 0
+    if args.map_root_user:
+        flags |= CloneFlag.CLONE_NEWUSER
+        options["uid_map"] = [(0, os.getuid(), 1)]
+        options["gid_map"] = [(0, os.getgid(), 1)]
+    if flags:
+        options["clone_flags"] = flags
+    if args.cgroup is not None:
+        options["cgroup"] = args.cgroup
+    if args.kill_tree:
+        options["kill_tree"] = True
+        options["start_new_session"] = True
+    target = None
     try:
-        proc = Popen(command, pdeathsig=args.pdeathsig)
-    except FileNotFoundError as exc:
-        print(f"pyclone3 run: {command[0]}: {exc.strerror}", file=sys.stderr)
-        return EXIT_ENOENT
-    except PermissionError as exc:
-        print(f"pyclone3 run: {command[0]}: {exc.strerror}", file=sys.stderr)
-        return EXIT_CANNOT_INVOKE
+        if args.enter is not None:
+            try:
+                target = PidFd.open(args.enter)
+            except OSError as exc:
+                print(f"pyclone3 run: cannot enter {args.enter}: {exc.strerror}", file=sys.stderr)
+                return EXIT_FAILURE
+            enter = (
+                args.enter_ns if args.enter_ns is not None else _differing_namespaces(args.enter)
+            )
+            if enter:
+                options["setns"] = (target, enter)
+        proc = Popen(command, pdeathsig=args.pdeathsig, **options)  # type: ignore[arg-type]
+    except ValueError as exc:
+        print(f"pyclone3 run: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     except OSError as exc:
-        print(f"pyclone3 run: cannot run {command[0]}: {exc.strerror}", file=sys.stderr)
-        return EXIT_CANNOT_INVOKE if exc.errno in (errno.ENOEXEC, errno.EISDIR) else EXIT_FAILURE
+        return _spawn_error(command[0], exc)
+    finally:
+        if target is not None:
+            target.close()
+
+    return _supervise(proc, args, tree=args.kill_tree)
+
+
+def _spawn_error(program: str, exc: OSError) -> int:
+    if exc.filename is not None and os.fsdecode(exc.filename) != program:
+        # Not the program's: the cgroup, a namespace, an ID map.
+        print(f"pyclone3 run: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    if exc.filename is None:
+        print(f"pyclone3 run: cannot create the process: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
+    if isinstance(exc, FileNotFoundError):
+        print(f"pyclone3 run: {program}: {exc.strerror}", file=sys.stderr)
+        return EXIT_ENOENT
+    if isinstance(exc, PermissionError):
+        print(f"pyclone3 run: {program}: {exc.strerror}", file=sys.stderr)
+        return EXIT_CANNOT_INVOKE
+    print(f"pyclone3 run: cannot run {program}: {exc.strerror}", file=sys.stderr)
+    return EXIT_CANNOT_INVOKE if exc.errno in (errno.ENOEXEC, errno.EISDIR) else EXIT_FAILURE
+
+
+def _supervise(proc: Popen, args: argparse.Namespace, *, tree: bool) -> int:
+    def send(sig: int) -> None:
+        if tree:
+            proc.kill_tree(sig)
+        else:
+            proc.send_signal(sig)
 
     def forward(signum: int, frame: object) -> None:
-        proc.send_signal(signum)  # through the pidfd: never a recycled PID
+        send(signum)  # through pidfds: never a recycled PID
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     timed_out = False
@@ -122,11 +214,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             proc.wait(timeout=args.timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
-            proc.send_signal(args.signal)
+            send(args.signal)
             try:
                 proc.wait(timeout=args.kill_after)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                send(signal.SIGKILL)
                 proc.wait()
     finally:
         for sig, handler in previous.items():
@@ -234,6 +326,42 @@ def build_parser() -> argparse.ArgumentParser:
         type=_signal,
         metavar="SIG",
         help="signal CMD gets if pyclone3 itself dies (even of SIGKILL)",
+    )
+    linux = run.add_argument_group(
+        "Linux isolation", "CMD is born with these: it never runs outside them"
+    )
+    linux.add_argument(
+        "--unshare",
+        type=_namespaces,
+        metavar="NS[,NS...]",
+        help="new namespaces: " + ", ".join(NAMESPACES) + " (as unshare(1))",
+    )
+    linux.add_argument(
+        "-r",
+        "--map-root-user",
+        action="store_true",
+        help="a new user namespace where CMD runs as root, mapped to you (as unshare -r)",
+    )
+    linux.add_argument(
+        "--cgroup", metavar="PATH", help="start CMD inside this cgroup v2 directory"
+    )
+    linux.add_argument(
+        "--enter",
+        type=int,
+        metavar="PID",
+        help="start CMD inside PID's namespaces (as nsenter -t PID -a)",
+    )
+    linux.add_argument(
+        "--enter-ns",
+        type=_namespaces,
+        metavar="NS[,NS...]",
+        help="with --enter: only these namespaces (default: each one that differs from ours)",
+    )
+    linux.add_argument(
+        "--kill-tree",
+        action="store_true",
+        help="signals, on timeout too, go to CMD's whole process tree, which is reaped "
+        "(CMD gets a new session)",
     )
     run.add_argument(
         "command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...", help="the command to run"

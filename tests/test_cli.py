@@ -176,3 +176,124 @@ def test_run_pdeathsig_takes_the_command_down_with_pyclone3() -> None:
             proc.wait()
         assert proc.stderr is not None
         proc.stderr.close()
+
+
+# ---- Linux isolation -------------------------------------------------------------
+
+requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+@requires_root
+def test_run_unshare_puts_the_command_in_new_namespaces() -> None:
+    r = run_cli("run", "--unshare", "pid,uts,net", "--", "/bin/sh", "-c", REPORT_NS)
+    assert r.returncode == 0, r.stderr
+    pid, net = r.stdout.split()
+    assert pid == "1"
+    assert net != os.readlink("/proc/self/ns/net")
+
+
+REPORT_NS = "echo $$; readlink /proc/self/ns/net"
+
+
+def _userns_allowed() -> bool:
+    try:
+        with open("/proc/sys/user/max_user_namespaces") as f:
+            return int(f.read()) > 0
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _userns_allowed(), reason="user namespaces are disabled here")
+def test_run_map_root_user_runs_the_command_as_root_inside() -> None:
+    r = run_cli("run", "-r", "--unshare", "pid", "--", "/bin/sh", "-c", "id -u; echo $$")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["0", "1"]
+
+
+@requires_root
+def test_run_enter_starts_the_command_in_another_process_namespaces() -> None:
+    target = subprocess.Popen(
+        [*CLI, "run", "--unshare", "net,uts", "--", "/bin/sh", "-c", "hostname boxed; sleep 30"],
+    )
+    try:
+        inner = None
+        for _ in range(500):  # the target is pyclone3; its child is the shell
+            with open(f"/proc/{target.pid}/task/{target.pid}/children") as f:
+                kids = f.read().split()
+            if kids and os.readlink(f"/proc/{kids[0]}/ns/net") != os.readlink("/proc/self/ns/net"):
+                inner = int(kids[0])
+                r = run_cli("run", "--enter", str(inner), "--", "/bin/hostname")
+                if r.stdout.strip() == "boxed":
+                    break
+            time.sleep(0.01)
+        assert inner is not None
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == "boxed"
+        r = run_cli("run", "--enter", str(inner), "--enter-ns", "net", "--", "/bin/hostname")
+        assert r.stdout.strip() != "boxed"  # only the network namespace was entered
+    finally:
+        target.terminate()
+        target.wait()
+
+
+def test_run_isolation_errors_are_125_with_the_reason() -> None:
+    r = run_cli("run", "--cgroup", "/nonexistent/cg", "--", "/bin/true")
+    assert r.returncode == 125
+    assert "/nonexistent/cg" in r.stderr
+    r = run_cli("run", "--unshare", "bogus", "--", "/bin/true")
+    assert r.returncode == 2 and "unknown namespace" in r.stderr
+    r = run_cli("run", "--enter", "999999999", "--", "/bin/true")
+    assert r.returncode == 125 and "cannot enter" in r.stderr
+
+
+def test_run_unprivileged_namespace_is_125_operation_not_permitted() -> None:
+    """As nobody (dropped to in a child of ours, when we are root), in-process."""
+    from conftest import fork_child
+
+    from pyclone3.cli import main
+
+    r, w = os.pipe()
+
+    def body() -> int:
+        os.dup2(w, 2)
+        if os.geteuid() == 0:
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+        try:
+            return main(["run", "--unshare", "net", "--", "/bin/true"])
+        finally:
+            sys.stderr.flush()  # the child ends with os._exit
+
+    child = fork_child(body)
+    os.close(w)
+    try:
+        with os.fdopen(r) as f:
+            err = f.read()
+        assert child.wait(30).returncode == 125, err
+    finally:
+        child.close()
+    assert "Operation not permitted" in err
+
+
+def test_run_kill_tree_on_timeout_leaves_no_grandchild() -> None:
+    script = "sleep 100 & echo $!; (sleep 100 & echo $!); wait"
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [*CLI, "run", "-t", "0.5", "--kill-tree", "--", "/bin/sh", "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 124
+    assert time.monotonic() - started < 20
+    for pid in map(int, out.split()):
+        assert not os.path.exists(f"/proc/{pid}") or _is_zombie_elsewhere(pid)
+
+
+def _is_zombie_elsewhere(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
