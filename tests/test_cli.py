@@ -255,7 +255,7 @@ def test_run_unprivileged_namespace_is_125_operation_not_permitted() -> None:
     r, w = os.pipe()
 
     def body() -> int:
-        os.dup2(w, 2)
+        sys.stderr = os.fdopen(w, "w")  # pytest captures the real one
         if os.geteuid() == 0:
             os.setgroups([])
             os.setresgid(65534, 65534, 65534)
