@@ -136,6 +136,7 @@ class PidFd:
         "_identity_key",
         "_lock",
         "_pid",
+        "_reaping",
         "_status",
         "_users",
     )
@@ -163,6 +164,7 @@ class PidFd:
         self._users = 0
         self._status: WaitStatus | None = None
         self._foreign = False
+        self._reaping = 0
         self._identity_key: Any = _UNKNOWN
         self._fd = fd
         self._closing = False
@@ -176,6 +178,7 @@ class PidFd:
         self._users = 0
         self._status = None
         self._foreign = False
+        self._reaping = 0
         self._identity_key = _UNKNOWN
         self._fd = fd
         self._closing = False
@@ -558,17 +561,22 @@ class PidFd:
         the polling path. Signals interrupt it and run their handlers (PEP 475
         retry). ``None`` also for a ``PIDFD_NONBLOCK`` pidfd (``EAGAIN``).
         """
+        with self._lock:
+            self._reaping += 1  # see _echild
         try:
             status = syscalls._waitid(_P_PIDFD, fd, _WEXITED, bufs)
         except ChildProcessError:
             with self._lock:
-                if self._status is not None:  # another thread of ours reaped it
-                    return self._status
-                self._foreign = True
-            return None
-        if status is None:
-            return None
+                self._reaping -= 1
+            return self._echild()
+        except BaseException:
+            with self._lock:
+                self._reaping -= 1
+            raise
         with self._lock:
+            self._reaping -= 1
+            if status is None:
+                return None
             if self._status is None:
                 self._status = status
             if then_close:  # the caller's use ends here, and the pidfd with it
@@ -576,6 +584,22 @@ class PidFd:
                 self._closing = True
                 self._close_if_unused_locked()
             return self._status
+
+    def _echild(self) -> WaitStatus | None:
+        """waitid said ECHILD: another thread of ours reaped it, or it is not ours.
+
+        A thread in a blocking waitid may have reaped the child and not yet
+        recorded the status: wait for it (microseconds) before concluding
+        that the process is foreign.
+        """
+        while True:
+            with self._lock:
+                if self._status is not None:
+                    return self._status
+                if self._reaping == 0:
+                    self._foreign = True
+                    return None
+            time.sleep(0.0001)
 
     def _try_reap(self, fd: int, bufs: syscalls.WaitBuffers | None = None) -> WaitStatus | None:
         """One non-blocking attempt to learn the exit status."""
@@ -588,11 +612,15 @@ class PidFd:
                         _P_PIDFD, fd, _WEXITED_WNOHANG, bufs or syscalls.WaitBuffers()
                     )
                 except ChildProcessError:
-                    self._foreign = True
+                    pass  # decided by _echild, outside the lock
                 else:
                     if status is not None:
                         self._status = status
                     return status
+        if not self._foreign:
+            status = self._echild()
+            if status is not None:
+                return status
         return self._foreign_status(fd)
 
     def _foreign_status(self, fd: int) -> WaitStatus | None:

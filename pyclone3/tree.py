@@ -24,8 +24,10 @@ import errno
 import os
 import signal
 import time
+from collections.abc import Iterable
 
 from ._clone3 import ffi, lib
+from ._features import features
 from .flags import WaitFlag
 from .pidfd import PidFd
 from .syscalls import pidfd_open
@@ -182,18 +184,27 @@ def kill_tree(pidfd: PidFd, sig: int = signal.SIGKILL, *, timeout: float = 5.0) 
 
     The tree is stopped (``SIGSTOP``) and re-read until no new member
     appears, then each member gets *sig* through its pidfd, then
-    ``SIGCONT`` (so that a catchable *sig* is handled). The members that
-    are our children (orphans reparented to us as a subreaper) are reaped:
-    with ``SIGKILL`` this waits up to *timeout* seconds for every member
-    to exit, then reaps; otherwise the orphans already gone are reaped
+    ``SIGCONT`` (so that a catchable *sig* is handled; on any error too, so
+    that nothing is left stopped). The members that are our children
+    (orphans reparented to us as a subreaper) are reaped: with ``SIGKILL``
+    this waits up to *timeout* seconds for every member to exit, then
+    reaps; otherwise the orphans already gone are reaped
     (:func:`reap_orphans`) and later ones are left to a later call. The
     process itself is not reaped: it belongs to whoever spawned it.
+
+    Without ``pidfd_open`` (before 5.3, or filtered), the members cannot be
+    held: the process group the process leads, if it leads one, is
+    signalled instead (``killpg``; safe while the process is unreaped, as
+    its PID, the group's ID, cannot be reused), and the count is 1.
     """
     if isinstance(sig, bool) or not isinstance(sig, int):
         raise TypeError(f"sig must be an int, not {type(sig).__name__}")
     held: dict[int, PidFd] = {}
+    done = False
+    alive = _signal(pidfd, signal.SIGSTOP)
     try:
-        alive = _signal(pidfd, signal.SIGSTOP)
+        if not features().pidfd_open:
+            return _signal_group(pidfd, sig)
         for _ in range(1000):  # a fork bomb gets no more rounds than this
             table = _process_table()
             new = [pid for pid in _members(pidfd.pid, table) if pid not in held]
@@ -207,11 +218,8 @@ def kill_tree(pidfd: PidFd, sig: int = signal.SIGKILL, *, timeout: float = 5.0) 
         count = 1 if alive and _signal(pidfd, sig) else 0
         for member in held.values():
             count += _signal(member, sig)
-        if sig != signal.SIGKILL:
-            _signal(pidfd, signal.SIGCONT)
-            for member in held.values():
-                _signal(member, signal.SIGCONT)
         if sig == signal.SIGKILL:
+            done = True
             # Once every member and the process itself are gone, every orphan
             # has been reparented (to us, as a subreaper): reap ours.
             deadline = time.monotonic() + timeout
@@ -223,9 +231,37 @@ def kill_tree(pidfd: PidFd, sig: int = signal.SIGKILL, *, timeout: float = 5.0) 
             for member in held.values():
                 _reap_ours(member)
         else:
+            _continue(pidfd, held.values())
+            done = True
             reap_orphans(pidfd.pid)
         return count
     finally:
+        if not done:
+            _continue(pidfd, held.values())
         for member in held.values():
             with contextlib.suppress(OSError):
                 member.close()
+
+
+def _continue(pidfd: PidFd, members: Iterable[PidFd]) -> None:
+    _signal(pidfd, signal.SIGCONT)
+    for member in members:
+        _signal(member, signal.SIGCONT)
+
+
+def _signal_group(pidfd: PidFd, sig: int) -> int:
+    """The fallback without pidfd_open: the process group the process leads."""
+    pid = pidfd.pid
+    try:
+        leads = os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return 0
+    try:
+        if leads:
+            os.killpg(pid, sig)
+            if sig != signal.SIGKILL:
+                os.killpg(pid, signal.SIGCONT)
+            return 1
+        return 1 if _signal(pidfd, sig) else 0
+    except ProcessLookupError:
+        return 0

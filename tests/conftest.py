@@ -36,8 +36,19 @@ def zombies() -> list[int]:
 
 
 def fork_child(body: Callable[[], int | None], *, exit_signal: int = signal.SIGCHLD) -> PidFd:
-    """Run *body* in a child made by clone3(CLONE_PIDFD); its return is the exit code."""
-    pid, fd = syscalls.clone3(flags=CloneFlag.CLONE_PIDFD, exit_signal=exit_signal)
+    """Run *body* in a child with a pidfd; its return is the exit code.
+
+    The child is made by clone3(CLONE_PIDFD) where the kernel and sandbox
+    allow it; else by fork() and pidfd_open (race-free here: nothing else in
+    the test may reap it); without pidfds at all, the test is skipped.
+    """
+    if FEATURES.clone3 and FEATURES.clone_pidfd:
+        pid, fd = syscalls.clone3(flags=CloneFlag.CLONE_PIDFD, exit_signal=exit_signal)
+    elif FEATURES.pidfd_open and exit_signal == signal.SIGCHLD:
+        pid = os.fork()
+        fd = syscalls.pidfd_open(pid) if pid else None
+    else:
+        pytest.skip(f"no way to take a child's pidfd here ({FEATURES.notes})")
     if pid == 0:
         code = 70
         try:
@@ -88,6 +99,44 @@ def require(name: str) -> pytest.MarkDecorator:
 PYTHON = sys.executable
 
 
+def _threads_work() -> bool:
+    import threading
+
+    try:
+        thread = threading.Thread(target=lambda: None)
+        thread.start()
+    except RuntimeError:
+        return False
+    thread.join()
+    return True
+
+
+#: False where no thread can be created: glibc 2.34+ creates threads with
+#: clone3 and gives up on EPERM, as under old Docker seccomp profiles.
+THREADS_WORK = _threads_work()
+needs_threads = pytest.mark.skipif(
+    not THREADS_WORK, reason="no thread can be created here (clone3 refused with EPERM)"
+)
+
+
+_LEGACY_CLONE_PIDFD: list[bool] = []
+
+
+def _legacy_clone_pidfd() -> bool:
+    """Whether clone(CLONE_PIDFD) works here (qemu-user and some filters refuse it)."""
+    if not _LEGACY_CLONE_PIDFD:
+        try:
+            child = pyclone3.spawn(["/bin/true"], spawn_path="clone")
+        except OSError:
+            _LEGACY_CLONE_PIDFD.append(False)
+        else:
+            if child.pidfd is not None:
+                child.pidfd.wait()
+                child.pidfd.close()
+            _LEGACY_CLONE_PIDFD.append(child.pidfd is not None)
+    return _LEGACY_CLONE_PIDFD[0]
+
+
 def _path_unavailable(path: str) -> str | None:
     from pyclone3._clone3 import lib
 
@@ -95,7 +144,27 @@ def _path_unavailable(path: str) -> str | None:
         return "clone3 spawn unsupported here"
     if path in ("clone", "vfork_pidfd") and not FEATURES.pidfd_open:
         return "no pidfds on this kernel"
+    if path == "clone" and not _legacy_clone_pidfd():
+        return "clone(CLONE_PIDFD) refused here"
     return None
+
+
+def _clone_paths() -> tuple[str, ...]:
+    from pyclone3._clone3 import lib
+
+    paths = ("clone",) if FEATURES.pidfd_open and _legacy_clone_pidfd() else ()
+    if FEATURES.clone3 and FEATURES.clone_pidfd and lib.HAS_CLONE3_SPAWN:
+        paths = ("clone3", *paths)
+    return paths
+
+
+#: The clone paths this kernel and sandbox allow (CLONE_PIDFD on clone: 5.2).
+CLONE_PATHS = _clone_paths()
+
+
+requires_clone_options = pytest.mark.skipif(
+    not CLONE_PATHS, reason="neither clone3 nor clone(CLONE_PIDFD) is allowed here"
+)
 
 
 @pytest.fixture(params=pyclone3.SPAWN_PATHS)

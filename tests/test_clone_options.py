@@ -17,7 +17,17 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from conftest import PYTHON, fork_child, require, requires_root, sleeper
+from conftest import (
+    CLONE_PATHS,
+    FEATURES,
+    PYTHON,
+    fork_child,
+    needs_threads,
+    require,
+    requires_clone_options,
+    requires_root,
+    sleeper,
+)
 
 import pyclone3
 from pyclone3 import CloneFlag, clone_options
@@ -85,6 +95,14 @@ def unprivileged(body: object) -> int:
         return child.wait(30).returncode
     finally:
         child.close()
+
+
+def skip_unless_path(path: str) -> None:
+    from conftest import _path_unavailable
+
+    reason = _path_unavailable(path)
+    if reason:
+        pytest.skip(reason)
 
 
 # ---- the checks before any syscall --------------------------------------------
@@ -181,12 +199,15 @@ def test_a_path_that_cannot_honour_the_options_is_refused() -> None:
 # ---- namespaces ----------------------------------------------------------------
 
 
+@requires_clone_options
 @requires_root
 @pytest.mark.parametrize("flag", list(NS_FILES), ids=lambda f: NS_FILES[f])
 def test_each_namespace_flag_puts_the_child_in_a_new_one(flag: CloneFlag) -> None:
     name = NS_FILES[flag]
     if not os.path.exists(f"/proc/self/ns/{name}"):
         pytest.skip(f"this kernel has no {name} namespaces")
+    if flag == CloneFlag.CLONE_NEWTIME and not FEATURES.clone3:
+        pytest.skip("CLONE_NEWTIME needs clone3, which this kernel or sandbox lacks")
     plain = report()
     assert plain[f"ns_{name}"] == own_ns(name)
     inside = report(clone_flags=flag)
@@ -200,22 +221,25 @@ def test_each_namespace_flag_puts_the_child_in_a_new_one(flag: CloneFlag) -> Non
             assert inside[f"ns_{other_name}"] == plain[f"ns_{other_name}"], other_name
 
 
+@requires_clone_options
 @requires_root
 def test_new_pid_and_uts_namespaces_seen_from_inside() -> None:
     inside = report(clone_flags=CloneFlag.CLONE_NEWPID | CloneFlag.CLONE_NEWUTS)
     assert inside["pid"] == "1"
 
 
+@requires_clone_options
 @requires_root
 def test_all_namespaces_at_once_on_each_clone_path() -> None:
     every = NAMESPACE_FLAGS & ~CloneFlag.CLONE_NEWTIME
-    for path in ("clone3", "clone"):
+    for path in CLONE_PATHS:
         inside = report(clone_flags=every, spawn_path=path)
         assert inside["pid"] == "1"
         for name in ("mnt", "net", "uts", "ipc", "user", "cgroup"):
             assert inside[f"ns_{name}"] != own_ns(name), (path, name)
 
 
+@requires_clone_options
 def test_unprivileged_namespace_is_a_clear_permission_error() -> None:
     def body() -> int:
         try:
@@ -238,6 +262,7 @@ def _userns_allowed() -> bool:
         return False
 
 
+@requires_clone_options
 @pytest.mark.skipif(not _userns_allowed(), reason="user namespaces are disabled here")
 def test_unprivileged_user_becomes_root_in_a_user_namespace() -> None:
     """unshare -r: an unprivileged user maps itself to root and is root inside."""
@@ -266,6 +291,7 @@ def test_unprivileged_user_becomes_root_in_a_user_namespace() -> None:
     assert out == ["0", "0", "0", outside, "1", "deny"]
 
 
+@requires_clone_options
 @requires_root
 def test_root_maps_a_range_and_allows_setgroups() -> None:
     r, w = os.pipe()
@@ -288,6 +314,7 @@ def test_root_maps_a_range_and_allows_setgroups() -> None:
     assert out == ["0", "0", "0", "1", "1", "100000", "1000", "allow"]
 
 
+@requires_clone_options
 def test_a_refused_map_reaps_the_waiting_child() -> None:
     """Mapping someone else's uid fails with the kernel's error; nothing is left behind."""
 
@@ -349,6 +376,7 @@ def cgroup_dir() -> Iterator[tuple[str, str]]:
 
 @pytest.mark.parametrize("path", ["clone3", "clone", "vfork_pidfd"])
 def test_child_is_born_in_the_cgroup(cgroup_dir: tuple[str, str], path: str) -> None:
+    skip_unless_path(path)
     where, rel = cgroup_dir
     inside = report(cgroup=where, spawn_path=path)
     assert inside["cgroup"] == f"0::{rel}"
@@ -379,7 +407,7 @@ def test_unprivileged_cgroup_is_a_clear_permission_error() -> None:
         pytest.skip("no cgroup v2 hierarchy mounted")
 
     def body() -> int:
-        for path in ("clone3", "clone"):
+        for path in CLONE_PATHS:
             try:
                 pyclone3.spawn(["/bin/true"], cgroup=mount, spawn_path=path)
             except PermissionError as exc:
@@ -434,11 +462,13 @@ def test_set_tid_in_a_new_pid_namespace_chooses_both_pids() -> None:
 
 
 @requires_root
+@require("clone3")
 def test_set_tid_of_a_pid_in_use_is_the_kernels_eexist() -> None:
     with pytest.raises(FileExistsError):
         pyclone3.spawn(["/bin/true"], set_tid=[os.getpid()])
 
 
+@require("clone3")
 def test_unprivileged_set_tid_is_a_clear_permission_error() -> None:
     def body() -> int:
         try:
@@ -450,6 +480,7 @@ def test_unprivileged_set_tid_is_a_clear_permission_error() -> None:
     assert unprivileged(body) == 0
 
 
+@requires_clone_options
 @pytest.mark.parametrize("exit_signal", [0, signal.SIGUSR1])
 def test_exit_signal_applies_until_exec(exit_signal: int) -> None:
     """The parent gets *exit_signal* if the child dies before exec; execve resets it to SIGCHLD.
@@ -480,6 +511,7 @@ def test_exit_signal_applies_until_exec(exit_signal: int) -> None:
     assert got == [signal.SIGCHLD]
 
 
+@requires_clone_options
 def test_clone_parent_makes_the_child_our_sibling() -> None:
     """A child spawned with CLONE_PARENT by a child of ours is our child: we reap it."""
     r, w = os.pipe()
@@ -501,9 +533,12 @@ def test_clone_parent_makes_the_child_our_sibling() -> None:
     assert pid == sibling and os.waitstatus_to_exitcode(status) == 0
 
 
+@needs_threads
+@requires_clone_options
 @requires_root
 @pytest.mark.parametrize("path", ["clone3", "clone", "vfork_pidfd"])
 def test_setns_starts_the_child_in_another_process_namespaces(path: str) -> None:
+    skip_unless_path(path)
     r, w = os.pipe()
     target = pyclone3.spawn(
         ["/bin/sh", "-c", "hostname pyclone3-target; echo ready; exec sleep 30"],
@@ -575,6 +610,7 @@ def test_cgroup_fallback_when_clone_into_cgroup_is_refused(
 
     if not seccomp.supported():
         pytest.skip("no syscall table for this CPU")
+    skip_unless_path(path)
     where, rel = cgroup_dir
     helper = os.path.join(HERE, "seccomp.py")
     result = subprocess.run(
@@ -596,6 +632,7 @@ def test_module_is_exported() -> None:
 # ---- the same options through Popen (CommandExt) --------------------------------
 
 
+@requires_clone_options
 @requires_root
 def test_popen_takes_the_clone_options(cgroup_dir: tuple[str, str]) -> None:
     where, rel = cgroup_dir
@@ -617,6 +654,7 @@ def test_popen_checks_the_options_before_spawning() -> None:
         pyclone3.Popen(["/bin/true"], clone_flags=CloneFlag.CLONE_NEWNET, preexec_fn=os.getpid)
 
 
+@requires_clone_options
 @pytest.mark.skipif(not _userns_allowed(), reason="user namespaces are disabled here")
 def test_popen_unprivileged_map_root_user() -> None:
     r, w = os.pipe()

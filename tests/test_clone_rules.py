@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from conftest import fork_child, requires_root
+from conftest import fork_child, require, requires_root
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -33,7 +33,7 @@ import pyclone3
 from pyclone3 import CloneFlag
 from pyclone3.clone_options import SPAWN_CLONE_FLAGS, CloneOptions, check_clone_options
 
-pytestmark = [requires_root]
+pytestmark = [requires_root, require("clone3")]
 
 _RECORD = struct.Struct("iii")  # errno (0: spawned), fds leaked, zombies left
 PR_SET_CHILD_SUBREAPER = 36

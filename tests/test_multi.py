@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from conftest import open_fds, require, sleeper
+from conftest import needs_threads, open_fds, require, sleeper
 
 import pyclone3
 from pyclone3 import PidFd, Popen
@@ -132,6 +132,7 @@ def test_a_burst_is_reaped_in_few_wakeups(monkeypatch: pytest.MonkeyPatch) -> No
     assert len(polls) <= 2
 
 
+@require("pidfd_open")
 def test_arguments_are_checked_before_waiting() -> None:
     with pytest.raises(TypeError):
         list(iter_exits([os.getpid()]))  # type: ignore[list-item]
@@ -149,6 +150,7 @@ def test_arguments_are_checked_before_waiting() -> None:
         wait_any([])
 
 
+@needs_threads
 def test_a_pidfd_closed_during_iteration_is_not_freed_under_it() -> None:
     import threading
 

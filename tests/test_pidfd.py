@@ -12,7 +12,7 @@ import time
 import warnings
 
 import pytest
-from conftest import fork_child, require, sleeper, spawn
+from conftest import fork_child, needs_threads, require, requires_clone_options, sleeper, spawn
 
 import pyclone3
 from pyclone3 import PidFd, WaitStatus, WaitTimeout, syscalls
@@ -21,6 +21,7 @@ from pyclone3 import pidfd as pidfd_module
 # ---- construction and ownership -------------------------------------------
 
 
+@require("pidfd_open")
 def test_open_by_pid_and_context_manager_closes() -> None:
     with PidFd.open(os.getpid()) as own:
         fd = own.fileno()
@@ -31,12 +32,14 @@ def test_open_by_pid_and_context_manager_closes() -> None:
         own.fileno()
 
 
+@require("pidfd_open")
 def test_pid_is_found_from_the_fd_alone() -> None:
     fd = syscalls.pidfd_open(os.getpid())
     with PidFd(fd) as own:
         assert own.pid == os.getpid()
 
 
+@require("pidfd_open")
 def test_pid_lookup_falls_back_to_fdinfo(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_ioctl(*args: object) -> object:  # a kernel before 6.13
         raise OSError(25, "Inappropriate ioctl for device")
@@ -63,6 +66,7 @@ def test_bad_fd_arguments(fd: object, exc: type[Exception]) -> None:
         PidFd(fd)  # type: ignore[arg-type]
 
 
+@require("pidfd_open")
 def test_double_close_is_harmless() -> None:
     own = PidFd.open(os.getpid())
     own.close()
@@ -70,6 +74,7 @@ def test_double_close_is_harmless() -> None:
     assert own.closed
 
 
+@require("pidfd_open")
 @pytest.mark.parametrize(
     "use",
     [
@@ -93,6 +98,7 @@ def test_every_method_of_a_closed_pidfd_raises_value_error(use: object) -> None:
         use(own)  # type: ignore[operator]
 
 
+@require("pidfd_open")
 def test_detach_hands_over_the_fd() -> None:
     own = PidFd.open(os.getpid())
     fd = own.detach()
@@ -101,6 +107,7 @@ def test_detach_hands_over_the_fd() -> None:
     os.close(fd)
 
 
+@require("pidfd_open")
 def test_garbage_collected_open_pidfd_warns_and_closes() -> None:
     own = PidFd.open(os.getpid())
     fd = own.fileno()
@@ -110,6 +117,7 @@ def test_garbage_collected_open_pidfd_warns_and_closes() -> None:
     assert not os.path.exists(f"/proc/self/fd/{fd}")
 
 
+@require("pidfd_open")
 def test_garbage_collected_pidfd_closes_even_when_warnings_are_errors() -> None:
     own = PidFd.open(os.getpid())
     fd = own.fileno()
@@ -260,6 +268,7 @@ def test_spurious_readiness_loops_back_to_waiting(monkeypatch: pytest.MonkeyPatc
     assert len(wakeups) == 3
 
 
+@needs_threads
 def test_two_threads_waiting_get_the_same_status() -> None:
     results: list[WaitStatus] = []
     with spawn("/bin/sleep", "0.2") as child:
@@ -272,6 +281,7 @@ def test_two_threads_waiting_get_the_same_status() -> None:
     assert results[0].exit_code == 0
 
 
+@needs_threads
 def test_close_while_another_thread_waits_defers_the_real_close() -> None:
     child = spawn("/bin/sleep", "0.3")
     fd = child.fileno()
@@ -304,6 +314,7 @@ def test_signalling_an_exited_child_raises_process_lookup_error() -> None:
             child.send_signal(signal.SIGTERM)
 
 
+@require("pidfd_open")
 def test_send_signal_checks_types() -> None:
     with PidFd.open(os.getpid()) as own:
         with pytest.raises(TypeError):
@@ -364,6 +375,7 @@ def test_wait_on_a_non_child_times_out_while_it_runs(grandchild: object) -> None
         assert other.wait(timeout=10).exit_code == 0
 
 
+@require("pidfd_open")
 def test_wait_on_a_non_child_without_exit_info_raises_after_exit(
     grandchild: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -430,6 +442,7 @@ def test_identity_survives_the_process_and_the_close() -> None:
     assert hash(child) == key and child == again  # kept once known
 
 
+@require("pidfd_open")
 def test_without_identity_a_pidfd_equals_only_itself() -> None:
     a = PidFd.open(os.getpid())
     b = PidFd.open(os.getpid())
@@ -438,6 +451,7 @@ def test_without_identity_a_pidfd_equals_only_itself() -> None:
     assert a == a and a != b and hash(a) != hash(b)
 
 
+@require("pidfd_open")
 def test_comparing_with_other_types() -> None:
     with PidFd.open(os.getpid()) as a:
         assert a != os.getpid() and (a == "x") is False
@@ -448,27 +462,24 @@ def test_comparing_with_other_types() -> None:
 
 def _in_new_uts_namespace(hostname: str) -> PidFd:
     """A child of ours in a new UTS namespace with *hostname*; ready when returned."""
-    import socket
-
     from pyclone3 import CloneFlag
 
     r, w = os.pipe()
-    pid, fd = syscalls.clone3(flags=CloneFlag.CLONE_NEWUTS | CloneFlag.CLONE_PIDFD)
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.close(r)
-            socket.sethostname(hostname)
-            os.write(w, b"ready")
-            time.sleep(30)
-        finally:
-            os._exit(0)
-    os.close(w)
-    assert os.read(r, 5) == b"ready"
-    os.close(r)
-    assert fd is not None
-    return PidFd(fd, pid=pid)
+    try:
+        child = pyclone3.spawn(
+            ["/bin/sh", "-c", f"hostname {hostname}; echo ready; exec sleep 30"],
+            stdout=w,
+            clone_flags=CloneFlag.CLONE_NEWUTS,
+        )
+    finally:
+        os.close(w)
+    with os.fdopen(r, "rb") as f:
+        assert f.read(5) == b"ready"
+    assert child.pidfd is not None
+    return child.pidfd
 
 
+@requires_clone_options
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a UTS namespace")
 def test_setns_enters_the_namespaces_of_a_process() -> None:
     import socket
@@ -497,7 +508,35 @@ def test_setns_unprivileged_is_a_permission_error() -> None:
         init.setns(CloneFlag.CLONE_NEWNET)
 
 
+@require("pidfd_open")
 @pytest.mark.parametrize("flags, exc", [(0, ValueError), (1 << 8, ValueError), ("NET", TypeError)])
 def test_setns_checks_flags(flags: object, exc: type) -> None:
     with PidFd.open(os.getpid()) as own, pytest.raises(exc):
         own.setns(flags)  # type: ignore[arg-type]
+
+
+@needs_threads
+def test_waiters_racing_the_reaping_thread_get_its_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before PIDFD_INFO_EXIT (simulated), a waiter that gets ECHILD because a
+    sibling thread has just reaped must take that thread's status, not fail."""
+    monkeypatch.setattr(pidfd_module, "_exit_info_supported", lambda: False)
+
+    def waiter(child: PidFd, results: list[WaitStatus], errors: list[BaseException]) -> None:
+        try:
+            results.append(child.wait())
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    for _ in range(200):
+        results: list[WaitStatus] = []
+        errors: list[BaseException] = []
+        with spawn("/bin/sleep", "0.002") as child:
+            threads = [
+                threading.Thread(target=waiter, args=(child, results, errors)) for _ in range(4)
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        assert not errors, errors
+        assert len(results) == 4 and all(r == results[0] for r in results)

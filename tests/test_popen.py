@@ -16,7 +16,7 @@ import sys
 import time
 
 import pytest
-from conftest import FEATURES, PYTHON
+from conftest import FEATURES, PYTHON, needs_threads
 
 import pyclone3
 from pyclone3 import PidFd, PidfdUnavailableError, Popen
@@ -276,6 +276,7 @@ def test_preexec_fn_runs_in_the_child(tmp_path: object) -> None:
         assert f.read() == "True"
 
 
+@needs_threads
 def test_preexec_fn_with_threads_running_warns_no_more_than_subprocess() -> None:
     import threading
     import warnings

@@ -9,9 +9,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from conftest import require
 
 import pyclone3
 from pyclone3 import PidFd, syscalls, tree
+
+pytestmark = require("pidfd_open")  # the tests hold the members by pidfd
 
 # A tree: the shell, a background sleep, a subshell's orphaned sleep (its
 # parent exits at once, so it is reparented: to us, as a subreaper), and a
@@ -128,8 +131,11 @@ def test_popen_kill_tree_option_makes_kill_and_terminate_reach_the_tree() -> Non
             assert tree.is_child_subreaper()  # set at spawn
             getattr(p, method)()
             assert p.wait() == -sig
-            for m in members:
-                m.wait(5)  # gone (and reaped, if ours)
+            for m in members:  # gone (and reaped, if ours)
+                deadline = time.monotonic() + 5
+                while m.is_alive() and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                assert not m.is_alive()
                 m.close()
             p.stdout.close()  # type: ignore[union-attr]
             tree.reap_orphans(p.pid)  # a SIGTERM straggler may die after the root
