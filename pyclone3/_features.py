@@ -229,6 +229,8 @@ def _probe_with(p: _Prober) -> Features:
             p.notes[name] = "needs pidfd_open"
 
     clone3, clone_pidfd, info_exit = _probe_clone3(p, get_info)
+    if own is None and clone_pidfd:
+        send, waitid_pidfd = _probe_with_a_child_pidfd(p)
     identity = _probe_identity(p, own)
     mount, cgroup = _cgroup2()
     return Features(
@@ -249,6 +251,35 @@ def _probe_with(p: _Prober) -> Features:
         cgroup=cgroup,
         notes=p.notes,
     )
+
+
+def _probe_with_a_child_pidfd(p: _Prober) -> tuple[bool, bool]:
+    """pidfd_open is refused, but clone3 gives pidfds: probe (pidfd_send_signal,
+    waitid_pidfd) on a probe child's, which the waitid reaps when it works."""
+    try:
+        pid, fd = _clone3_child(CloneFlag.CLONE_PIDFD)
+    except OSError:
+        return False, False
+    try:
+        send, _ = p.succeeds("pidfd_send_signal", syscalls.pidfd_send_signal, fd, 0, 0)
+        waitid_pidfd, _ = p.succeeds(
+            "waitid_pidfd",
+            syscalls.waitid,
+            IdType.P_PIDFD,
+            fd,
+            WaitFlag.WEXITED | WaitFlag["__WALL"],
+            accept=(errno.ECHILD,),  # reaped by someone else: P_PIDFD was understood
+        )
+        if send:
+            p.notes.pop("pidfd_send_signal", None)
+        if waitid_pidfd:
+            p.notes.pop("waitid_pidfd", None)
+        else:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, lib.__WALL)
+        return send, waitid_pidfd
+    finally:
+        os.close(fd)
 
 
 def _probe_identity(p: _Prober, own: int | None) -> bool:

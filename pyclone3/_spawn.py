@@ -61,6 +61,7 @@ ENV_VAR = "PYCLONE3_SPAWN_PATH"
 
 _NO_FDS = (-1, -1, -1, -1, -1, -1)
 _SIGCHLD = int(signal.SIGCHLD)
+_WALL = 0x40000000  # __WALL: also a child with another exit signal
 _STACK_SIZE = 64 * 1024
 _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 
@@ -315,14 +316,14 @@ class _Plan:
 
 def _reap(pid: int, pidfd: PidFd | None) -> int | None:
     """Reap a child that failed before exec; return its returncode."""
-    if pidfd is not None:
+    if pidfd is not None and features().waitid_pidfd:
         try:
             return pidfd.wait().returncode
         except ChildProcessError:
             return None
     while True:
         try:
-            _, wstatus = os.waitpid(pid, 0)
+            _, wstatus = os.waitpid(pid, _WALL)
         except ChildProcessError:
             return None
         return os.waitstatus_to_exitcode(wstatus)

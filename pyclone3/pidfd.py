@@ -394,6 +394,23 @@ class PidFd:
         finally:
             self._release()
 
+    def _send_signal_or_kill(self, sig: int) -> None:
+        """send_signal, or, where pidfd_send_signal is missing (ENOSYS), kill(2)
+        once the pidfd shows the process still runs: then it is unreaped and
+        its PID cannot name another process (short of a reap in between,
+        the window subprocess always has). For callers that mirror
+        subprocess (Popen, kill_tree); :meth:`send_signal` itself never
+        falls back.
+        """
+        try:
+            self.send_signal(sig)
+        except OSError as exc:
+            if exc.errno != errno.ENOSYS:
+                raise
+            if not self.is_alive():
+                raise ProcessLookupError(errno.ESRCH, f"process {self._pid} has exited") from None
+            os.kill(self._pid, sig)
+
     def terminate(self) -> None:
         """Send ``SIGTERM`` (see :meth:`send_signal`)."""
         self.send_signal(signal.SIGTERM)

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import tree
+from ._features import features
 from ._spawn import SPAWN_PATHS, check_pdeathsig, spawn_for_popen
 from .clone_options import IdMap, check_clone_options
 from .pidfd import PidFd, WaitTimeout
@@ -259,6 +260,20 @@ class ChildExt:
             return None
         return pidfd
 
+    def _done_without_waitid(self) -> None:
+        """The standard library reaped (no waitid(P_PIDFD) here): close our pidfd."""
+        pidfd: PidFd | None = getattr(self, "_pidfd", None)
+        if self.returncode is not None and pidfd is not None and self._pidfd_owned:
+            pidfd.close()
+            self._reap_tree()
+
+    def _pidfd_for_reap(self) -> PidFd | None:
+        """The pidfd, if waitid(P_PIDFD) works here (Linux 5.4+, not filtered)."""
+        pidfd = self._pidfd_for_wait()
+        if pidfd is None or not features().waitid_pidfd:
+            return None
+        return pidfd
+
     def _reaped(self, status: WaitStatus | None) -> None:
         """Record the child's end; call with _waitpid_lock held, or when no one else can."""
         if self.returncode is None:
@@ -304,9 +319,11 @@ class ChildExt:
     def _internal_poll(
         self, _deadstate: int | None = None, *args: Any, **kwargs: Any
     ) -> int | None:
-        pidfd = self._pidfd_for_wait()
+        pidfd = self._pidfd_for_reap()
         if pidfd is None:
-            return super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc, no-any-return]
+            code = super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc]
+            self._done_without_waitid()
+            return code  # type: ignore[no-any-return]
         if self.returncode is None:
             if not self._waitpid_lock.acquire(False):
                 return None  # another thread is waiting: we know nothing yet
@@ -328,9 +345,11 @@ class ChildExt:
         return self.returncode
 
     def _wait(self, timeout: float | None) -> int | None:
-        pidfd = self._pidfd_for_wait()
+        pidfd = self._pidfd_for_reap()
         if pidfd is None:
-            return super()._wait(timeout)  # type: ignore[misc, no-any-return]
+            code = super()._wait(timeout)  # type: ignore[misc]
+            self._done_without_waitid()
+            return code  # type: ignore[no-any-return]
         if self.returncode is not None:
             return self.returncode
         closed = False
@@ -353,7 +372,11 @@ class ChildExt:
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        """Signal the child through its pidfd; nothing happens once it has been reaped."""
+        """Signal the child through its pidfd; nothing happens once it has been reaped.
+
+        Where ``pidfd_send_signal`` is missing (before Linux 5.1, or filtered),
+        ``kill(2)`` is used once the pidfd shows the child still runs.
+        """
         pidfd = self._pidfd_for_wait()
         if pidfd is None:
             super().send_signal(sig)  # type: ignore[misc]
@@ -363,7 +386,7 @@ class ChildExt:
             return
         # ProcessLookupError: exited, not yet reaped; ValueError: closed meanwhile.
         with contextlib.suppress(ProcessLookupError, ValueError):
-            pidfd.send_signal(sig)
+            pidfd._send_signal_or_kill(sig)
 
 
 class Popen(CommandExt, ChildExt, subprocess.Popen):  # type: ignore[type-arg]

@@ -139,7 +139,7 @@ def descendants(pidfd: PidFd) -> list[PidFd]:
 
 def _signal(pidfd: PidFd, sig: int) -> bool:
     try:
-        pidfd.send_signal(sig)
+        pidfd._send_signal_or_kill(sig)
     except (ProcessLookupError, ValueError):
         return False
     return True
@@ -149,8 +149,25 @@ def _reap_ours(pidfd: PidFd) -> bool:
     """Reap *pidfd*'s process if it is our exited child; True once it needs nothing more."""
     info = ffi.new("struct pyclone3_waitinfo *")
     if lib.sys_waitid(lib.P_PIDFD, pidfd.fileno(), info, _WEXITED_WNOHANG_WALL, ffi.NULL) < 0:
-        return bool(ffi.errno == errno.ECHILD)  # not ours: its own parent reaps it
+        if ffi.errno != errno.ENOSYS:
+            return bool(ffi.errno == errno.ECHILD)  # not ours: its own parent reaps it
+        # No waitid(P_PIDFD) (before 5.4): by PID, if it is our exited child.
+        if pidfd.is_alive() or _parent_of(pidfd.pid) != os.getpid():
+            return not pidfd.is_alive()
+        try:
+            return os.waitpid(pidfd.pid, os.WNOHANG | _WALL)[0] != 0
+        except ChildProcessError:
+            return True
     return bool(info.pid != 0)
+
+
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[1])
+    except (OSError, ValueError):
+        return -1
 
 
 def reap_orphans(session: int) -> int:

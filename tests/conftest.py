@@ -131,7 +131,10 @@ def _legacy_clone_pidfd() -> bool:
             _LEGACY_CLONE_PIDFD.append(False)
         else:
             if child.pidfd is not None:
-                child.pidfd.wait()
+                if FEATURES.waitid_pidfd:
+                    child.pidfd.wait()
+                else:
+                    os.waitpid(child.pid, 0)
                 child.pidfd.close()
             _LEGACY_CLONE_PIDFD.append(child.pidfd is not None)
     return _LEGACY_CLONE_PIDFD[0]

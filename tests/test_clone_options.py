@@ -33,6 +33,8 @@ import pyclone3
 from pyclone3 import CloneFlag, clone_options
 from pyclone3.clone_options import NAMESPACE_FLAGS, check_clone_options
 
+pytestmark = require("waitid_pidfd")  # these tests reap through pidfds
+
 NOBODY = 65534
 PR_SET_DUMPABLE = 4
 NS_FILES = {
@@ -533,6 +535,7 @@ def test_clone_parent_makes_the_child_our_sibling() -> None:
     assert pid == sibling and os.waitstatus_to_exitcode(status) == 0
 
 
+@require("pidfd_send_signal")
 @needs_threads
 @requires_clone_options
 @requires_root
@@ -565,6 +568,7 @@ def test_setns_starts_the_child_in_another_process_namespaces(path: str) -> None
         target.pidfd.close()
 
 
+@require("pidfd_send_signal")
 def test_unprivileged_setns_is_a_clear_permission_error() -> None:
     target = sleeper()
     try:

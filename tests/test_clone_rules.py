@@ -33,7 +33,12 @@ import pyclone3
 from pyclone3 import CloneFlag
 from pyclone3.clone_options import SPAWN_CLONE_FLAGS, CloneOptions, check_clone_options
 
-pytestmark = [requires_root, require("clone3")]
+pytestmark = [
+    requires_root,
+    require("clone3"),
+    require("pidfd_send_signal"),
+    require("waitid_pidfd"),
+]
 
 _RECORD = struct.Struct("iii")  # errno (0: spawned), fds leaked, zombies left
 PR_SET_CHILD_SUBREAPER = 36

@@ -14,6 +14,8 @@ import pyclone3
 from pyclone3 import PidFd, Popen
 from pyclone3.multi import WaitAllTimeout, iter_exits, wait_all, wait_any
 
+pytestmark = require("waitid_pidfd")  # these tests reap through pidfds
+
 
 def test_exits_are_reported_in_exit_order_with_their_status() -> None:
     delays = [0.25, 0.05, 0.15, 0.0]
@@ -44,6 +46,7 @@ def test_wait_all_returns_statuses_in_the_order_given() -> None:
     assert [s.exit_code for s in wait_all(procs)] == [0, 1, 2, 3, 4]
 
 
+@require("pidfd_send_signal")
 def test_wait_any_returns_the_first_and_leaves_the_rest() -> None:
     slow = sleeper(30)
     fast = pyclone3.spawn(["/bin/sh", "-c", "exit 9"]).pidfd

@@ -18,6 +18,8 @@ import pyclone3
 from pyclone3 import PidFd, WaitStatus, WaitTimeout, syscalls
 from pyclone3 import pidfd as pidfd_module
 
+pytestmark = require("waitid_pidfd")  # these tests reap through pidfds
+
 # ---- construction and ownership -------------------------------------------
 
 
@@ -157,6 +159,7 @@ def test_wait_returns_status_and_caches_it() -> None:
         assert child.returncode == 7 and not child.is_alive()
 
 
+@require("pidfd_send_signal")
 def test_try_wait_is_none_while_running_then_reaps() -> None:
     with sleeper() as child:
         assert child.try_wait() is None and child.is_alive() and child.returncode is None
@@ -164,12 +167,14 @@ def test_try_wait_is_none_while_running_then_reaps() -> None:
         assert child.wait().returncode == -signal.SIGKILL
 
 
+@require("pidfd_send_signal")
 def test_terminate_gives_minus_sigterm() -> None:
     with sleeper() as child:
         child.terminate()
         assert child.wait().returncode == -signal.SIGTERM
 
 
+@require("pidfd_send_signal")
 @pytest.mark.parametrize("timeout", [0, 0.0, -1, -math.inf, 0.05])
 def test_wait_times_out_on_a_running_child(timeout: float) -> None:
     with sleeper() as child:
@@ -190,6 +195,7 @@ def test_long_and_infinite_timeouts_do_not_overflow(timeout: float) -> None:
         assert child.wait(timeout).exit_code == 0
 
 
+@require("pidfd_send_signal")
 @pytest.mark.parametrize(
     "timeout, exc", [(math.nan, ValueError), ("1", TypeError), (True, TypeError), ([], TypeError)]
 )
@@ -216,6 +222,7 @@ def test_wait_uses_no_cpu_while_sleeping() -> None:
         assert time.thread_time() - cpu < 0.05
 
 
+@require("pidfd_send_signal")
 def test_wait_is_interrupted_by_a_signal_handler_exception() -> None:
     class Interrupted(Exception):
         pass
@@ -314,6 +321,7 @@ def test_signalling_an_exited_child_raises_process_lookup_error() -> None:
             child.send_signal(signal.SIGTERM)
 
 
+@require("pidfd_send_signal")
 @require("pidfd_open")
 def test_send_signal_checks_types() -> None:
     with PidFd.open(os.getpid()) as own:
@@ -419,6 +427,7 @@ def test_getfd_through_the_object() -> None:
 # ---- identity ---------------------------------------------------------------------
 
 
+@require("pidfd_send_signal")
 @require("pidfd_identity")
 def test_pidfds_of_one_process_are_equal_and_hash_alike() -> None:
     with PidFd.open(os.getpid()) as a, PidFd.open(os.getpid()) as b, sleeper() as other:
@@ -430,6 +439,7 @@ def test_pidfds_of_one_process_are_equal_and_hash_alike() -> None:
         other.wait()
 
 
+@require("pidfd_send_signal")
 @require("pidfd_identity")
 def test_identity_survives_the_process_and_the_close() -> None:
     with sleeper() as child:
@@ -479,6 +489,7 @@ def _in_new_uts_namespace(hostname: str) -> PidFd:
     return child.pidfd
 
 
+@require("pidfd_send_signal")
 @requires_clone_options
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a UTS namespace")
 def test_setns_enters_the_namespaces_of_a_process() -> None:

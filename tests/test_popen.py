@@ -16,7 +16,7 @@ import sys
 import time
 
 import pytest
-from conftest import FEATURES, PYTHON, needs_threads
+from conftest import FEATURES, PYTHON, needs_threads, require
 
 import pyclone3
 from pyclone3 import PidFd, PidfdUnavailableError, Popen
@@ -461,6 +461,7 @@ def test_create_pidfd_false_spawns_without_one() -> None:
         assert p.wait() == 0
 
 
+@require("waitid_pidfd")
 def test_take_pidfd_transfers_ownership(spawn_path: str) -> None:
     if spawn_path == "vfork":
         pytest.skip("no pidfd on this path")

@@ -26,6 +26,8 @@ from hypothesis import strategies as st
 import pyclone3
 from pyclone3 import CloneFlag, PidFd, Popen, spawn, syscalls
 
+pytestmark = require("waitid_pidfd")  # these tests reap through pidfds
+
 # ---- spawn() -------------------------------------------------------------------
 
 
@@ -320,6 +322,7 @@ def test_pdeathsig_kills_the_child_when_its_parent_dies(spawn_path: str, preexec
         assert _exited_within(orphan, 10)
 
 
+@require("pidfd_send_signal")
 @require("pidfd_open")
 def test_without_pdeathsig_the_orphan_lives_on() -> None:
     with _orphan(None) as orphan:

@@ -14,7 +14,8 @@ from conftest import require
 import pyclone3
 from pyclone3 import PidFd, syscalls, tree
 
-pytestmark = require("pidfd_open")  # the tests hold the members by pidfd
+# The tests hold the members by pidfd and reap through pidfds.
+pytestmark = [require("pidfd_open"), require("waitid_pidfd")]
 
 # A tree: the shell, a background sleep, a subshell's orphaned sleep (its
 # parent exits at once, so it is reparented: to us, as a subreaper), and a
@@ -104,6 +105,7 @@ def test_kill_tree_kills_and_reaps_every_member(subreaper: None) -> None:
             m.close()
 
 
+@require("pidfd_send_signal")
 def test_without_kill_tree_the_grandchildren_survive(subreaper: None) -> None:
     """The control: plain kill() leaves the tree running (so the tests above can fail)."""
     p, members = start_tree()
