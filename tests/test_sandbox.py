@@ -193,3 +193,51 @@ def test_no_pidfds_at_all_still_spawns() -> None:
     out = run_spawn_filtered("clone3=ENOSYS", "clone_pidfd=EINVAL", "pidfd_open=ENOSYS")
     check_spawning_works(out)
     assert out["paths"] == ["vfork"] * 3 and out["pidfd"] is None
+
+
+# ---- the spawn and PidFd suites, whole, under each profile -------------------------
+
+SUITES = [
+    "test_spawn.py",
+    "test_pidfd.py",
+    "test_popen.py",
+    "test_clone_options.py",
+    "test_multi.py",
+    "test_tree.py",
+]
+PROFILES = {
+    "no-clone3": ["clone3=ENOSYS"],
+    "clone3-eperm": ["clone3=EPERM"],  # old Docker: glibc cannot even start threads
+    "qemu-user": ["clone3=ENOSYS", "clone_pidfd=EINVAL"],
+    "no-pidfd_open": ["pidfd_open=ENOSYS"],
+    "no-pidfd_send_signal": ["pidfd_send_signal=ENOSYS"],
+    "no-waitid": ["waitid=ENOSYS"],
+    "no-pidfds": ["clone3=ENOSYS", "clone_pidfd=EINVAL", "pidfd_open=ENOSYS"],
+}
+
+
+@pytest.mark.parametrize("profile", list(PROFILES))
+def test_the_suites_pass_under_a_locked_down_kernel(profile: str) -> None:
+    """Every test passes, or skips for a feature features() says is missing.
+
+    The filter is installed in a disposable process that then runs pytest on
+    the spawn, PidFd, Popen, option, many-children and tree suites.
+    """
+    import re
+
+    result = subprocess.run(
+        [PYTHON, os.path.join(HERE, "seccomp.py"), *PROFILES[profile], "--"]
+        + [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+        + [os.path.join(HERE, name) for name in SUITES],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=os.path.dirname(HERE),
+    )
+    tail = result.stdout[-3000:]
+    assert result.returncode == 0, tail + result.stderr[-2000:]
+    summary = result.stdout.strip().splitlines()[-1]
+    passed = re.search(r"(\d+) passed", summary)
+    assert passed is not None, tail
+    assert int(passed.group(1)) >= 40, tail  # not a vacuous run
+    assert "failed" not in summary and "error" not in summary, tail
