@@ -10,8 +10,10 @@ import time
 
 import pytest
 from conftest import (
+    CLONE_PATHS,
     FEATURES,
     PYTHON,
+    _path_unavailable,
     fork_child,
     malloc_churn,
     needs_threads,
@@ -278,6 +280,62 @@ print(",".join(cached) or "-")
     assert set(cached.split(",")) - {"-"} <= earlier
     if lib.HAS_CLONE3_SPAWN and FEATURES.clone_pidfd:
         assert path == "clone3"
+
+
+def test_rlimit_nproc_eagain_is_raised_not_cached_and_leaves_nothing() -> None:
+    """As nobody (root is exempt), with RLIMIT_NPROC at 0: every path raises
+    BlockingIOError (EAGAIN), leaves no fd and no child, caches nothing, and
+    spawning works again once the limit is raised."""
+    import ctypes
+    import resource
+
+    import pyclone3._spawn as sp
+
+    cases = [{"spawn_path": p} for p in pyclone3.SPAWN_PATHS if not _path_unavailable(p)]
+    cases.append({"preexec_fn": lambda: None})
+    if CLONE_PATHS:
+        cases.append({"clone_flags": CloneFlag.CLONE_NEWUSER, "uid_map": "0 65534 1"})
+
+    libc = ctypes.CDLL(None)
+
+    def body() -> int:
+        if os.geteuid() == 0:
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, cleared by the setresuid
+        _, hard = resource.getrlimit(resource.RLIMIT_NPROC)
+        cached = set(sp._unsupported)
+        fds = open_fds()
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, hard))
+        for n, kw in enumerate(cases):
+            try:
+                pyclone3.spawn(["/bin/true"], **kw)
+            except BlockingIOError:
+                pass
+            else:
+                return 10 + n
+            if open_fds() != fds or zombies():
+                return 30 + n
+        if sp._unsupported != cached:
+            return 2
+        resource.setrlimit(resource.RLIMIT_NPROC, (hard, hard))
+        for n, kw in enumerate(cases):
+            child = pyclone3.spawn(["/bin/true"], **kw)
+            if child.pidfd is None:
+                os.waitpid(child.pid, 0)
+            else:
+                if child.pidfd.wait().returncode != 0:
+                    return 50 + n
+                child.pidfd.close()
+        return 0
+
+    zombies()  # imports what it needs now: nobody may not read our modules
+    child = fork_child(body)
+    try:
+        assert child.wait(60).returncode == 0
+    finally:
+        child.close()
 
 
 # ---- pdeathsig -----------------------------------------------------------------------
