@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import math
 import numbers
@@ -62,16 +63,21 @@ def _deadline(timeout: float | None) -> float | None:
     return time.monotonic() + max(seconds, 0.0)
 
 
-def _poll(fd: int, events: int, deadline: float | None, cap_ms: int | None = None) -> int:
+def _poll(
+    fd: int, events: int, deadline: float | None, cap_ms: int | None = None, wake: int = -1
+) -> int:
     """poll(2) *fd* until an event or *deadline*; return revents (0 if none).
 
     One ``poll`` call per wait however long it is (a wait past ~24 days,
     ``poll``'s limit, takes one more call per 24 days); ``select.poll``
     retries on signals itself (PEP 475). With *cap_ms*, return 0 after at
-    most that long even if *deadline* is further away.
+    most that long even if *deadline* is further away. If *wake* (a pipe's
+    read end) turns readable, raise ``ValueError``: the PidFd was closed.
     """
     poller = select.poll()
     poller.register(fd, events)
+    if wake >= 0:
+        poller.register(wake, select.POLLIN)
     while True:
         if deadline is None:
             ms = -1
@@ -80,6 +86,9 @@ def _poll(fd: int, events: int, deadline: float | None, cap_ms: int | None = Non
             ms = 0 if remaining <= 0 else min(math.ceil(remaining * 1000), _POLL_MAX_MS)
         capped = cap_ms is not None and (ms < 0 or ms > cap_ms)
         ready = poller.poll(cap_ms if capped else ms)
+        for ready_fd, _ in ready:
+            if ready_fd == wake:
+                raise ValueError("the PidFd was closed while waiting")
         if ready:
             return ready[0][1]
         if capped or (deadline is not None and time.monotonic() >= deadline):
@@ -139,6 +148,7 @@ class PidFd:
         "_reaping",
         "_status",
         "_users",
+        "_wake",
     )
 
     def __init__(self, fd: int, *, pid: int | None = None) -> None:
@@ -165,6 +175,7 @@ class PidFd:
         self._status: WaitStatus | None = None
         self._foreign = False
         self._reaping = 0
+        self._wake: tuple[int, int] | None = None
         self._identity_key: Any = _UNKNOWN
         self._fd = fd
         self._closing = False
@@ -179,6 +190,7 @@ class PidFd:
         self._status = None
         self._foreign = False
         self._reaping = 0
+        self._wake = None
         self._identity_key = _UNKNOWN
         self._fd = fd
         self._closing = False
@@ -213,6 +225,25 @@ class PidFd:
         if self._closing and self._users == 0 and self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
+            if self._wake is not None:
+                for end in self._wake:
+                    os.close(end)
+                self._wake = None
+
+    def _wake_waiters_locked(self) -> None:
+        """Closed while in use: make the waiters in wait() give up (see _poll)."""
+        if self._wake is not None and self._users > 0:
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake[1], b"c")
+
+    def _wake_fd(self) -> int:
+        """The read end of the pipe close() writes to, made on first need."""
+        with self._lock:
+            if self._wake is None:
+                r, w = os.pipe()
+                os.set_blocking(w, False)
+                self._wake = (r, w)
+            return self._wake[0]
 
     def _acquire(self) -> int:
         with self._lock:
@@ -244,6 +275,7 @@ class PidFd:
         """
         with self._lock:
             self._closing = True
+            self._wake_waiters_locked()
             self._close_if_unused_locked()
 
     def detach(self) -> int:
@@ -251,7 +283,12 @@ class PidFd:
         with self._lock:
             fd = self._open_fd_locked()
             self._closing = True
+            self._wake_waiters_locked()
             self._fd = -1
+            if self._wake is not None and self._users == 0:
+                for end in self._wake:
+                    os.close(end)
+                self._wake = None
             return fd
 
     def __enter__(self) -> PidFd:
@@ -463,7 +500,7 @@ class PidFd:
         deadline = None if timeout is None else _deadline(timeout)
         fd = self._acquire()
         try:
-            return self._wait(fd, timeout, deadline)
+            return self._wait(fd, timeout, deadline, self._wake_fd())
         finally:
             self._release()
 
@@ -526,9 +563,12 @@ class PidFd:
         self.close()
         return status
 
-    def _wait(self, fd: int, timeout: float | None, deadline: float | None) -> WaitStatus:
+    def _wait(
+        self, fd: int, timeout: float | None, deadline: float | None, wake: int = -1
+    ) -> WaitStatus:
+        """The wait; with *wake*, a close() from another thread ends it (ValueError)."""
         bufs = syscalls.WaitBuffers()  # allocated before sleeping, not after waking
-        if deadline is None and not self._foreign:
+        if deadline is None and not self._foreign and wake < 0:
             status = self._blocking_reap(fd, bufs)
             if status is not None:
                 return status
@@ -546,10 +586,10 @@ class PidFd:
                     # reaps it, which the kernel reports as POLLHUP (polled for
                     # with no events); re-check now and then in case a kernel
                     # does not wake pollers on reap.
-                    ready = _poll(fd, 0, deadline, _REAP_RECHECK_MS)
+                    ready = _poll(fd, 0, deadline, _REAP_RECHECK_MS, wake)
                     spurious = 0
                 else:
-                    ready = _poll(fd, select.POLLIN, deadline)
+                    ready = _poll(fd, select.POLLIN, deadline, wake=wake)
                 status = self._try_reap(fd, bufs)
                 if status is not None:
                     return status

@@ -155,22 +155,36 @@ def test_arguments_are_checked_before_waiting() -> None:
 
 @needs_threads
 def test_a_pidfd_closed_during_iteration_is_not_freed_under_it() -> None:
+    """Closed by another thread while wait_all waits on it: the fd stays valid
+    until the wait lets go, and the wait fails cleanly (ValueError)."""
     import threading
 
-    child = sleeper(0.3)
+    child = sleeper(30)
     fd = child.fileno()
     got: list[object] = []
-    waiter = threading.Thread(target=lambda: got.extend(wait_all([child], timeout=30)))
-    waiter.start()
+
+    def waiter() -> None:
+        try:
+            got.extend(wait_all([child], timeout=30))
+        except ValueError as exc:
+            got.append(exc)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
     deadline = time.monotonic() + 10
     while child._users == 0:  # until the iterator holds it
         assert time.monotonic() < deadline
         time.sleep(0.001)
     child.close()
-    assert os.path.exists(f"/proc/self/fd/{fd}")  # deferred: still being waited on
-    waiter.join()
-    assert got and got[0].exit_code == 0  # type: ignore[attr-defined]
-    assert not os.path.exists(f"/proc/self/fd/{fd}")
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(got) == 1 and isinstance(got[0], ValueError)
+    assert (
+        not os.path.exists(f"/proc/self/fd/{fd}")
+        or os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:[pidfd]"
+    )
+    os.kill(child.pid, 9)
+    os.waitpid(child.pid, 0)
 
 
 def test_already_waited_children_are_reported_at_once() -> None:

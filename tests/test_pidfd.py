@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import math
 import os
+import select
 import signal
 import sys
 import threading
@@ -263,11 +264,13 @@ def test_spurious_readiness_loops_back_to_waiting(monkeypatch: pytest.MonkeyPatc
     real_poll = pidfd_module._poll
     wakeups = []
 
-    def early_poll(fd: int, events: int, deadline: object, cap_ms: object = None) -> int:
+    def early_poll(
+        fd: int, events: int, deadline: object, cap_ms: object = None, wake: int = -1
+    ) -> int:
         if len(wakeups) < 3:
             wakeups.append(1)
             return 1  # POLLIN
-        return real_poll(fd, events, deadline, cap_ms)  # type: ignore[arg-type]
+        return real_poll(fd, events, deadline, cap_ms, wake)  # type: ignore[arg-type]
 
     monkeypatch.setattr(pidfd_module, "_poll", early_poll)
     with spawn("/bin/sleep", "0.2") as child:
@@ -292,19 +295,57 @@ def test_two_threads_waiting_get_the_same_status() -> None:
 def test_close_while_another_thread_waits_defers_the_real_close() -> None:
     child = spawn("/bin/sleep", "0.3")
     fd = child.fileno()
+    entered = threading.Event()
     got: list[object] = []
-    waiter = threading.Thread(target=lambda: got.append(child.wait()))
+
+    def inside_a_call() -> None:  # a call on the PidFd that takes a while
+        fd = child._acquire()
+        try:
+            entered.set()
+            got.append(pidfd_module._poll(fd, select.POLLIN, None))
+        finally:
+            child._release()
+
+    waiter = threading.Thread(target=inside_a_call)
     waiter.start()
+    assert entered.wait(10)
+    child.close()
+    assert child.closed
+    assert os.path.exists(f"/proc/self/fd/{fd}")  # still held by the call
+    waiter.join()
+    assert got == [select.POLLIN]
+    assert not os.path.exists(f"/proc/self/fd/{fd}")  # closed when it left
+    os.waitpid(child.pid, 0)
+
+
+@needs_threads
+@pytest.mark.parametrize("timeout", [None, 30.0])
+def test_close_while_another_thread_waits_fails_that_waiter(timeout: float | None) -> None:
+    """The waiter gets ValueError at once, not the exit 30 s later; nothing leaks."""
+    child = spawn("/bin/sleep", "30")
+    pid = child.pid
+    errors: list[BaseException] = []
+
+    def waiter() -> None:
+        try:
+            child.wait(timeout)
+        except BaseException as exc:  # checked below
+            errors.append(exc)
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
     deadline = time.monotonic() + 10
     while child._users == 0:  # until the waiter is inside wait()
         assert time.monotonic() < deadline
         time.sleep(0.001)
+    started = time.monotonic()
     child.close()
-    assert child.closed
-    assert os.path.exists(f"/proc/self/fd/{fd}")  # still held by the waiter
-    waiter.join()
-    assert isinstance(got[0], WaitStatus)
-    assert not os.path.exists(f"/proc/self/fd/{fd}")  # closed when it left
+    thread.join(10)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 5
+    assert len(errors) == 1 and isinstance(errors[0], ValueError), errors
+    os.kill(pid, signal.SIGKILL)  # the process itself is untouched: ours to reap
+    os.waitpid(pid, 0)
 
 
 # ---- signals -------------------------------------------------------------------
