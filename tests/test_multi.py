@@ -179,10 +179,7 @@ def test_a_pidfd_closed_during_iteration_is_not_freed_under_it() -> None:
     thread.join(10)
     assert not thread.is_alive()
     assert len(got) == 1 and isinstance(got[0], ValueError)
-    assert (
-        not os.path.exists(f"/proc/self/fd/{fd}")
-        or os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:[pidfd]"
-    )
+    assert not os.path.exists(f"/proc/self/fd/{fd}")  # closed once the wait let go
     os.kill(child.pid, 9)
     os.waitpid(child.pid, 0)
 
