@@ -9,6 +9,7 @@ import numbers
 import os
 import select
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -24,6 +25,9 @@ from .status import WaitStatus
 __all__ = ["PidFd", "WaitTimeout"]
 
 _POLL_MAX_MS = 2**31 - 1
+_eventfd = getattr(os, "eventfd", None)  # Python 3.10+
+_EFD_FLAGS = getattr(os, "EFD_CLOEXEC", 0) | getattr(os, "EFD_NONBLOCK", 0)
+_ONE = (1).to_bytes(8, sys.byteorder)  # an eventfd takes an 8-byte count; a pipe, any bytes
 _UNKNOWN: Any = object()  # no identity key worked out yet
 _FAST_TIMEOUT_MAX = 1e9  # seconds; NaN, infinities and the rest take the full check
 #: While a non-child's zombie waits for its own parent to reap it, re-check
@@ -225,24 +229,31 @@ class PidFd:
         if self._closing and self._users == 0 and self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)
-            if self._wake is not None:
-                for end in self._wake:
-                    os.close(end)
-                self._wake = None
+            self._close_wake_locked()
+
+    def _close_wake_locked(self) -> None:
+        if self._wake is not None:
+            for end in set(self._wake):  # one fd for an eventfd, two for a pipe
+                os.close(end)
+            self._wake = None
 
     def _wake_waiters_locked(self) -> None:
         """Closed while in use: make the waiters in wait() give up (see _poll)."""
         if self._wake is not None and self._users > 0:
             with contextlib.suppress(BlockingIOError):
-                os.write(self._wake[1], b"c")
+                os.write(self._wake[1], _ONE)
 
     def _wake_fd(self) -> int:
-        """The read end of the pipe close() writes to, made on first need."""
+        """The fd close() writes to, made on first need: an eventfd (a pipe on 3.9)."""
         with self._lock:
             if self._wake is None:
-                r, w = os.pipe()
-                os.set_blocking(w, False)
-                self._wake = (r, w)
+                if _eventfd is not None:
+                    efd = _eventfd(0, _EFD_FLAGS)
+                    self._wake = (efd, efd)
+                else:  # pragma: no cover - Python 3.9
+                    r, w = os.pipe()
+                    os.set_blocking(w, False)
+                    self._wake = (r, w)
             return self._wake[0]
 
     def _acquire(self) -> int:
@@ -285,10 +296,8 @@ class PidFd:
             self._closing = True
             self._wake_waiters_locked()
             self._fd = -1
-            if self._wake is not None and self._users == 0:
-                for end in self._wake:
-                    os.close(end)
-                self._wake = None
+            if self._users == 0:
+                self._close_wake_locked()
             return fd
 
     def __enter__(self) -> PidFd:

@@ -15,6 +15,7 @@ library's own ``Popen``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import subprocess
@@ -24,7 +25,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import tree
-from ._features import features
 from ._spawn import SPAWN_PATHS, check_pdeathsig, spawn_for_popen
 from .clone_options import IdMap, check_clone_options
 from .pidfd import PidFd, WaitTimeout
@@ -42,6 +42,10 @@ __all__ = [
     "getstatusoutput",
     "run",
 ]
+
+
+#: Set once waitid(P_PIDFD) answered ENOSYS: Popen then reaps as subprocess does.
+_no_waitid_pidfd = False
 
 
 class PidfdUnavailableError(RuntimeError):
@@ -268,11 +272,15 @@ class ChildExt:
             self._reap_tree()
 
     def _pidfd_for_reap(self) -> PidFd | None:
-        """The pidfd, if waitid(P_PIDFD) works here (Linux 5.4+, not filtered)."""
-        pidfd = self._pidfd_for_wait()
-        if pidfd is None or not features().waitid_pidfd:
+        """The pidfd, unless waitid(P_PIDFD) was found missing (before 5.4, or filtered)."""
+        if _no_waitid_pidfd:
             return None
-        return pidfd
+        return self._pidfd_for_wait()
+
+    def _fall_back_to_waitpid(self) -> None:
+        """waitid(P_PIDFD) said ENOSYS: remember it; the standard library reaps from now."""
+        global _no_waitid_pidfd
+        _no_waitid_pidfd = True
 
     def _reaped(self, status: WaitStatus | None) -> None:
         """Record the child's end; call with _waitpid_lock held, or when no one else can."""
@@ -337,6 +345,11 @@ class ChildExt:
                         self._reaped(None)
                     except ValueError:  # the pidfd was closed under us: fall back
                         return super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc, no-any-return]
+                    except OSError as exc:
+                        if exc.errno != errno.ENOSYS:
+                            raise
+                        self._fall_back_to_waitpid()
+                        return super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc, no-any-return]
                     else:
                         if status is not None:
                             self._reaped(status)
@@ -363,6 +376,11 @@ class ChildExt:
             raise subprocess.TimeoutExpired(self.args, timeout or 0.0) from None
         except ChildProcessError:
             status = None
+        except OSError as exc:
+            if exc.errno != errno.ENOSYS:
+                raise
+            self._fall_back_to_waitpid()
+            return self._wait(timeout)
         with self._waitpid_lock:
             if not closed:
                 self._reaped(status)
