@@ -161,6 +161,19 @@ def _pack(first: list[bytes], second: list[bytes], what: str, keep: list[Any]) -
     return arr
 
 
+_INT_MAX = 2**31 - 1
+_ID_MAX = 2**32 - 2  # uid_t/gid_t; (uid_t)-1 means "unchanged"
+
+
+def _c_int(value: Any, what: str, lo: int, hi: int) -> int:
+    """*value* as a C integer in [lo, hi]: TypeError or ValueError, never OverflowError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{what} must be in {lo}..{hi}, got {value}")
+    return int(value)
+
+
 def _template() -> Any:
     t = ffi.new("struct pyclone3_spawn *")
     t.p2cread = t.p2cwrite = t.c2pread = t.c2pwrite = t.errread = t.errwrite = -1
@@ -211,6 +224,8 @@ class _Plan:
         self.s = s
         fsencode = _fsencode
         if env is not None:
+            if not isinstance(env, Mapping):
+                raise TypeError(f"env must be a mapping, not {type(env).__name__}")
             entries = []
             for key, value in env.items():
                 k = fsencode(key)
@@ -236,31 +251,33 @@ class _Plan:
             s.cwd = cwd_c = ffi.new("char[]", cwd_b)
             keep.append(cwd_c)
         if fds != _NO_FDS:
+            for fd in fds:
+                _c_int(fd, "file descriptor", -1, _INT_MAX)
             (s.p2cread, s.p2cwrite, s.c2pread, s.c2pwrite, s.errread, s.errwrite) = fds
         if pass_fds:
-            self.pass_fds = sorted({int(fd) for fd in pass_fds})
+            self.pass_fds = sorted({_c_int(fd, "pass_fds entry", 0, _INT_MAX) for fd in pass_fds})
             self._set_keep(self.pass_fds)
         else:
             self.pass_fds = []
         if not close_fds:
             s.close_fds = 0
         if umask != -1:
-            s.umask = umask
+            s.umask = _c_int(umask, "umask", 0, _INT_MAX)
         if not restore_signals:
             s.restore_signals = 0
         if start_new_session:
             s.setsid = 1
         if process_group != -1:
-            s.pgid = process_group
+            s.pgid = _c_int(process_group, "process_group", 0, _INT_MAX)
         if gid is not None:
-            s.gid = gid
+            s.gid = _c_int(gid, "gid", 0, _ID_MAX)
         if uid is not None:
-            s.uid = uid
+            s.uid = _c_int(uid, "uid", 0, _ID_MAX)
         if pdeathsig:
             s.pdeathsig = pdeathsig
             s.parent_pid = os.getpid()
         if gids is not None:
-            group_list = [int(g) for g in gids]
+            group_list = [_c_int(g, "extra_groups entry", 0, _ID_MAX) for g in gids]
             groups = ffi.new("unsigned int[]", group_list or [0])
             keep.append(groups)
             s.groups = groups

@@ -48,8 +48,8 @@ struct pyclone3_spawn {
     int restore_signals;
     int setsid;
     int pgid;
-    int gid;
-    int uid;
+    long long gid;             /* -1: unchanged; else a uid_t/gid_t */
+    long long uid;
     const unsigned int *groups;
     int n_groups;
     int pidfd_sock;
@@ -249,9 +249,9 @@ int pyclone3_child_setup(struct pyclone3_spawn *s)
         child_fail(s, SPAWN_ERR_NOEXEC, errno);
     if (s->n_groups >= 0 && syscall(SYS_setgroups, s->n_groups, s->groups) < 0)
         child_fail(s, SPAWN_ERR_NOEXEC, errno);
-    if (s->gid >= 0 && syscall(SYS_setregid, s->gid, s->gid) < 0)
+    if (s->gid >= 0 && syscall(SYS_setregid, (long)s->gid, (long)s->gid) < 0)
         child_fail(s, SPAWN_ERR_NOEXEC, errno);
-    if (s->uid >= 0 && syscall(SYS_setreuid, s->uid, s->uid) < 0)
+    if (s->uid >= 0 && syscall(SYS_setreuid, (long)s->uid, (long)s->uid) < 0)
         child_fail(s, SPAWN_ERR_NOEXEC, errno);
     /* Last: a change of credentials clears the parent-death signal. If the
      * parent died before the prctl took effect, the signal will never come:

@@ -251,7 +251,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
         while by_fd:
             ms = None
             if deadline is not None:
-                ms = max(math.ceil((deadline - time.monotonic()) * 1000), 0)
+                ms = max(math.ceil(min((deadline - time.monotonic()) * 1000, 2**31 - 1)), 0)
             ready = poller.poll(ms)
             if not ready:
                 left = " ".join(str(h.pid) for h in by_fd.values())

@@ -95,6 +95,7 @@ _SPAWN_BITS = int(SPAWN_CLONE_FLAGS)
 _NS_BITS = int(NAMESPACE_FLAGS)
 _CLEAR_SIGHAND = int(CloneFlag.CLONE_CLEAR_SIGHAND)
 MAX_PID_NS_LEVEL = 32
+_INT_MAX = 2**31 - 1
 _NSIG = 64
 
 #: One line of an ID map: (ID inside, ID outside, count).
@@ -274,8 +275,8 @@ def check_clone_options(
         if isinstance(cgroup, bool):
             raise TypeError("cgroup must be a path or a directory fd, not bool")
         if isinstance(cgroup, int):
-            if cgroup < 0:
-                raise ValueError(f"cgroup fd must be >= 0, got {cgroup}")
+            if not 0 <= cgroup <= _INT_MAX:
+                raise ValueError(f"cgroup fd must be in 0..{_INT_MAX}, got {cgroup}")
         elif not isinstance(cgroup, (str, bytes, os.PathLike)):
             raise TypeError(
                 f"cgroup must be a path or a directory fd, not {type(cgroup).__name__}"

@@ -87,7 +87,8 @@ def _poll(
             ms = -1
         else:
             remaining = deadline - time.monotonic()
-            ms = 0 if remaining <= 0 else min(math.ceil(remaining * 1000), _POLL_MAX_MS)
+            # min first: a deadline 1e300 s away would overflow ceil().
+            ms = 0 if remaining <= 0 else math.ceil(min(remaining * 1000, _POLL_MAX_MS))
         capped = cap_ms is not None and (ms < 0 or ms > cap_ms)
         ready = poller.poll(cap_ms if capped else ms)
         for ready_fd, _ in ready:
@@ -549,6 +550,7 @@ class PidFd:
         """
         status = self._status
         if status is None:
+            deadline = None if timeout is None else _deadline(timeout)  # may raise: first
             fd = self._acquire()
             if timeout is None and not self._foreign:
                 try:
@@ -558,7 +560,6 @@ class PidFd:
                     raise
                 if status is not None:
                     return status  # released and closed in the same lock round
-            deadline = None if timeout is None else _deadline(timeout)
             try:
                 status = self._wait(fd, timeout, deadline)
             except BaseException:

@@ -123,6 +123,18 @@ class CommandExt:
             setns=setns,
         )
         self._pyclone3_kill_tree = bool(kill_tree)
+        for name in ("stdin", "stdout", "stderr"):
+            stream = kwargs.get(name)
+            if not (
+                stream is None
+                or isinstance(stream, int)
+                or callable(getattr(stream, "fileno", None))
+            ):
+                # subprocess would fail later with an AttributeError
+                raise TypeError(
+                    f"{name} must be None, PIPE, DEVNULL, an fd or a file object, "
+                    f"not {type(stream).__name__}"
+                )
         self._pyclone3_create_pidfd = bool(create_pidfd)
         self._pyclone3_spawn_path = spawn_path
         self._pidfd = None

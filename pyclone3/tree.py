@@ -216,6 +216,7 @@ def kill_tree(pidfd: PidFd, sig: int = signal.SIGKILL, *, timeout: float = 5.0) 
     """
     if isinstance(sig, bool) or not isinstance(sig, int):
         raise TypeError(f"sig must be an int, not {type(sig).__name__}")
+    pidfd.fileno()  # ValueError if closed
     held: dict[int, PidFd] = {}
     done = False
     alive = _signal(pidfd, signal.SIGSTOP)

@@ -1,0 +1,263 @@
+"""Bad input everywhere a user can pass it: a clear error, never a crash, hang or leak.
+
+Hypothesis puts arbitrary values (wrong types, NUL bytes, huge and negative
+numbers, NaN, empty and odd containers) into each public argument. The only
+acceptable outcomes are success, ``TypeError``, ``ValueError`` or an
+``OSError`` from the kernel; after each example no fd and no child is left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+import pytest
+from conftest import open_fds, require, sleeper, zombies
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import pyclone3
+from pyclone3 import PidFd
+from pyclone3.clone_options import check_clone_options
+
+pytestmark = require("waitid_pidfd")  # children are reaped through their pidfds
+
+CLEAR = (TypeError, ValueError, OSError)
+
+junk = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([-1, 0, 1, 2, 3, 2**31 - 1, 2**31, 2**32, 2**63, -(2**63) - 1]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=4),
+    st.binary(max_size=4),
+    st.sampled_from(["a\0b", b"a\0b", "", b"", "/", "\udcff"]),
+    st.lists(st.integers(min_value=-3, max_value=2**33), max_size=3),
+    st.tuples(st.integers(), st.integers()),
+    st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2),
+    st.just(object()),
+    st.just([b"x", object()]),
+)
+
+SPAWN_KEYWORDS = [
+    "executable",
+    "cwd",
+    "env",
+    "stdin",
+    "stdout",
+    "stderr",
+    "pass_fds",
+    "close_fds",
+    "restore_signals",
+    "start_new_session",
+    "process_group",
+    "uid",
+    "gid",
+    "extra_groups",
+    "umask",
+    "create_pidfd",
+    "spawn_path",
+    "pdeathsig",
+    "clone_flags",
+    "exit_signal",
+    "set_tid",
+    "cgroup",
+    "uid_map",
+    "gid_map",
+    "setgroups",
+    "setns",
+]
+
+SETTINGS = settings(
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def _reap(child: pyclone3.SpawnedChild) -> None:
+    if child.pidfd is not None:
+        child.pidfd.kill() if child.pidfd.is_alive() else None
+        child.pidfd.wait()
+        child.pidfd.close()
+    else:
+        os.waitpid(child.pid, 0)
+
+
+def _nothing_left(fds: set[int]) -> None:
+    leaked = {}
+    for fd in open_fds() - fds:
+        try:
+            leaked[fd] = os.readlink(f"/proc/self/fd/{fd}")
+        except FileNotFoundError:
+            pass  # a transient, gone again
+    assert not leaked, f"leaked fds: {leaked}"
+    assert zombies() == []
+
+
+@SETTINGS
+@given(keyword=st.sampled_from(SPAWN_KEYWORDS), value=junk)
+def test_spawn_keywords(keyword: str, value: Any) -> None:
+    fds = open_fds()
+    args = {keyword: value}
+    if keyword in ("stdin", "stdout", "stderr") and isinstance(value, int) and 0 <= value <= 2:
+        args[keyword] = -1  # our own stdio: valid, and not worth a hang on a tty
+    try:
+        child = pyclone3.spawn(["/bin/true"], **args)
+    except CLEAR:
+        pass
+    else:
+        _reap(child)
+    _nothing_left(fds)
+
+
+@SETTINGS
+@given(argv=junk)
+def test_spawn_argv(argv: Any) -> None:
+    fds = open_fds()
+    try:
+        child = pyclone3.spawn(argv)
+    except CLEAR:
+        pass
+    else:
+        _reap(child)
+    _nothing_left(fds)
+
+
+@SETTINGS
+@given(keyword=st.sampled_from(SPAWN_KEYWORDS[:-8] + ["kill_tree", "user", "group"]), value=junk)
+def test_popen_keywords(keyword: str, value: Any) -> None:
+    """A clear error, or the very exception subprocess.Popen raises for the same input."""
+    import subprocess
+
+    fds = open_fds()
+    if keyword in ("stdin", "stdout", "stderr") and value in (0, 1, 2):
+        value = None
+    reference: type[BaseException] | None = None
+    try:
+        with subprocess.Popen(["/bin/true"], **{keyword: value}):
+            pass
+    except BaseException as exc:
+        reference = type(exc)
+    try:
+        p = pyclone3.Popen(["/bin/true"], **{keyword: value})
+    except CLEAR:
+        pass
+    except BaseException as exc:
+        assert reference is not None and isinstance(exc, reference), (exc, reference)
+    else:
+        with p:  # closes any pipes asked for, and waits
+            pass
+    _nothing_left(fds)
+
+
+@SETTINGS
+@given(timeout=junk)
+def test_wait_timeouts(timeout: Any) -> None:
+    with sleeper(0.05) as child:
+        try:
+            child.wait(timeout)
+        except CLEAR:
+            pass
+        child.wait()
+
+
+@SETTINGS
+@given(timeout=junk)
+def test_popen_wait_timeouts(timeout: Any) -> None:
+    import subprocess
+
+    with pyclone3.Popen(["/bin/sleep", "0.05"]) as p:
+        try:
+            p.wait(timeout)
+        except (subprocess.TimeoutExpired, *CLEAR):
+            pass
+    assert p.returncode == 0
+
+
+@SETTINGS
+@given(sig=junk, flags=junk)
+def test_send_signal_arguments(sig: Any, flags: Any) -> None:
+    with sleeper() as child:
+        try:
+            child.send_signal(sig, flags=flags)
+        except CLEAR:
+            pass
+        child.kill()
+        status = child.wait()
+    # Whatever got through was a real signal (or 0), or the kill.
+    assert status.signal is not None or status.exit_code is not None
+
+
+@SETTINGS
+@given(value=junk)
+def test_pidfd_constructor_and_methods(value: Any) -> None:
+    fds = open_fds()
+    try:
+        PidFd(value).close()
+    except CLEAR:
+        pass
+    with sleeper() as child:
+        for call in (child.setns, child.getfd, child.info, PidFd.open):
+            try:
+                result = call(value)
+            except CLEAR:
+                continue
+            if isinstance(result, int) and call == child.getfd:
+                os.close(result)
+            elif isinstance(result, PidFd):
+                result.close()
+        child.kill()
+        child.wait()
+    _nothing_left(fds)
+
+
+@SETTINGS
+@given(keyword=st.sampled_from(SPAWN_KEYWORDS[-8:]), value=junk)
+def test_clone_option_checks(keyword: str, value: Any) -> None:
+    try:
+        check_clone_options(**{keyword: value})  # no syscall: nothing to leak
+    except (TypeError, ValueError):
+        pass
+
+
+@SETTINGS
+@given(value=junk)
+def test_many_children_arguments(value: Any) -> None:
+    from pyclone3 import iter_exits, wait_all, wait_any
+
+    fds = open_fds()
+    with sleeper(0.02) as child:
+        for call in (
+            lambda: wait_all(value),
+            lambda: wait_any(value),
+            lambda: list(iter_exits(value)),
+            lambda: wait_all([child], timeout=value),
+        ):
+            try:
+                call()
+            except (*CLEAR, pyclone3.WaitAllTimeout):
+                pass
+        child.wait()
+    _nothing_left(fds)
+
+
+def test_a_closed_pidfd_refuses_every_call() -> None:
+    child = sleeper()
+    pid = child.pid
+    child.close()
+    for call in (
+        child.wait,
+        child.try_wait,
+        child.kill,
+        child.fileno,
+        lambda: child.send_signal(signal.SIGTERM),
+        lambda: child.setns(pyclone3.CloneFlag.CLONE_NEWNET),
+        lambda: pyclone3.tree.kill_tree(child),
+    ):
+        with pytest.raises(ValueError):
+            call()
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
