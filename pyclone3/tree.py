@@ -64,26 +64,32 @@ def is_child_subreaper() -> bool:
     return bool(value)
 
 
-def _process_table() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, session id), from /proc/*/stat."""
+def _stat(pid: int | str) -> tuple[bytes, int, int] | None:
+    """(state, ppid, session id) from /proc/PID/stat; None once the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        fields = stat[stat.rindex(b")") + 2 :].split()  # the name may hold spaces
+        return fields[0], int(fields[1]), int(fields[3])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _process_table() -> dict[int, tuple[int, int, bytes]]:
+    """pid -> (ppid, session id, state), for every process now."""
     table = {}
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue  # gone meanwhile
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        table[int(name)] = (int(fields[1]), int(fields[3]))
+        if name.isdigit():
+            stat = _stat(name)
+            if stat is not None:  # else gone meanwhile
+                table[int(name)] = (stat[1], stat[2], stat[0])
     return table
 
 
-def _members(root: int, table: dict[int, tuple[int, int]]) -> list[int]:
+def _members(root: int, table: dict[int, tuple[int, int, bytes]]) -> list[int]:
     """The PIDs of root's tree (root excluded), parents before children."""
     children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
+    for pid, (ppid, _, _) in table.items():
         children.setdefault(ppid, []).append(pid)
     me = os.getpid()
     start = [root]
@@ -112,13 +118,8 @@ def _open_member(pid: int, parent: int) -> PidFd | None:
     pidfd = PidFd._adopt(fd, pid)
     # The PID may have been reused between the listing and pidfd_open; a
     # process with the same parent is still one of the tree.
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        if int(stat[stat.rindex(b")") + 2 :].split()[1]) == parent:
-            return pidfd
-    except (OSError, ValueError):
-        pass
+    if _parent_of(pid) == parent:
+        return pidfd
     pidfd.close()
     return None
 
@@ -162,12 +163,8 @@ def _reap_ours(pidfd: PidFd) -> bool:
 
 
 def _parent_of(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return int(stat[stat.rindex(b")") + 2 :].split()[1])
-    except (OSError, ValueError):
-        return -1
+    stat = _stat(pid)
+    return stat[1] if stat is not None else -1
 
 
 def reap_orphans(session: int) -> int:
@@ -178,15 +175,8 @@ def reap_orphans(session: int) -> int:
     """
     me = os.getpid()
     count = 0
-    for pid, (ppid, sid) in _process_table().items():
-        if ppid != me or sid != session or pid == session:
-            continue
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        if stat[stat.rindex(b")") + 2 :].split()[0] != b"Z":
+    for pid, (ppid, sid, state) in _process_table().items():
+        if ppid != me or sid != session or pid == session or state != b"Z":
             continue
         try:
             if os.waitpid(pid, os.WNOHANG | _WALL)[0] == pid:

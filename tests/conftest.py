@@ -73,9 +73,15 @@ def sleeper(seconds: float = 30.0) -> PidFd:
 
 @pytest.fixture(autouse=True)
 def no_leaks() -> object:
-    """Every test must leave no fd and no zombie child behind."""
+    """Every test must leave no fd, no zombie child, and no subreaper flag behind."""
+    from pyclone3 import tree
+
     before = open_fds()
+    subreaper = tree.is_child_subreaper()
     yield
+    if tree.is_child_subreaper() != subreaper:
+        tree.set_child_subreaper(subreaper)
+        raise AssertionError("the test left this process's child-subreaper flag changed")
     leaked = open_fds() - before
     # An fd that is gone again by now was a transient (e.g. a listdir handle).
     leaked = {fd for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")}

@@ -140,6 +140,7 @@ def test_popen_keywords(keyword: str, value: Any) -> None:
             pass
     except BaseException as exc:
         reference = type(exc)
+    subreaper = pyclone3.tree.is_child_subreaper()  # kill_tree=True sets it for good
     try:
         p = pyclone3.Popen(["/bin/true"], **{keyword: value})
     except CLEAR:
@@ -149,6 +150,8 @@ def test_popen_keywords(keyword: str, value: Any) -> None:
     else:
         with p:  # closes any pipes asked for, and waits
             pass
+    finally:
+        pyclone3.tree.set_child_subreaper(subreaper)
     _nothing_left(fds)
 
 
