@@ -119,7 +119,16 @@ class CloneOptions:
     @property
     def any(self) -> bool:
         """True if any option is set (the plain spawn is the default)."""
-        return self != _NONE
+        return bool(
+            self.flags
+            or self.exit_signal != signal.SIGCHLD
+            or self.set_tid
+            or self.cgroup is not None
+            or self.uid_map is not None
+            or self.gid_map is not None
+            or self.setgroups is not None
+            or self.setns is not None
+        )
 
     @property
     def needs_clone3(self) -> bool:
@@ -146,9 +155,6 @@ class CloneOptions:
             or bool(self.flags & time_ns)
             or (self.setns is not None and bool(self.setns[1] & time_ns))
         )
-
-
-_NONE = CloneOptions()
 
 
 def _flag_names(bits: int) -> str:
