@@ -117,6 +117,23 @@ def _threads_work() -> bool:
     return True
 
 
+def _stdlib_spawns() -> bool:
+    import subprocess
+
+    try:
+        subprocess.run(["/bin/true"], check=True)
+    except OSError:
+        return False
+    return True
+
+
+#: False where subprocess itself cannot spawn: on 3.13 its spawn goes
+#: through glibc's clone3, which a clone3-EPERM profile refuses.
+STDLIB_SPAWNS = _stdlib_spawns()
+needs_stdlib_spawn = pytest.mark.skipif(
+    not STDLIB_SPAWNS, reason="subprocess cannot spawn here (glibc's clone3 refused with EPERM)"
+)
+
 #: False where no thread can be created: glibc 2.34+ creates threads with
 #: clone3 and gives up on EPERM, as under old Docker seccomp profiles.
 THREADS_WORK = _threads_work()

@@ -22,6 +22,7 @@ from conftest import (
     FEATURES,
     PYTHON,
     fork_child,
+    needs_stdlib_spawn,
     needs_threads,
     require,
     requires_clone_options,
@@ -595,6 +596,7 @@ print(json.dumps({"path": child.path, "status": child.pidfd.wait().returncode}))
 """
 
 
+@needs_stdlib_spawn
 @pytest.mark.parametrize(
     ("rules", "path"),
     [

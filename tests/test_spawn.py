@@ -16,6 +16,7 @@ from conftest import (
     _path_unavailable,
     fork_child,
     malloc_churn,
+    needs_stdlib_spawn,
     needs_threads,
     open_fds,
     reap_every_child,
@@ -242,6 +243,7 @@ def test_preexec_fn_while_another_thread_hammers_malloc(spawn_path: str) -> None
             assert r.returncode == 0
 
 
+@needs_stdlib_spawn
 def test_emfile_is_raised_cached_never_and_recovers() -> None:
     code = """
 import errno, os, resource
