@@ -63,7 +63,18 @@ def fork_child(body: Callable[[], int | None], *, exit_signal: int = signal.SIGC
 
 
 def spawn(*argv: str) -> PidFd:
-    """Run a program in a clone3(CLONE_PIDFD) child."""
+    """Run a program; its PidFd.
+
+    Through pyclone3's own spawn core, which runs no Python in the child:
+    a fork_child that runs Python to exec can deadlock in malloc when a
+    thread of the test (say, one just joined and still exiting) holds a
+    libc lock at the fork. fork_child is the fallback on a path without
+    a pidfd.
+    """
+    child = pyclone3.spawn(list(argv))
+    if child.pidfd is not None:
+        return child.pidfd
+    os.waitpid(child.pid, 0)  # pragma: no cover - the vfork path
     return fork_child(lambda: os.execv(argv[0], list(argv)))
 
 
