@@ -44,7 +44,7 @@ from typing import Any, NamedTuple, Union
 
 from ._clone3 import ffi, lib
 from ._features import TRANSIENT_ERRNOS, features
-from .clone_options import CloneOptions, IdMap, check_clone_options
+from .clone_options import CloneOptions, IdMap, options_if_any
 from .pidfd import PidFd
 
 __all__ = [
@@ -906,28 +906,16 @@ def spawn(
     if spawn_path is not None and spawn_path not in SPAWN_PATHS:
         raise ValueError(f"unknown spawn path {spawn_path!r}; choose from {SPAWN_PATHS}")
     death = check_pdeathsig(pdeathsig)
-    options = None
-    if (  # the common case, a plain spawn, costs no check
-        clone_flags
-        or type(clone_flags) is not int
-        or exit_signal is not None
-        or set_tid is not None
-        or cgroup is not None
-        or uid_map is not None
-        or gid_map is not None
-        or setgroups is not None
-        or setns is not None
-    ):
-        options = check_clone_options(
-            clone_flags,
-            exit_signal=exit_signal,
-            set_tid=set_tid,
-            cgroup=cgroup,
-            uid_map=uid_map,
-            gid_map=gid_map,
-            setgroups=setgroups,
-            setns=setns,
-        )
+    options = options_if_any(
+        clone_flags,
+        exit_signal=exit_signal,
+        set_tid=set_tid,
+        cgroup=cgroup,
+        uid_map=uid_map,
+        gid_map=gid_map,
+        setgroups=setgroups,
+        setns=setns,
+    )
     exe = executable if executable is not None else args[0]
     return spawn_for_popen(
         args,

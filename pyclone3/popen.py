@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import tree
 from ._spawn import SPAWN_PATHS, check_pdeathsig, spawn_for_popen
-from .clone_options import CloneOptions, IdMap, check_clone_options
+from .clone_options import CloneOptions, IdMap, options_if_any
 from .pidfd import PidFd, WaitTimeout
 from .status import WaitStatus
 
@@ -112,28 +112,16 @@ class CommandExt:
         if spawn_path is not None and spawn_path not in SPAWN_PATHS:
             raise ValueError(f"unknown spawn path {spawn_path!r}; choose from {SPAWN_PATHS}")
         self._pyclone3_pdeathsig = check_pdeathsig(pdeathsig)
-        self._pyclone3_options: CloneOptions | None = None
-        if (  # the common case, a plain spawn, costs no check
-            clone_flags
-            or type(clone_flags) is not int
-            or exit_signal is not None
-            or set_tid is not None
-            or cgroup is not None
-            or uid_map is not None
-            or gid_map is not None
-            or setgroups is not None
-            or setns is not None
-        ):
-            self._pyclone3_options = check_clone_options(
-                clone_flags,
-                exit_signal=exit_signal,
-                set_tid=set_tid,
-                cgroup=cgroup,
-                uid_map=uid_map,
-                gid_map=gid_map,
-                setgroups=setgroups,
-                setns=setns,
-            )
+        self._pyclone3_options: CloneOptions | None = options_if_any(
+            clone_flags,
+            exit_signal=exit_signal,
+            set_tid=set_tid,
+            cgroup=cgroup,
+            uid_map=uid_map,
+            gid_map=gid_map,
+            setgroups=setgroups,
+            setns=setns,
+        )
         self._pyclone3_kill_tree = bool(kill_tree)
         for name in ("stdin", "stdout", "stderr"):
             stream = kwargs.get(name)

@@ -102,6 +102,37 @@ def no_leaks() -> object:
 
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
+NOBODY = 65534
+
+
+def become_nobody() -> None:
+    """In a disposable child: drop to uid/gid nobody if root (else stay as we are).
+
+    A change of credentials makes the process (and its children) undumpable,
+    which hides /proc/CHILD/uid_map from it; a login would not be, so the
+    dumpable flag is set back.
+    """
+    if os.geteuid() == 0:
+        import ctypes
+
+        os.setgroups([])
+        os.setresgid(NOBODY, NOBODY, NOBODY)
+        os.setresuid(NOBODY, NOBODY, NOBODY)
+        ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
+
+
+def _userns_allowed() -> bool:
+    try:
+        with open("/proc/sys/user/max_user_namespaces") as f:
+            return int(f.read()) > 0
+    except OSError:
+        return False
+
+
+requires_userns = pytest.mark.skipif(
+    not _userns_allowed(), reason="user namespaces are disabled here"
+)
+
 FEATURES = pyclone3.features()
 
 

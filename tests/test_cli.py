@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import PYTHON
+from conftest import PYTHON, requires_userns
 
 CLI = [PYTHON, "-m", "pyclone3"]
 
@@ -195,15 +195,7 @@ def test_run_unshare_puts_the_command_in_new_namespaces() -> None:
 REPORT_NS = "echo $$; readlink /proc/self/ns/net"
 
 
-def _userns_allowed() -> bool:
-    try:
-        with open("/proc/sys/user/max_user_namespaces") as f:
-            return int(f.read()) > 0
-    except OSError:
-        return False
-
-
-@pytest.mark.skipif(not _userns_allowed(), reason="user namespaces are disabled here")
+@requires_userns
 def test_run_map_root_user_runs_the_command_as_root_inside() -> None:
     r = run_cli("run", "-r", "--unshare", "pid", "--", "/bin/sh", "-c", "id -u; echo $$")
     assert r.returncode == 0, r.stderr
@@ -248,7 +240,7 @@ def test_run_isolation_errors_are_125_with_the_reason() -> None:
 
 def test_run_unprivileged_namespace_is_125_operation_not_permitted() -> None:
     """As nobody (dropped to in a child of ours, when we are root), in-process."""
-    from conftest import fork_child
+    from conftest import become_nobody, fork_child
 
     from pyclone3.cli import main
 
@@ -256,10 +248,7 @@ def test_run_unprivileged_namespace_is_125_operation_not_permitted() -> None:
 
     def body() -> int:
         sys.stderr = os.fdopen(w, "w")  # pytest captures the real one
-        if os.geteuid() == 0:
-            os.setgroups([])
-            os.setresgid(65534, 65534, 65534)
-            os.setresuid(65534, 65534, 65534)
+        become_nobody()
         try:
             return main(["run", "--unshare", "net", "--", "/bin/true"])
         finally:

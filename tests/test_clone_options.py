@@ -8,7 +8,6 @@ user gets instead is checked in a child that drops to nobody.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import signal
@@ -20,13 +19,16 @@ import pytest
 from conftest import (
     CLONE_PATHS,
     FEATURES,
+    NOBODY,
     PYTHON,
+    become_nobody,
     fork_child,
     needs_stdlib_spawn,
     needs_threads,
     require,
     requires_clone_options,
     requires_root,
+    requires_userns,
     sleeper,
 )
 
@@ -36,8 +38,6 @@ from pyclone3.clone_options import NAMESPACE_FLAGS, check_clone_options
 
 pytestmark = require("waitid_pidfd")  # these tests reap through pidfds
 
-NOBODY = 65534
-PR_SET_DUMPABLE = 4
 NS_FILES = {
     CloneFlag.CLONE_NEWNS: "mnt",
     CloneFlag.CLONE_NEWPID: "pid",
@@ -84,13 +84,7 @@ def unprivileged(body: object) -> int:
     """Run *body* in a child that drops to uid/gid nobody; its exit code."""
 
     def run() -> int:
-        if os.geteuid() == 0:
-            os.setgroups([])
-            os.setresgid(NOBODY, NOBODY, NOBODY)
-            os.setresuid(NOBODY, NOBODY, NOBODY)
-            # A change of credentials made us (and our children) undumpable,
-            # which hides /proc/CHILD/uid_map from us; a login would not be.
-            ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+        become_nobody()
         return body()  # type: ignore[operator,no-any-return]
 
     child = fork_child(run)
@@ -257,16 +251,8 @@ def test_unprivileged_namespace_is_a_clear_permission_error() -> None:
 # ---- user namespaces with ID maps -----------------------------------------------
 
 
-def _userns_allowed() -> bool:
-    try:
-        with open("/proc/sys/user/max_user_namespaces") as f:
-            return int(f.read()) > 0
-    except OSError:
-        return False
-
-
 @requires_clone_options
-@pytest.mark.skipif(not _userns_allowed(), reason="user namespaces are disabled here")
+@requires_userns
 def test_unprivileged_user_becomes_root_in_a_user_namespace() -> None:
     """unshare -r: an unprivileged user maps itself to root and is root inside."""
     r, w = os.pipe()
@@ -317,6 +303,7 @@ def test_root_maps_a_range_and_allows_setgroups() -> None:
     assert out == ["0", "0", "0", "1", "1", "100000", "1000", "allow"]
 
 
+@requires_userns
 @requires_clone_options
 def test_a_refused_map_reaps_the_waiting_child() -> None:
     """Mapping someone else's uid fails with the kernel's error; nothing is left behind."""
@@ -338,28 +325,16 @@ def test_a_refused_map_reaps_the_waiting_child() -> None:
             return 4
         return 0 if len(os.listdir("/proc/self/fd")) == before else 5
 
-    if not _userns_allowed():
-        pytest.skip("user namespaces are disabled here")
     assert unprivileged(body) == 0
 
 
 # ---- cgroup --------------------------------------------------------------------
 
 
-def _cgroup2_mount() -> str | None:
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            if fields[sep + 1] == "cgroup2":
-                return fields[4]
-    return None
-
-
 @pytest.fixture
 def cgroup_dir() -> Iterator[tuple[str, str]]:
     """A fresh cgroup v2 directory: (its path, its name as /proc/PID/cgroup shows it)."""
-    mount = _cgroup2_mount()
+    mount = FEATURES.cgroup2_mount
     if mount is None:
         pytest.skip("no cgroup v2 hierarchy mounted")
     if os.geteuid() != 0:
@@ -405,7 +380,7 @@ def test_cgroup_must_be_a_cgroup2_directory(tmp_path: object) -> None:
 
 
 def test_unprivileged_cgroup_is_a_clear_permission_error() -> None:
-    mount = _cgroup2_mount()
+    mount = FEATURES.cgroup2_mount
     if mount is None:
         pytest.skip("no cgroup v2 hierarchy mounted")
 
@@ -661,7 +636,7 @@ def test_popen_checks_the_options_before_spawning() -> None:
 
 
 @requires_clone_options
-@pytest.mark.skipif(not _userns_allowed(), reason="user namespaces are disabled here")
+@requires_userns
 def test_popen_unprivileged_map_root_user() -> None:
     r, w = os.pipe()
 

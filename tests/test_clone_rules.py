@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from conftest import fork_child, require, requires_root
+from conftest import FEATURES, fork_child, require, requires_root, zombies
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -45,18 +45,9 @@ PR_SET_CHILD_SUBREAPER = 36
 __WALL = 0x40000000
 
 
-def _cgroup2_mount() -> str | None:
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if fields[fields.index("-") + 1] == "cgroup2":
-                return fields[4]
-    return None
-
-
 @pytest.fixture(scope="module")
 def cgroup_path() -> Iterator[str | None]:
-    mount = _cgroup2_mount()
+    mount = FEATURES.cgroup2_mount
     if mount is None:
         yield None
         return
@@ -66,21 +57,6 @@ def cgroup_path() -> Iterator[str | None]:
         yield path
     finally:
         os.rmdir(path)
-
-
-def _children_zombies() -> int:
-    me = str(os.getpid())
-    count = 0
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] == "Z" and fields[1] == me:
-                count += 1
-    return count
 
 
 def _attempt(opts: CloneOptions, w: int) -> None:
@@ -109,7 +85,7 @@ def _attempt(opts: CloneOptions, w: int) -> None:
     finally:
         plan.close()
     leaked = len(set(os.listdir("/proc/self/fd")) - before)
-    os.write(w, _RECORD.pack(err, leaked, _children_zombies()))
+    os.write(w, _RECORD.pack(err, leaked, len(zombies())))
 
 
 def kernel_verdict(opts: CloneOptions) -> tuple[int, int, int]:

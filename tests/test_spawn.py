@@ -14,6 +14,7 @@ from conftest import (
     FEATURES,
     PYTHON,
     _path_unavailable,
+    become_nobody,
     fork_child,
     malloc_churn,
     needs_stdlib_spawn,
@@ -288,7 +289,6 @@ def test_rlimit_nproc_eagain_is_raised_not_cached_and_leaves_nothing() -> None:
     """As nobody (root is exempt), with RLIMIT_NPROC at 0: every path raises
     BlockingIOError (EAGAIN), leaves no fd and no child, caches nothing, and
     spawning works again once the limit is raised."""
-    import ctypes
     import resource
 
     import pyclone3._spawn as sp
@@ -298,14 +298,8 @@ def test_rlimit_nproc_eagain_is_raised_not_cached_and_leaves_nothing() -> None:
     if CLONE_PATHS:
         cases.append({"clone_flags": CloneFlag.CLONE_NEWUSER, "uid_map": "0 65534 1"})
 
-    libc = ctypes.CDLL(None)
-
     def body() -> int:
-        if os.geteuid() == 0:
-            os.setgroups([])
-            os.setresgid(65534, 65534, 65534)
-            os.setresuid(65534, 65534, 65534)
-            libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE, cleared by the setresuid
+        become_nobody()
         _, hard = resource.getrlimit(resource.RLIMIT_NPROC)
         cached = set(sp._unsupported)
         fds = open_fds()
