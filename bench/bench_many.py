@@ -6,7 +6,8 @@ of them with a deadline. Contenders, each in a fresh process of its own:
 * ``stdlib``: ``subprocess.Popen`` children, ``for p in procs:
   p.wait(timeout=remaining)``;
 * ``pyclone3``: ``pyclone3.Popen`` children, ``pyclone3.wait_all(procs,
-  timeout)`` (one epoll, every ready child reaped per wake-up).
+  timeout)`` (sleeps on the last child still running; every exited child
+  reaped on each wake-up).
 
 Reported for the wait phase only: parent CPU (user+system), context switches
 (the wake-ups), how late the last exit was noticed, and the process's peak

@@ -1,12 +1,14 @@
 """Waiting on many children at once: :func:`iter_exits`, :func:`wait_all`, :func:`wait_any`.
 
-All three watch every child's pidfd with one ``epoll`` instance: no thread
-per child, no polling loop. Each wake-up reaps every child that is ready
-(``epoll_wait`` hands back all of them at once), so a burst of exits costs one
-wake-up, not one each. A child that turns readable but cannot be reaped yet
-(a traced child, or a non-child whose own parent has not reaped it) is taken
-out of the ``epoll`` set and re-checked with a growing pause instead, so it
-can never make the loop spin.
+None of them uses a thread per child or a polling loop. :func:`iter_exits`
+and :func:`wait_any` watch every child's pidfd with one ``epoll`` instance;
+each wake-up reaps every child that is ready (``epoll_wait`` hands back all
+of them at once), so a burst of exits costs one wake-up, not one each.
+:func:`wait_all`, which needs only the last exit at once, sleeps on one
+child at a time and wakes up fewer times still. A child that turns
+readable but cannot be reaped yet (a traced child, or a non-child whose own
+parent has not reaped it) is re-checked with a growing pause, so it can
+never make a loop spin.
 
 Children are :class:`~pyclone3.PidFd` objects or ``Popen`` objects with a
 pidfd (:class:`pyclone3.Popen`, or any ``Popen`` with the
@@ -23,8 +25,9 @@ import time
 from collections.abc import Generator, Iterable
 from typing import Any, Union
 
+from ._clone3 import ffi
 from .flags import ChildCode
-from .pidfd import PidFd, WaitTimeout, _deadline
+from .pidfd import PidFd, WaitTimeout, _deadline, _poll
 from .popen import ChildExt
 from .status import WaitStatus
 
@@ -39,6 +42,10 @@ _STALLED_MAX_S = 0.05
 #: one wake-up reaps a batch. A lone exit after a quiet spell is reaped at
 #: once; no exit is reported later than this after it happened.
 COALESCE_S = 0.010
+#: :func:`wait_all` reaps every child that has exited at least this often
+#: (seconds) while it waits, so that zombies do not pile up and the last
+#: exit is reported without a backlog to clear first.
+CATCH_UP_S = 1.0
 
 
 class WaitAllTimeout(TimeoutError):
@@ -190,14 +197,18 @@ def iter_exits(
 def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[WaitStatus]:
     """Wait for every child to exit; return their statuses in the order given.
 
-    As the statuses come back in the given order, no ``epoll`` is needed:
-    the children are waited for one after the other, each with the time
-    left. A child that has already exited costs one ``waitid``; the wait
-    blocks (in ``poll(2)`` on a pidfd, woken by the exit itself) only for a
-    child still running when its turn comes: for exits in random order,
-    about ``ln(n)`` times in all. This costs less CPU than the standard
-    library's ``p.wait(timeout=remaining)`` loop, which sleeps and polls in
-    steps of up to 50 ms, and notices every exit sooner.
+    Only the last exit has to be noticed at once, so the wait sleeps on one
+    child at a time: **the last one given that still runs**, in ``poll(2)``
+    on its pidfd. Children are usually given in the order they were
+    started, and a child started later tends to end later, so one wake-up
+    covers all the children that ended before it. For exits in random order
+    that makes about ``ln(n)`` wake-ups. On each wake-up, and at least every
+    ``CATCH_UP_S`` seconds (1 s) while it sleeps, one ``poll`` over all the
+    pidfds finds every child that has exited, and each is reaped with one
+    ``waitid``. So zombies never pile up, and the last exit is reported
+    without a backlog to clear first. The standard library's
+    ``p.wait(timeout=remaining)`` loop sleeps and polls in steps of up to
+    50 ms instead: it wakes up far more often and notices the last exit later.
 
     On timeout raises :class:`WaitAllTimeout`, whose ``done`` and ``pending``
     say who had finished by then. Arguments are checked as :func:`iter_exits`
@@ -214,37 +225,100 @@ def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[Wa
             raise ValueError(f"I/O operation on closed PidFd: {child!r}")
     deadline = None if timeout is None else _deadline(timeout)
     done: dict[int, WaitStatus] = {}  # by id(child)
-    for child, pidfd in zip(given, pidfds):
-        status = _known_status(child, pidfd)
-        owned_popen = isinstance(child, ChildExt) and child._pidfd_owned
-        if status is None and owned_popen:
-            status = pidfd._reap_now_and_close()  # exited already: one waitid
-            if status is not None:
-                with child._waitpid_lock:
-                    if child.returncode is None:
-                        child.returncode = status.returncode
+    owned = [isinstance(c, ChildExt) and c._pidfd_owned for c in given]
+    info = ffi.new("struct pyclone3_waitinfo *")  # one for every reap below
+    # Every pidfd in one poll set, for the catch-up sweeps. A stale entry (a
+    # PidFd closed by another thread) costs a check, never a wrong reap:
+    # reaping always goes through the PidFd, under its lock.
+    scanner = select.poll()
+    index_of: dict[int, int] = {}
+    for i, pidfd in enumerate(pidfds):
+        fd = pidfd._fd
+        if fd >= 0:
+            index_of[fd] = i
+            scanner.register(fd, select.POLLIN)
+    cap_ms = int(CATCH_UP_S * 1000)
+    i = len(given) - 1
+    while i >= 0:
+        child = given[i]
+        if id(child) in done:
+            i -= 1
+            continue
+        pidfd = pidfds[i]
+        # Exited already (the common case): one waitid, and an owned pidfd
+        # closed, in one lock round.
+        status = pidfd._reap_if_exited(info, owned[i])
         if status is None:
-            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            try:
-                if owned_popen:
-                    # the Popen's own path: reap, record and close in one go
-                    child._wait(remaining)
-                    status = _known_status(child, pidfd)
-                    assert status is not None
-                else:
-                    status = pidfd.wait(remaining)
-            except (WaitTimeout, subprocess.TimeoutExpired):
-                # Sweep the rest once without blocking, so `done` is exact.
-                for other, other_fd in zip(given, pidfds):
-                    if id(other) not in done and other is not child and not other_fd.closed:
-                        found = other_fd.try_wait()
-                        if found is not None:
-                            done[id(other)] = found
-                            _record(other, found)
-                raise _timeout(timeout, given, done) from None
-        done[id(child)] = status
-        _record(child, status)
+            status = _known_status(child, pidfd)
+        if status is not None:
+            _finish(child, status, done)
+            i -= 1
+            continue
+        if pidfd._foreign or (deadline is not None and time.monotonic() >= deadline):
+            # Not ours to reap, or no time left: the child's own wait sorts it out.
+            _finish(child, _wait_one(child, pidfd, owned[i], deadline, timeout, given, done), done)
+            i -= 1
+            continue
+        fd = pidfd._acquire()
+        try:
+            ready = _poll(fd, select.POLLIN, deadline, cap_ms, pidfd._wake_fd())
+        finally:
+            pidfd._release()
+        # Reap everyone who has exited meanwhile, this child included.
+        for ready_fd, _ in scanner.poll(0):
+            j = index_of[ready_fd]
+            other = given[j]
+            found = None if id(other) in done else pidfds[j]._reap_if_exited(info, owned[j])
+            if found is not None:
+                _finish(other, found, done)
+            if id(other) in done:
+                scanner.unregister(ready_fd)
+        if ready and id(child) not in done:
+            # Readable but nothing to reap (a traced child, say): its own wait
+            # knows how to wait for that without spinning.
+            _finish(child, _wait_one(child, pidfd, owned[i], deadline, timeout, given, done), done)
     return [done[id(c)] for c in as_given]
+
+
+def _finish(child: Any, status: WaitStatus, done: dict[int, WaitStatus]) -> None:
+    """wait_all has *status* for *child*: record it, in the child's Popen too."""
+    if isinstance(child, ChildExt):
+        if child.returncode is None:
+            child.returncode = status.returncode
+        if child._pyclone3_kill_tree:
+            child._reap_tree()
+    done[id(child)] = status
+
+
+def _wait_one(
+    child: Any,
+    pidfd: PidFd,
+    owned: bool,
+    deadline: float | None,
+    timeout: float | None,
+    given: list[Any],
+    done: dict[int, WaitStatus],
+) -> WaitStatus:
+    """wait_all's blocking wait for one running child, through its owner's own path."""
+    remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+    try:
+        if owned:
+            child._wait(remaining)  # the Popen's own path: reap, record and close
+            status = _known_status(child, pidfd)
+            assert status is not None
+        else:
+            status = pidfd.wait(remaining)
+        return status
+    except (WaitTimeout, subprocess.TimeoutExpired):
+        # Sweep the rest once without blocking, so `done` is exact.
+        for other in given:
+            other_fd = _pidfd_of(other)
+            if id(other) not in done and other is not child and not other_fd.closed:
+                found = other_fd.try_wait()
+                if found is not None:
+                    _record(other, found)  # an owned pidfd is closed here
+                    done[id(other)] = found
+        raise _timeout(timeout, given, done) from None
 
 
 def wait_any(children: Iterable[Child], timeout: float | None = None) -> tuple[Child, WaitStatus]:

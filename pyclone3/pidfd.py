@@ -514,32 +514,33 @@ class PidFd:
         finally:
             self._release()
 
-    def _reap_now_and_close(self) -> WaitStatus | None:
-        """If the child has exited, reap it and close the pidfd, in one lock round.
+    def _reap_if_exited(self, info: Any, close: bool) -> WaitStatus | None:
+        """If the child has exited, reap it (and with *close*, close the pidfd), in one lock round.
 
         The lean path for an owner that already expects the exit (a child
         whose turn comes in :func:`pyclone3.wait_all`): one non-blocking
-        ``waitid``; ``None`` (and nothing changed) when there is nothing to
-        reap yet, or when the process is not ours to reap.
+        ``waitid`` into *info*, a ``struct pyclone3_waitinfo *`` the caller
+        allocated once for all its children. ``None`` (and nothing changed)
+        when there is nothing to reap yet, when the process is not ours to
+        reap, on any error, or if the ``PidFd`` was closed: the general path
+        sorts those out.
         """
         with self._lock:
             if self._closing:
-                raise ValueError("I/O operation on closed PidFd")
+                return None
             status = self._status
             if status is None and not self._foreign:
-                info = _REAP_INFO.get()
+                info.pid = 0
                 ru = ffi.new("struct pyclone3_rusage *")
-                while lib.sys_waitid(_P_PIDFD, self._fd, info, _WEXITED_WNOHANG, ru) < 0:
-                    if ffi.errno != errno.EINTR:
-                        return None  # ECHILD and the rest: the general path handles them
+                if lib.sys_waitid(_P_PIDFD, self._fd, info, _WEXITED_WNOHANG, ru) < 0:
+                    return None
                 if info.pid == 0:
                     return None
                 status = WaitStatus._from_kernel(info.pid, info.code, info.status, info.uid, ru)
                 self._status = status
-            if status is None:
-                return None
-            self._closing = True
-            self._close_if_unused_locked()
+            if status is not None and close:
+                self._closing = True
+                self._close_if_unused_locked()
             return status
 
     def _wait_and_close(self, timeout: float | None) -> WaitStatus:
@@ -746,18 +747,6 @@ class PidFd:
             self._release()
 
 
-class _ThreadInfo(threading.local):
-    """A waitinfo struct per thread, for :meth:`PidFd._reap_now_and_close`."""
-
-    def get(self) -> Any:
-        info = getattr(self, "info", None)
-        if info is None:
-            info = self.info = ffi.new("struct pyclone3_waitinfo *")
-        info.pid = 0
-        return info
-
-
-_REAP_INFO = _ThreadInfo()
 _P_PIDFD = int(IdType.P_PIDFD)
 # __WALL: a child spawned with an exit signal other than SIGCHLD (or none) is
 # a "clone" child, which waitid only reports with __WCLONE or __WALL.

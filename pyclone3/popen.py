@@ -246,6 +246,7 @@ class ChildExt:
     _waitpid_lock: Any
     _pidfd: PidFd | None
     _pidfd_owned: bool
+    _pyclone3_kill_tree: bool = False  # CommandExt sets it per child
 
     @property
     def pidfd(self) -> PidFd:
@@ -304,7 +305,7 @@ class ChildExt:
         self._reap_tree()
 
     def _reap_tree(self) -> None:
-        if getattr(self, "_pyclone3_kill_tree", False):
+        if self._pyclone3_kill_tree:
             tree.reap_orphans(self.pid)
 
     def kill_tree(self, sig: int = signal.SIGKILL, *, timeout: float = 5.0) -> int:
@@ -324,14 +325,14 @@ class ChildExt:
 
     def kill(self) -> None:
         """``SIGKILL`` to the child, or to its whole tree with ``kill_tree=True``."""
-        if getattr(self, "_pyclone3_kill_tree", False) and self._pidfd_for_wait() is not None:
+        if self._pyclone3_kill_tree and self._pidfd_for_wait() is not None:
             self.kill_tree(signal.SIGKILL)
         else:
             self.send_signal(signal.SIGKILL)
 
     def terminate(self) -> None:
         """``SIGTERM`` to the child, or to its whole tree with ``kill_tree=True``."""
-        if getattr(self, "_pyclone3_kill_tree", False) and self._pidfd_for_wait() is not None:
+        if self._pyclone3_kill_tree and self._pidfd_for_wait() is not None:
             self.kill_tree(signal.SIGTERM)
         else:
             self.send_signal(signal.SIGTERM)

@@ -6,9 +6,10 @@ import os
 import random
 import signal
 import time
+from typing import Any
 
 import pytest
-from conftest import needs_threads, open_fds, require, sleeper
+from conftest import needs_threads, open_fds, require, sleeper, zombies
 
 import pyclone3
 from pyclone3 import PidFd, Popen
@@ -44,6 +45,121 @@ def test_random_exit_order_of_pidfds() -> None:
 def test_wait_all_returns_statuses_in_the_order_given() -> None:
     procs = [Popen(["/bin/sh", "-c", f"sleep 0.0{i}; exit {i}"]) for i in range(5)]
     assert [s.exit_code for s in wait_all(procs)] == [0, 1, 2, 3, 4]
+
+
+def _count_blocking_polls(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record each time wait_all goes to sleep on a child (multi._poll)."""
+    import pyclone3.multi as multi
+
+    calls: list[float] = []
+    real = multi._poll
+
+    def counting(*args: Any) -> int:
+        calls.append(time.monotonic())
+        return real(*args)
+
+    monkeypatch.setattr(multi, "_poll", counting)
+    return calls
+
+
+@pytest.mark.parametrize("order", ["given", "reversed", "random"])
+def test_wait_all_any_exit_order(order: str) -> None:
+    delays = [0.02 * i for i in range(12)]
+    if order == "reversed":
+        delays.reverse()
+    elif order == "random":
+        random.Random(3).shuffle(delays)
+    before = open_fds()
+    procs = [Popen(["/bin/sh", "-c", f"sleep {d}; exit {i}"]) for i, d in enumerate(delays)]
+    statuses = wait_all(procs, timeout=30)
+    assert [s.exit_code for s in statuses] == list(range(12))
+    assert [p.returncode for p in procs] == list(range(12))
+    assert all(p._pidfd is not None and p._pidfd.closed for p in procs)  # owned: closed
+    assert open_fds() <= before
+    assert not zombies()
+
+
+def test_wait_all_sleeps_once_for_children_ending_in_the_order_started(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Started in order, ending in order: waiting on the last one first means
+    one wake-up, after which every other child is reaped at once."""
+    polls = _count_blocking_polls(monkeypatch)
+    procs = [Popen(["/bin/sleep", f"{0.1 + 0.02 * i:.2f}"]) for i in range(20)]
+    assert {s.exit_code for s in wait_all(procs, timeout=30)} == {0}
+    assert len(polls) == 1
+
+
+def test_wait_all_sleeps_not_at_all_when_everything_has_exited(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    polls = _count_blocking_polls(monkeypatch)
+    procs = [Popen(["/bin/sh", "-c", f"exit {i}"]) for i in range(30)]
+    time.sleep(0.3)
+    assert [s.exit_code for s in wait_all(procs, timeout=30)] == list(range(30))
+    assert polls == []
+
+
+@needs_threads
+def test_wait_all_reaps_the_early_ones_while_a_late_one_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No zombie piles up behind a long-running child: the catch-up sweeps
+    reap whoever has exited, at least every CATCH_UP_S."""
+    import threading
+
+    import pyclone3.multi as multi
+
+    monkeypatch.setattr(multi, "CATCH_UP_S", 0.1)
+    short = [Popen(["/bin/sh", "-c", f"exit {i}"]) for i in range(10)]
+    long = Popen(["/bin/sleep", "30"])
+    result: list[object] = []
+    thread = threading.Thread(target=lambda: result.append(wait_all([*short, long], timeout=60)))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not all(p.returncode is not None for p in short):
+            assert time.monotonic() < deadline, "the short children were never reaped"
+            time.sleep(0.01)
+        assert [p.returncode for p in short] == list(range(10))
+        assert long.returncode is None and not zombies()
+    finally:
+        long.kill()
+        thread.join(10)
+    assert not thread.is_alive()
+    statuses = result[0]
+    assert isinstance(statuses, list)
+    assert [s.returncode for s in statuses] == [*range(10), -signal.SIGKILL]
+
+
+def test_wait_all_deadline_says_who_finished() -> None:
+    quick = Popen(["/bin/sh", "-c", "exit 3"])
+    slow = Popen(["/bin/sleep", "30"])
+    pidfd = pyclone3.spawn(["/bin/sh", "-c", "exit 5"]).pidfd
+    assert pidfd is not None
+    started = time.monotonic()
+    with pytest.raises(WaitAllTimeout) as info:
+        wait_all([quick, slow, pidfd], timeout=0.3)
+    assert 0.25 < time.monotonic() - started < 10
+    assert info.value.pending == [slow]
+    assert info.value.done[quick].exit_code == 3 and info.value.done[pidfd].exit_code == 5
+    assert quick.returncode == 3 and quick._pidfd is not None and quick._pidfd.closed
+    assert not pidfd.closed  # a PidFd stays the caller's to close
+    assert slow.returncode is None
+    slow.kill()
+    assert wait_all([quick, slow, pidfd], timeout=30)[1].returncode == -signal.SIGKILL
+    pidfd.close()
+
+
+def test_wait_all_mixes_pidfds_and_popens_and_repeats() -> None:
+    p = Popen(["/bin/sh", "-c", "sleep 0.1; exit 1"])
+    fd = pyclone3.spawn(["/bin/sh", "-c", "exit 2"]).pidfd
+    assert fd is not None
+    with fd:
+        statuses = wait_all([p, fd, p], timeout=30)
+        assert [s.exit_code for s in statuses] == [1, 2, 1]
+        assert fd.returncode == 2 and not fd.closed
+        assert [s.exit_code for s in wait_all([fd, p])] == [2, 1]  # known: no wait
 
 
 @require("pidfd_send_signal")
