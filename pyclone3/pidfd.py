@@ -543,6 +543,47 @@ class PidFd:
                 self._close_if_unused_locked()
             return status
 
+    def _reap_and_close(self) -> WaitStatus | None:
+        """Block in ``waitid`` until the child exits, reap it and close the pidfd.
+
+        The lean path of ``Popen.wait()`` with no timeout, for an owner done
+        with the pidfd once the child is reaped: two lock rounds and one
+        syscall besides the ``close``, because right after a wake-up the CPU
+        is cold and every step adds to the time the caller waits. ``None``,
+        with nothing changed, for anything unusual (closed, not ours to reap,
+        an error): :meth:`_wait_and_close` then sorts it out.
+        """
+        with self._lock:
+            if self._closing or self._foreign or self._status is not None:
+                return None
+            fd = self._fd
+            self._users += 1
+            self._reaping += 1  # see _echild
+        status = None
+        try:
+            info = ffi.new("struct pyclone3_waitinfo *")
+            ru = ffi.new("struct pyclone3_rusage *")
+            # EINTR: the loop's next turn runs the signal handlers (PEP 475).
+            while lib.sys_waitid(_P_PIDFD, fd, info, _WEXITED, ru) < 0:
+                if ffi.errno != errno.EINTR:
+                    break
+            else:
+                if info.pid:
+                    status = WaitStatus._from_kernel(
+                        info.pid, info.code, info.status, info.uid, ru
+                    )
+        finally:
+            with self._lock:
+                self._reaping -= 1
+                self._users -= 1
+                if status is not None:
+                    if self._status is None:
+                        self._status = status
+                    status = self._status
+                    self._closing = True
+                    self._close_if_unused_locked()
+        return status
+
     def _wait_and_close(self, timeout: float | None) -> WaitStatus:
         """:meth:`wait`, then :meth:`close`: for an owner done with the pidfd once reaped.
 

@@ -371,6 +371,17 @@ class ChildExt:
         return self.returncode
 
     def _wait(self, timeout: float | None) -> int | None:
+        if timeout is None and self._pidfd_owned and not _no_waitid_pidfd:
+            # The common wait(): one blocking waitid, then the pidfd is closed.
+            pidfd = self._pidfd
+            if pidfd is not None and self.returncode is None:
+                reaped = pidfd._reap_and_close()
+                if reaped is not None:
+                    if self.returncode is None:
+                        self.returncode = reaped.returncode
+                        if self._pyclone3_kill_tree:
+                            self._reap_tree()
+                    return self.returncode
         pidfd = self._pidfd_for_reap()
         if pidfd is None:
             code = super()._wait(timeout)  # type: ignore[misc]
