@@ -60,6 +60,7 @@ SPAWN_PATHS = ("clone3", "clone", "vfork_pidfd", "vfork")
 ENV_VAR = "PYCLONE3_SPAWN_PATH"
 
 _NO_FDS = (-1, -1, -1, -1, -1, -1)
+_ERR_NONE = lib.SPAWN_ERR_NONE
 _SIGCHLD = int(signal.SIGCHLD)
 _WALL = 0x40000000  # __WALL: also a child with another exit signal
 _STACK_SIZE = 64 * 1024
@@ -396,11 +397,15 @@ def _spawn_vm(plan: _Plan, path: str) -> SpawnedChild:
         err = ffi.errno
         raise OSError(err, os.strerror(err))
     fd = pidfd_out[0]
-    if fd < 0 and path != "vfork":
+    if fd >= 0:
+        if s.err_step == _ERR_NONE:  # the common case, without a call
+            return SpawnedChild(pid, PidFd._adopt(fd, pid), path)
+        return _finish(plan, pid, PidFd._adopt(fd, pid), path)
+    if path != "vfork":
         # A kernel older than CLONE_PIDFD ignores the flag: a child, no pidfd.
         with _lock:
             _unsupported.add(path)
-    return _finish(plan, pid, PidFd._adopt(fd, pid) if fd >= 0 else None, path)
+    return _finish(plan, pid, None, path)
 
 
 def _spawn_forked(plan: _Plan, path: str, preexec_fn: Callable[[], Any]) -> SpawnedChild:
@@ -756,7 +761,6 @@ def spawn_for_popen(
     args: Sequence[StrOrBytesPath],
     executable: StrOrBytesPath,
     orig_executable: Any,
-    *,
     cwd: StrOrBytesPath | None,
     env: Mapping[Any, Any] | None,
     fds: tuple[int, int, int, int, int, int],
@@ -815,7 +819,8 @@ def spawn_for_popen(
         cgroup = opts.cgroup if opts is not None else None
         raise _child_error(failed.step, failed.err, cwd, orig_executable, cgroup) from None
     finally:
-        plan.close()
+        if plan.cgroup_fd >= 0:
+            plan.close()
 
 
 def check_pdeathsig(sig: int | None) -> int:
@@ -907,14 +912,7 @@ def spawn(
         raise ValueError(f"unknown spawn path {spawn_path!r}; choose from {SPAWN_PATHS}")
     death = check_pdeathsig(pdeathsig)
     options = options_if_any(
-        clone_flags,
-        exit_signal=exit_signal,
-        set_tid=set_tid,
-        cgroup=cgroup,
-        uid_map=uid_map,
-        gid_map=gid_map,
-        setgroups=setgroups,
-        setns=setns,
+        clone_flags, exit_signal, set_tid, cgroup, uid_map, gid_map, setgroups, setns
     )
     exe = executable if executable is not None else args[0]
     return spawn_for_popen(

@@ -154,6 +154,43 @@ def test_stderr_to_stdout_and_devnull() -> None:
     assert r.stdout is None and r.stderr == b"err\n"
 
 
+def test_only_the_parent_ends_stay_open_after_the_spawn() -> None:
+    """The child's pipe ends and the /dev/null fd are closed in the parent
+    (pyclone3 does subprocess's _close_pipe_fds without its ExitStack)."""
+    before = {int(fd) for fd in os.listdir("/proc/self/fd")}
+    p = Popen(
+        ["/bin/cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    )
+    try:
+        now = {int(fd) for fd in os.listdir("/proc/self/fd")} - before
+        mine = {p.stdin.fileno(), p.stdout.fileno()}  # type: ignore[union-attr]
+        if p._pidfd is not None:
+            mine.add(p._pidfd.fileno())
+        assert now - {max(now)} <= mine <= now  # max(now): listdir's own fd, maybe
+        assert p._closed_child_pipe_fds
+        out, _ = p.communicate(b"through")
+        assert out == b"through"
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_a_failed_close_of_the_child_ends_is_raised_like_subprocess() -> None:
+    made: list[Popen] = []
+
+    class Failing(Popen):
+        def _close_pipe_fds(self, *fds: int) -> None:
+            made.append(self)
+            os.close(fds[3])  # c2pwrite, closed behind its back: the real close fails
+            super()._close_pipe_fds(*fds)
+
+    with pytest.raises(OSError) as info:
+        Failing(["/bin/true"], stdout=subprocess.PIPE)
+    assert info.value.errno == errno.EBADF
+    assert not made[0]._closed_child_pipe_fds  # as subprocess leaves it
+    assert made[0].wait() == 0  # the child ran, and is reaped like any other
+
+
 def test_stdout_to_a_file_and_to_an_fd(tmp_path: object) -> None:
     path = os.path.join(str(tmp_path), "out")
     with open(path, "wb") as f:
