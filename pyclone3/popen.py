@@ -244,6 +244,38 @@ class CommandExt:
             raise error
         self._closed_child_pipe_fds = True
 
+    def _on_error_fd_closer(self) -> _FdCloserOnError:
+        """subprocess's guard around ``_get_handles`` (3.11+), as a plain class.
+
+        The same behaviour as its generator-based context manager (on an
+        error, close the fds opened so far and ``/dev/null``, then re-raise),
+        at a fraction of the cost, on every spawn.
+        """
+        return _FdCloserOnError(self)
+
+
+class _FdCloserOnError:
+    __slots__ = ("fds", "popen")
+
+    def __init__(self, popen: Any) -> None:
+        self.popen = popen
+        self.fds: list[int] = []
+
+    def __enter__(self) -> list[int]:
+        return self.fds
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            return
+        popen = self.popen
+        if hasattr(popen, "_devnull"):
+            self.fds.append(popen._devnull)
+            del popen._devnull
+        for fd in self.fds:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        # returning None: the exception goes on
+
 
 class ChildExt:
     """Waiting and signalling through the child's pidfd, for a :class:`subprocess.Popen` subclass.

@@ -191,6 +191,33 @@ def test_a_failed_close_of_the_child_ends_is_raised_like_subprocess() -> None:
     assert made[0].wait() == 0  # the child ran, and is reaped like any other
 
 
+@pytest.mark.skipif(
+    sys.version_info < (3, 11), reason="subprocess closes half-made pipes only since 3.11"
+)
+def test_a_failure_while_making_the_pipes_closes_what_was_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real_pipe = os.pipe
+    made: list[tuple[int, int]] = []
+
+    def pipe_then_fail() -> tuple[int, int]:
+        if made:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        made.append(real_pipe())
+        return made[0]
+
+    monkeypatch.setattr(os, "pipe", pipe_then_fail)
+    before = {int(fd) for fd in os.listdir("/proc/self/fd")}
+    with pytest.raises(OSError) as info:
+        Popen(
+            ["/bin/true"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+    assert info.value.errno == errno.EMFILE
+    assert len(made) == 1
+    after = {int(fd) for fd in os.listdir("/proc/self/fd")}
+    assert not (after - before) - {max(after)}  # the pipe and /dev/null are closed
+
+
 def test_stdout_to_a_file_and_to_an_fd(tmp_path: object) -> None:
     path = os.path.join(str(tmp_path), "out")
     with open(path, "wb") as f:
