@@ -83,11 +83,17 @@ def test_wait_all_sleeps_once_for_children_ending_in_the_order_started(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Started in order, ending in order: waiting on the last one first means
-    one wake-up, after which every other child is reaped at once."""
+    one wake-up, after which every other child is reaped at once (waiting in
+    the order given would wake up once per child, 15 times here). Two are
+    allowed, in case a loaded machine delays one child's start past its
+    neighbour's end."""
+    import pyclone3.multi as multi
+
+    monkeypatch.setattr(multi, "CATCH_UP_S", 30.0)  # no periodic sweep in the count
     polls = _count_blocking_polls(monkeypatch)
-    procs = [Popen(["/bin/sleep", f"{0.1 + 0.02 * i:.2f}"]) for i in range(20)]
+    procs = [Popen(["/bin/sleep", f"{0.1 + 0.04 * i:.2f}"]) for i in range(15)]
     assert {s.exit_code for s in wait_all(procs, timeout=30)} == {0}
-    assert len(polls) == 1
+    assert 1 <= len(polls) <= 2
 
 
 def test_wait_all_sleeps_not_at_all_when_everything_has_exited(
@@ -95,7 +101,10 @@ def test_wait_all_sleeps_not_at_all_when_everything_has_exited(
 ) -> None:
     polls = _count_blocking_polls(monkeypatch)
     procs = [Popen(["/bin/sh", "-c", f"exit {i}"]) for i in range(30)]
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while any(p.pidfd.is_alive() for p in procs):  # exited, not reaped
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     assert [s.exit_code for s in wait_all(procs, timeout=30)] == list(range(30))
     assert polls == []
 
