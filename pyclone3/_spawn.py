@@ -241,7 +241,11 @@ class _Plan:
             candidates = [exe]
         else:  # the PATH search os.execvpe does, prepared here
             candidates = [os.path.join(fsencode(d), exe) for d in os.get_exec_path(env)]
-        argv = [fsencode(a) for a in args]
+        fs_encoding = _FS_ENCODING
+        argv = [  # _fsencode, inlined for the common str case: this runs on every spawn
+            a.encode(fs_encoding, "surrogateescape") if type(a) is str else fsencode(a)
+            for a in args
+        ]
         both = _pack(argv, candidates, "args or executable", keep)
         s.argv = both
         s.exec_paths = both + (len(argv) + 1)

@@ -396,6 +396,13 @@ class ChildExt:
     def _internal_poll(
         self, _deadstate: int | None = None, *args: Any, **kwargs: Any
     ) -> int | None:
+        code = self.returncode
+        if code is not None:
+            # Reaped, and the pidfd closed with it: nothing to do. Every
+            # Popen's __del__ comes here once.
+            done: PidFd | None = self.__dict__.get("_pidfd")
+            if done is None or done._closing:
+                return code
         pidfd = self._pidfd_for_reap()
         if pidfd is None:
             code = super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc]
