@@ -219,24 +219,32 @@ def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[Wa
     for child in as_given:
         unique.setdefault(id(child), child)
     given = list(unique.values())
-    pidfds = [_pidfd_of(c) for c in given]
-    for child, pidfd in zip(given, pidfds):
-        if pidfd.closed and _known_status(child, pidfd) is None:
+    # One pass over the children (it costs per child, so it is kept lean):
+    # check each, and put every open pidfd in one poll set for the catch-up
+    # sweeps. A stale entry (a PidFd closed by another thread) costs a
+    # check, never a wrong reap: reaping always goes through the PidFd,
+    # under its lock.
+    pidfds: list[PidFd] = []
+    owned: list[bool] = []
+    scanner = select.poll()
+    index_of: dict[int, int] = {}
+    for i, child in enumerate(given):
+        if isinstance(child, ChildExt):
+            pidfd = child.pidfd  # raises PidfdUnavailableError without one
+            owned.append(child._pidfd_owned)
+        else:
+            pidfd = _pidfd_of(child)
+            owned.append(False)
+        pidfds.append(pidfd)
+        fd = pidfd._fd
+        if fd >= 0 and not pidfd._closing:
+            index_of[fd] = i
+            scanner.register(fd, select.POLLIN)
+        elif _known_status(child, pidfd) is None:
             raise ValueError(f"I/O operation on closed PidFd: {child!r}")
     deadline = None if timeout is None else _deadline(timeout)
     done: dict[int, WaitStatus] = {}  # by id(child)
-    owned = [isinstance(c, ChildExt) and c._pidfd_owned for c in given]
     info = ffi.new("struct pyclone3_waitinfo *")  # one for every reap below
-    # Every pidfd in one poll set, for the catch-up sweeps. A stale entry (a
-    # PidFd closed by another thread) costs a check, never a wrong reap:
-    # reaping always goes through the PidFd, under its lock.
-    scanner = select.poll()
-    index_of: dict[int, int] = {}
-    for i, pidfd in enumerate(pidfds):
-        fd = pidfd._fd
-        if fd >= 0:
-            index_of[fd] = i
-            scanner.register(fd, select.POLLIN)
     cap_ms = int(CATCH_UP_S * 1000)
     i = len(given) - 1
     while i >= 0:
@@ -268,11 +276,12 @@ def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[Wa
         for ready_fd, _ in scanner.poll(0):
             j = index_of[ready_fd]
             other = given[j]
-            found = None if id(other) in done else pidfds[j]._reap_if_exited(info, owned[j])
-            if found is not None:
+            if id(other) not in done:
+                found = pidfds[j]._reap_if_exited(info, owned[j])
+                if found is None:
+                    continue
                 _finish(other, found, done)
-            if id(other) in done:
-                scanner.unregister(ready_fd)
+            scanner.unregister(ready_fd)
         if ready and id(child) not in done:
             # Readable but nothing to reap (a traced child, say): its own wait
             # knows how to wait for that without spinning.
