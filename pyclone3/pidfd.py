@@ -593,15 +593,11 @@ class PidFd:
         status = self._status
         if status is None:
             deadline = None if timeout is None else _deadline(timeout)  # may raise: first
-            fd = self._acquire()
-            if timeout is None and not self._foreign:
-                try:
-                    status = self._blocking_reap(fd, syscalls.WaitBuffers(), then_close=True)
-                except BaseException:
-                    self._release()
-                    raise
+            if timeout is None:
+                status = self._reap_and_close()  # the blocking reap, closed with it
                 if status is not None:
-                    return status  # released and closed in the same lock round
+                    return status
+            fd = self._acquire()
             try:
                 status = self._wait(fd, timeout, deadline)
             except BaseException:
@@ -660,9 +656,7 @@ class PidFd:
                 return status
         raise WaitTimeout(self._pid, timeout if timeout is not None else math.inf)
 
-    def _blocking_reap(
-        self, fd: int, bufs: syscalls.WaitBuffers, *, then_close: bool = False
-    ) -> WaitStatus | None:
+    def _blocking_reap(self, fd: int, bufs: syscalls.WaitBuffers) -> WaitStatus | None:
         """Without a timeout, one blocking ``waitid(P_PIDFD, WEXITED|__WALL)`` is the whole wait.
 
         It returns when the child is reapable, and at once with ``ECHILD`` for
@@ -688,10 +682,6 @@ class PidFd:
                 return None
             if self._status is None:
                 self._status = status
-            if then_close:  # the caller's use ends here, and the pidfd with it
-                self._users -= 1
-                self._closing = True
-                self._close_if_unused_locked()
             return self._status
 
     def _echild(self) -> WaitStatus | None:
