@@ -245,8 +245,13 @@ class PidFd:
                 os.write(self._wake[1], _ONE)
 
     def _wake_fd(self) -> int:
-        """The fd close() writes to, made on first need: an eventfd (a pipe on 3.9)."""
+        """The fd close() writes to, made on first need: an eventfd (a pipe on 3.9).
+
+        Raises ``ValueError`` if the PidFd is closed already: a close() made
+        before the wake fd existed could not write to it.
+        """
         with self._lock:
+            self._open_fd_locked()
             if self._wake is None:
                 if _eventfd is not None:
                     efd = _eventfd(0, _EFD_FLAGS)

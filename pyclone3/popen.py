@@ -346,6 +346,21 @@ class ChildExt:
             return None
         return self._pidfd_for_wait()
 
+    def _reaped_through_pidfd(self) -> bool:
+        """Whether the child was reaped through its pidfd, now closed; if so, record it.
+
+        Another thread may have reaped it and closed the pidfd a moment
+        before recording the returncode: the status is in the PidFd by then,
+        while the standard library's ``waitpid`` would only find ``ECHILD``.
+        """
+        pidfd: PidFd | None = getattr(self, "_pidfd", None)
+        status = None if pidfd is None else pidfd._status
+        if status is None:
+            return False
+        if self.returncode is None:
+            self.returncode = status.returncode
+        return True
+
     def _fall_back_to_waitpid(self) -> None:
         """waitid(P_PIDFD) said ENOSYS: remember it; the standard library reaps from now."""
         global _no_waitid_pidfd
@@ -405,6 +420,8 @@ class ChildExt:
                 return code
         pidfd = self._pidfd_for_reap()
         if pidfd is None:
+            if self._reaped_through_pidfd():
+                return self.returncode
             code = super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc]
             self._done_without_waitid()
             return code  # type: ignore[no-any-return]
@@ -420,6 +437,8 @@ class ChildExt:
                             self.returncode = _deadstate
                         self._reaped(None)
                     except ValueError:  # the pidfd was closed under us: fall back
+                        if self._reaped_through_pidfd():
+                            return self.returncode
                         return super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc, no-any-return]
                     except OSError as exc:
                         if exc.errno != errno.ENOSYS:
@@ -447,6 +466,8 @@ class ChildExt:
                     return self.returncode
         pidfd = self._pidfd_for_reap()
         if pidfd is None:
+            if self._reaped_through_pidfd():
+                return self.returncode
             code = super()._wait(timeout)  # type: ignore[misc]
             self._done_without_waitid()
             return code  # type: ignore[no-any-return]
@@ -463,6 +484,8 @@ class ChildExt:
             raise subprocess.TimeoutExpired(self.args, timeout or 0.0) from None
         except ChildProcessError:
             status = None
+        except ValueError:  # another thread reaped the child and closed the pidfd
+            return self._wait(timeout)  # the standard library's wait, from here on
         except OSError as exc:
             if exc.errno != errno.ENOSYS:
                 raise
