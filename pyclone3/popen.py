@@ -484,8 +484,11 @@ class ChildExt:
             raise subprocess.TimeoutExpired(self.args, timeout or 0.0) from None
         except ChildProcessError:
             status = None
-        except ValueError:  # another thread reaped the child and closed the pidfd
-            return self._wait(timeout)  # the standard library's wait, from here on
+        except ValueError:
+            if not pidfd.closed:
+                raise  # a bad timeout
+            # Another thread reaped the child and closed the pidfd meanwhile.
+            return self._wait(timeout)  # finishes without the pidfd
         except OSError as exc:
             if exc.errno != errno.ENOSYS:
                 raise
