@@ -14,6 +14,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stddef.h>
@@ -21,6 +22,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/vfs.h>
 #include <sys/wait.h>
@@ -278,6 +280,60 @@ int sys_pidfd_get_info(int pidfd, struct pidfd_info *info)
 }
 
 /* ---- helpers ----------------------------------------------------------- */
+
+/* wait_all's sweep (pyclone3/multi.py): poll(2), without blocking, every
+ * pidfd in fds[0..n) that is not negative, then one
+ * waitid(P_PIDFD, WEXITED|WNOHANG|__WALL) for each that is readable, its
+ * status into info[i] and its rusage into ru[i]. A reaped child's fds[i]
+ * becomes -1, so later sweeps skip it, and i is appended to reaped. A
+ * readable pidfd that cannot be reaped (a zombie held by a tracer, a process
+ * that is not our child or that another thread reaped) is left as it was,
+ * for the caller's general path. pfds and where are scratch space (n
+ * entries each). Returns how many were reaped, or -1 with errno if poll
+ * failed. The caller keeps the fds open meanwhile. */
+int pyclone3_reap_exited(int *fds, int n, struct pollfd *pfds, int *where,
+                         int *reaped, struct pyclone3_waitinfo *info,
+                         struct pyclone3_rusage *ru)
+{
+    struct rlimit lim;
+    int i, k, live = 0, count = 0;
+    int start, slice = n;
+
+    for (i = 0; i < n; i++) {
+        if (fds[i] < 0)
+            continue;
+        pfds[live].fd = fds[i];
+        pfds[live].events = POLLIN;
+        pfds[live].revents = 0;
+        where[live++] = i;
+    }
+    /* poll refuses more entries than RLIMIT_NOFILE (EINVAL), and one pidfd
+     * may be given twice (a Popen and its PidFd): poll in slices that fit. */
+    if (getrlimit(RLIMIT_NOFILE, &lim) == 0 && lim.rlim_cur < (rlim_t)slice)
+        slice = lim.rlim_cur > 0 ? (int)lim.rlim_cur : 1;
+    for (start = 0; start < live; start += slice) {
+        int size = live - start < slice ? live - start : slice;
+        int ready;
+
+        do
+            ready = poll(pfds + start, (nfds_t)size, 0);
+        while (ready < 0 && errno == EINTR);
+        if (ready < 0)
+            return -1;
+        for (k = start; k < start + size && ready > 0; k++) {
+            if (pfds[k].revents == 0)
+                continue;
+            ready--;
+            i = where[k];
+            if (sys_waitid(P_PIDFD, fds[i], &info[i], WEXITED | WNOHANG | __WALL,
+                           &ru[i]) < 0 || info[i].pid == 0)
+                continue;
+            fds[i] = -1;
+            reaped[count++] = i;
+        }
+    }
+    return count;
+}
 
 /* Run make(arg), which creates a child that returns here like fork(), inside
  * the interpreter's fork hooks, as os.fork() does: the GIL held (cffi released

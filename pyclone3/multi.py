@@ -19,15 +19,16 @@ as the exit is reported, exactly as ``poll()`` would set it.
 from __future__ import annotations
 
 import math
+import os
 import select
 import subprocess
 import time
 from collections.abc import Generator, Iterable
 from typing import Any, Union
 
-from ._clone3 import ffi
+from ._clone3 import ffi, lib
 from .flags import ChildCode
-from .pidfd import PidFd, WaitTimeout, _deadline, _poll
+from .pidfd import PidFd, WaitTimeout, _deadline, _poll, _sweeps
 from .popen import ChildExt
 from .status import WaitStatus
 
@@ -63,15 +64,6 @@ class WaitAllTimeout(TimeoutError):
         self.timeout = timeout
         self.done = done
         self.pending = pending
-
-
-def _timeout(
-    timeout: float | None, given: list[Any], done: dict[int, WaitStatus]
-) -> WaitAllTimeout:
-    """The exception for a deadline that passed; *done* is keyed by ``id(child)``."""
-    finished = {c: done[id(c)] for c in given if id(c) in done}
-    pending = [c for c in given if id(c) not in done]
-    return WaitAllTimeout(timeout if timeout is not None else math.inf, finished, pending)
 
 
 def _known_status(child: Any, pidfd: PidFd) -> WaitStatus | None:
@@ -187,7 +179,7 @@ def iter_exits(
             for _, child, status in reaped:
                 yield child, status
             if by_fd and not reaped and deadline is not None and now >= deadline:
-                raise _timeout(timeout, given, done)
+                raise _timeout(timeout, given, [done.get(id(c)) for c in given])
     finally:
         ep.close()
         for pidfd in acquired:
@@ -203,131 +195,202 @@ def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[Wa
     started, and a child started later tends to end later, so one wake-up
     covers all the children that ended before it. For exits in random order
     that makes about ``ln(n)`` wake-ups. On each wake-up, and at least every
-    ``CATCH_UP_S`` seconds (1 s) while it sleeps, one ``poll`` over all the
-    pidfds finds every child that has exited, and each is reaped with one
-    ``waitid``. So zombies never pile up, and the last exit is reported
-    without a backlog to clear first. The standard library's
-    ``p.wait(timeout=remaining)`` loop sleeps and polls in steps of up to
-    50 ms instead: it wakes up far more often and notices the last exit later.
+    ``CATCH_UP_S`` seconds (1 s) while it sleeps, one sweep reaps every
+    child that has exited: a single call into C makes one ``poll`` over all
+    the pidfds and one ``waitid`` for each that is ready. So zombies never
+    pile up, and the last exit is reported without a backlog to clear first.
+    The standard library's ``p.wait(timeout=remaining)`` loop sleeps and
+    polls in steps of up to 50 ms instead: it wakes up far more often and
+    notices the last exit later.
 
-    On timeout raises :class:`WaitAllTimeout`, whose ``done`` and ``pending``
-    say who had finished by then. Arguments are checked as :func:`iter_exits`
-    checks them, before any wait.
+    The pidfds cannot be closed under the wait: a ``close()`` from another
+    thread takes effect when it returns. On timeout raises
+    :class:`WaitAllTimeout`, whose ``done`` and ``pending`` say who had
+    finished by then. Arguments are checked as :func:`iter_exits` checks
+    them, before any wait.
     """
     as_given = list(children)
     unique: dict[int, Any] = {}
     for child in as_given:
         unique.setdefault(id(child), child)
     given = list(unique.values())
-    # One pass over the children (it costs per child, so it is kept lean):
-    # check each, and put every open pidfd in one poll set for the catch-up
-    # sweeps. A stale entry (a PidFd closed by another thread) costs a
-    # check, never a wrong reap: reaping always goes through the PidFd,
-    # under its lock.
-    pidfds: list[PidFd] = []
-    owned: list[bool] = []
-    scanner = select.poll()
-    index_of: dict[int, int] = {}
-    for i, child in enumerate(given):
-        if isinstance(child, ChildExt):
-            pidfd = child.pidfd  # raises PidfdUnavailableError without one
-            owned.append(child._pidfd_owned)
-        else:
-            pidfd = _pidfd_of(child)
-            owned.append(False)
-        pidfds.append(pidfd)
-        fd = pidfd._fd
-        if fd >= 0 and not pidfd._closing:
-            index_of[fd] = i
-            scanner.register(fd, select.POLLIN)
-        elif _known_status(child, pidfd) is None:
-            raise ValueError(f"I/O operation on closed PidFd: {child!r}")
     deadline = None if timeout is None else _deadline(timeout)
-    done: dict[int, WaitStatus] = {}  # by id(child)
-    info = ffi.new("struct pyclone3_waitinfo *")  # one for every reap below
-    cap_ms = int(CATCH_UP_S * 1000)
-    i = len(given) - 1
-    while i >= 0:
-        child = given[i]
-        if id(child) in done:
-            i -= 1
-            continue
-        pidfd = pidfds[i]
-        # Exited already (the common case): one waitid, and an owned pidfd
-        # closed, in one lock round.
-        status = pidfd._reap_if_exited(info, owned[i])
-        if status is None:
+    n = len(given)
+    statuses: list[WaitStatus | None] = [None] * n
+    pidfds: list[PidFd] = []
+    # Per child: True for a Popen that owns its pidfd (closed once reaped),
+    # False for another Popen, None for a PidFd (the caller's to close).
+    owned: list[bool | None] = []
+    held: list[int] = []  # fds held (PidFd._acquire_if_open) until let go of
+    watched: list[int] = []  # what the sweeps poll: -1 for none
+    try:
+        # One pass over the children (it costs per child, so it is kept
+        # lean): check each, hold its fd, and list it for the sweeps.
+        for child in given:
+            if isinstance(child, ChildExt):
+                pidfd = child.pidfd  # raises PidfdUnavailableError without one
+                owned.append(child._pidfd_owned)
+            else:
+                pidfd = _pidfd_of(child)
+                owned.append(None)
+            pidfds.append(pidfd)
+            fd = pidfd._acquire_if_open()
+            held.append(fd)
+            if fd < 0:
+                status = _known_status(child, pidfd)
+                if status is None:
+                    raise ValueError(f"I/O operation on closed PidFd: {child!r}")
+                statuses[len(held) - 1] = status
+            elif pidfd._foreign:
+                fd = -1  # not ours to reap: left to its own wait
+            watched.append(fd)
+        sweep = _Sweep(given, pidfds, owned, held, watched, statuses)
+        sweep()
+        cap_ms = int(CATCH_UP_S * 1000)
+        i = n - 1
+        while True:
+            while i >= 0 and statuses[i] is not None:
+                i -= 1
+            if i < 0:
+                break
+            child, pidfd = given[i], pidfds[i]
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _timeout(timeout, given, statuses)
+            if sweep.fds[i] >= 0:
+                try:
+                    ready = _poll(held[i], select.POLLIN, deadline, cap_ms, pidfd._wake_fd())
+                except ValueError:  # closed by another thread (its owner reaped it?)
+                    ready = -1
+                sweep()  # reap everyone who has exited meanwhile, this child included
+                if statuses[i] is not None or not ready:
+                    continue  # not ready: a catch-up, or the deadline (checked above)
+            # Not ours to reap, reaped by another thread, or readable with
+            # nothing to reap (a traced child, say): its own wait knows how to
+            # wait for that.
             status = _known_status(child, pidfd)
-        if status is not None:
-            _finish(child, status, done)
-            i -= 1
-            continue
-        if pidfd._foreign or (deadline is not None and time.monotonic() >= deadline):
-            # Not ours to reap, or no time left: the child's own wait sorts it out.
-            _finish(child, _wait_one(child, pidfd, owned[i], deadline, timeout, given, done), done)
-            i -= 1
-            continue
-        fd = pidfd._acquire()
-        try:
-            ready = _poll(fd, select.POLLIN, deadline, cap_ms, pidfd._wake_fd())
-        finally:
-            pidfd._release()
-        # Reap everyone who has exited meanwhile, this child included.
-        for ready_fd, _ in scanner.poll(0):
-            j = index_of[ready_fd]
-            other = given[j]
-            if id(other) not in done:
-                found = pidfds[j]._reap_if_exited(info, owned[j])
-                if found is None:
+            if status is None:
+                try:
+                    status = _wait_one(child, pidfd, owned[i] is True, deadline)
+                except (WaitTimeout, subprocess.TimeoutExpired):
+                    sweep()
+                    raise _timeout(timeout, given, statuses) from None
+            _finish(child, status)
+            statuses[i] = status
+    finally:
+        for i, fd in enumerate(held):
+            if fd >= 0:  # not let go of by a sweep
+                pidfds[i]._release()
+    if n == len(as_given):
+        return statuses  # type: ignore[return-value]  # all set by now
+    by_id = {id(c): s for c, s in zip(given, statuses)}
+    return [by_id[id(c)] for c in as_given]  # type: ignore[misc]
+
+
+class _Sweep:
+    """wait_all's sweep: reap, in one call into C, every child that has exited.
+
+    The lists are wait_all's, one entry per child. *watched* (the fds to
+    poll, -1 for none) is copied for the C side, which sets a reaped
+    child's entry to -1; *held* and *statuses* are updated in place.
+    """
+
+    __slots__ = (
+        "fds",
+        "given",
+        "held",
+        "info",
+        "owned",
+        "pfds",
+        "pidfds",
+        "reaped",
+        "rusage",
+        "statuses",
+        "where",
+    )
+
+    def __init__(
+        self,
+        given: list[Any],
+        pidfds: list[PidFd],
+        owned: list[bool | None],
+        held: list[int],
+        watched: list[int],
+        statuses: list[WaitStatus | None],
+    ) -> None:
+        n = len(given)
+        self.given, self.pidfds, self.owned, self.held = given, pidfds, owned, held
+        self.statuses = statuses
+        self.fds = ffi.new("int[]", watched)
+        self.pfds = ffi.new("struct pollfd[]", n)  # the C side's scratch space
+        self.where = ffi.new("int[]", n)  # and more of it
+        self.reaped = ffi.new("int[]", n)
+        self.info = ffi.new("struct pyclone3_waitinfo[]", n)
+        # Each WaitStatus refers to its entry here until its rusage is read.
+        self.rusage = ffi.new("struct pyclone3_rusage[]", n)
+
+    def __call__(self) -> None:
+        with _sweeps:
+            count = lib.pyclone3_reap_exited(
+                self.fds,
+                len(self.given),
+                self.pfds,
+                self.where,
+                self.reaped,
+                self.info,
+                self.rusage,
+            )
+            if count < 0:
+                err = ffi.errno
+                raise OSError(err, os.strerror(err))
+            given, pidfds, owned, held = self.given, self.pidfds, self.owned, self.held
+            info, rusage, statuses = self.info, self.rusage, self.statuses
+            for i in self.reaped[0:count]:
+                one = info[i]
+                status = WaitStatus._from_kernel(
+                    one.pid, one.code, one.status, one.uid, (rusage, i)
+                )
+                held[i] = -1
+                own = owned[i]
+                if own is None:  # a PidFd
+                    statuses[i] = pidfds[i]._swept(status, False)
                     continue
-                _finish(other, found, done)
-            scanner.unregister(ready_fd)
-        if ready and id(child) not in done:
-            # Readable but nothing to reap (a traced child, say): its own wait
-            # knows how to wait for that without spinning.
-            _finish(child, _wait_one(child, pidfd, owned[i], deadline, timeout, given, done), done)
-    return [done[id(c)] for c in as_given]
+                # A Popen: it learns first, so that a poll() from another
+                # thread that finds the pidfd closed finds the returncode set.
+                child = given[i]
+                if child.returncode is None:
+                    child.returncode = status.returncode
+                statuses[i] = pidfds[i]._swept(status, own)
+                if child._pyclone3_kill_tree:
+                    child._reap_tree()
 
 
-def _finish(child: Any, status: WaitStatus, done: dict[int, WaitStatus]) -> None:
-    """wait_all has *status* for *child*: record it, in the child's Popen too."""
+def _finish(child: Any, status: WaitStatus) -> None:
+    """wait_all has *status* for *child*: let its Popen know, as its poll() would."""
     if isinstance(child, ChildExt):
         if child.returncode is None:
             child.returncode = status.returncode
         if child._pyclone3_kill_tree:
             child._reap_tree()
-    done[id(child)] = status
 
 
-def _wait_one(
-    child: Any,
-    pidfd: PidFd,
-    owned: bool,
-    deadline: float | None,
-    timeout: float | None,
-    given: list[Any],
-    done: dict[int, WaitStatus],
-) -> WaitStatus:
-    """wait_all's blocking wait for one running child, through its owner's own path."""
+def _wait_one(child: Any, pidfd: PidFd, owned: bool, deadline: float | None) -> WaitStatus:
+    """wait_all's blocking wait for one child, through its owner's own path."""
     remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-    try:
-        if owned:
-            child._wait(remaining)  # the Popen's own path: reap, record and close
-            status = _known_status(child, pidfd)
-            assert status is not None
-        else:
-            status = pidfd.wait(remaining)
+    if owned:
+        child._wait(remaining)  # the Popen's own path: reap, record and close
+        status = _known_status(child, pidfd)
+        assert status is not None
         return status
-    except (WaitTimeout, subprocess.TimeoutExpired):
-        # Sweep the rest once without blocking, so `done` is exact.
-        for other in given:
-            other_fd = _pidfd_of(other)
-            if id(other) not in done and other is not child and not other_fd.closed:
-                found = other_fd.try_wait()
-                if found is not None:
-                    _record(other, found)  # an owned pidfd is closed here
-                    done[id(other)] = found
-        raise _timeout(timeout, given, done) from None
+    return pidfd.wait(remaining)
+
+
+def _timeout(
+    timeout: float | None, given: list[Any], statuses: list[WaitStatus | None]
+) -> WaitAllTimeout:
+    """The exception for a deadline that passed, *statuses* matching *given*."""
+    finished = {c: s for c, s in zip(given, statuses) if s is not None}
+    pending = [c for c, s in zip(given, statuses) if s is None]
+    return WaitAllTimeout(timeout if timeout is not None else math.inf, finished, pending)
 
 
 def wait_any(children: Iterable[Child], timeout: float | None = None) -> tuple[Child, WaitStatus]:

@@ -37,6 +37,33 @@ _REAP_RECHECK_MS = 100
 _SPURIOUS_MAX_S = 0.05
 
 
+class _SweepCount:
+    """How many :func:`pyclone3.wait_all` sweeps are reaping right now.
+
+    A sweep reaps in C, outside the PidFds' locks, and records the statuses
+    afterwards. A thread whose ``waitid`` gets ``ECHILD`` while one runs may
+    have lost the child to it, so it waits for the sweep to finish (see
+    :meth:`PidFd._echild`) before taking the process for a non-child.
+    """
+
+    __slots__ = ("_lock", "active")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.active = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.active += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self.active -= 1
+
+
+_sweeps = _SweepCount()
+
+
 class WaitTimeout(TimeoutError):
     """:meth:`PidFd.wait` gave up: the process had not exited in time.
 
@@ -519,34 +546,32 @@ class PidFd:
         finally:
             self._release()
 
-    def _reap_if_exited(self, info: Any, close: bool) -> WaitStatus | None:
-        """If the child has exited, reap it (and with *close*, close the pidfd), in one lock round.
-
-        The lean path for an owner that already expects the exit (a child
-        whose turn comes in :func:`pyclone3.wait_all`): one non-blocking
-        ``waitid`` into *info*, a ``struct pyclone3_waitinfo *`` the caller
-        allocated once for all its children. ``None`` (and nothing changed)
-        when there is nothing to reap yet, when the process is not ours to
-        reap, on any error, or if the ``PidFd`` was closed: the general path
-        sorts those out.
-        """
+    def _acquire_if_open(self) -> int:
+        """Like :meth:`_acquire`, but -1 (and nothing held) if the PidFd is closed."""
         with self._lock:
             if self._closing:
-                return None
-            status = self._status
-            if status is None and not self._foreign:
-                info.pid = 0
-                ru = ffi.new("struct pyclone3_rusage *")
-                if lib.sys_waitid(_P_PIDFD, self._fd, info, _WEXITED_WNOHANG, ru) < 0:
-                    return None
-                if info.pid == 0:
-                    return None
-                status = WaitStatus._from_kernel(info.pid, info.code, info.status, info.uid, ru)
+                return -1
+            self._users += 1
+            return self._fd
+
+    def _swept(self, status: WaitStatus, close: bool) -> WaitStatus:
+        """Record a reap made by :func:`pyclone3.wait_all`'s sweep, and let go of the fd.
+
+        The sweep reaps in C, outside this lock, with the fd held through
+        :meth:`_acquire_if_open`; a thread whose ``waitid`` got ``ECHILD``
+        meanwhile waits for this record (see :data:`_sweeps`). With *close*
+        (an owner done with the pidfd), the pidfd is closed too, in the same
+        lock round.
+        """
+        with self._lock:
+            if self._status is None:
                 self._status = status
-            if status is not None and close:
+            self._users -= 1
+            if close:
                 self._closing = True
+            if self._closing:
                 self._close_if_unused_locked()
-            return status
+            return self._status
 
     def _reap_and_close(self) -> WaitStatus | None:
         """Block in ``waitid`` until the child exits, reap it and close the pidfd.
@@ -692,15 +717,15 @@ class PidFd:
     def _echild(self) -> WaitStatus | None:
         """waitid said ECHILD: another thread of ours reaped it, or it is not ours.
 
-        A thread in a blocking waitid may have reaped the child and not yet
-        recorded the status: wait for it (microseconds) before concluding
-        that the process is foreign.
+        A thread in a blocking waitid, or a :func:`pyclone3.wait_all` sweep,
+        may have reaped the child and not yet recorded the status: wait for
+        it (microseconds) before concluding that the process is foreign.
         """
         while True:
             with self._lock:
                 if self._status is not None:
                     return self._status
-                if self._reaping == 0:
+                if self._reaping == 0 and not _sweeps.active:
                     self._foreign = True
                     return None
             time.sleep(0.0001)

@@ -56,9 +56,11 @@ class WaitStatus:
     ) -> WaitStatus:
         """Build one straight after a reap, doing as little work as possible.
 
-        The cffi ``struct rusage`` is converted on first access to
-        :attr:`rusage`: right after a wake-up the CPU is cold, and every
-        instruction there adds to the exit-detection latency.
+        The cffi ``struct rusage`` (or, from a :func:`pyclone3.wait_all`
+        sweep, an ``(array, index)`` pair naming one in a shared array) is
+        converted on first access to :attr:`rusage`: right after a wake-up
+        the CPU is cold, and every instruction there adds to the
+        exit-detection latency.
         """
         self = cls.__new__(cls)
         self._pid = pid
@@ -111,8 +113,11 @@ class WaitStatus:
     @property
     def rusage(self) -> resource.struct_rusage | None:
         """Resource usage of the reaped child (as :func:`os.wait4` gives), or ``None``."""
-        if self._rusage is None and self._raw_rusage is not None:
-            self._rusage = _rusage_from_c(self._raw_rusage)
+        raw = self._raw_rusage
+        if self._rusage is None and raw is not None:
+            if type(raw) is tuple:  # (array, index): one of a wait_all sweep's
+                raw = raw[0][raw[1]]
+            self._rusage = _rusage_from_c(raw)
             self._raw_rusage = None
         return self._rusage
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
-from typing import Callable
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable
 
 import pytest
 
@@ -33,6 +36,31 @@ def zombies() -> list[int]:
         if fields[0] == "Z" and int(fields[1]) == me:
             found.append(int(name))
     return found
+
+
+@contextlib.contextmanager
+def polled_from_another_thread(procs: Sequence[Any]) -> Iterator[None]:
+    """Call ``poll()`` on each of *procs*, over and over, in another thread
+    while the block runs; fail if any call raised."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def poller() -> None:
+        try:
+            while not stop.is_set():
+                for p in procs:
+                    p.poll()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=poller)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive() and not errors, errors
 
 
 def fork_child(body: Callable[[], int | None], *, exit_signal: int = signal.SIGCHLD) -> PidFd:

@@ -9,7 +9,14 @@ import time
 from typing import Any
 
 import pytest
-from conftest import needs_threads, open_fds, require, sleeper, zombies
+from conftest import (
+    needs_threads,
+    open_fds,
+    polled_from_another_thread,
+    require,
+    sleeper,
+    zombies,
+)
 
 import pyclone3
 from pyclone3 import PidFd, Popen
@@ -139,6 +146,46 @@ def test_wait_all_reaps_the_early_ones_while_a_late_one_runs(
     statuses = result[0]
     assert isinstance(statuses, list)
     assert [s.returncode for s in statuses] == [*range(10), -signal.SIGKILL]
+
+
+@needs_threads
+@require("pidfd_info_exit")
+def test_wait_all_and_another_threads_poll_agree_on_every_child() -> None:
+    """Another thread polls the children while wait_all's sweeps reap them
+    outside the PidFds' locks. A child the sweep reaped is never taken for
+    someone else's child by the other thread: every status comes from a reap
+    here (it has its rusage), with the child's own exit code."""
+    for _ in range(5):
+        procs = [Popen(["/bin/sh", "-c", f"sleep 0.0{i % 3}; exit {i}"]) for i in range(150)]
+        with polled_from_another_thread(procs):
+            statuses = wait_all(procs, timeout=60)
+        assert [s.exit_code for s in statuses] == list(range(150))
+        assert [p.returncode for p in procs] == list(range(150))
+        assert all(s.rusage is not None for s in statuses)
+        assert not zombies()
+
+
+def test_wait_all_takes_more_children_than_the_fd_limit() -> None:
+    """poll(2) refuses more entries than RLIMIT_NOFILE: children given twice
+    (a Popen and its PidFd), or already closed, can outnumber it. The sweep
+    polls in slices that fit."""
+    import resource
+
+    procs = [Popen(["/bin/sh", "-c", f"exit {i}"]) for i in range(40)]
+    deadline = time.monotonic() + 10
+    while any(p.pidfd.is_alive() for p in procs):  # all exited: no wait, no fd opened
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    children: list[Any] = [*procs, *(p.pidfd for p in procs)]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (16, hard))
+    try:
+        statuses = wait_all(children, timeout=30)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert [s.exit_code for s in statuses] == [*range(40), *range(40)]
+    assert all(p._pidfd is not None and p._pidfd.closed for p in procs)
+    assert not zombies()
 
 
 def test_wait_all_deadline_says_who_finished() -> None:

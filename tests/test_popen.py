@@ -16,7 +16,7 @@ import sys
 import time
 
 import pytest
-from conftest import FEATURES, PYTHON, needs_threads, require
+from conftest import FEATURES, PYTHON, needs_threads, polled_from_another_thread, require
 
 import pyclone3
 from pyclone3 import PidFd, PidfdUnavailableError, Popen
@@ -86,29 +86,10 @@ def test_wait_with_a_timeout_while_another_thread_polls() -> None:
     """subprocess lets one thread wait() while another poll()s: whichever
     reaps the child (and closes its pidfd), the other sees its returncode,
     never an error or a made-up 0."""
-    import threading
-
     for _ in range(3):
         procs = [Popen(["/bin/sh", "-c", f"sleep 0.0{i % 2}; exit {i}"]) for i in range(100)]
-        stop = threading.Event()
-        errors: list[BaseException] = []
-
-        def poller(procs: list[Popen[bytes]] = procs) -> None:
-            try:
-                while not stop.is_set():
-                    for p in procs:
-                        p.poll()
-            except BaseException as exc:  # pragma: no cover - reported below
-                errors.append(exc)
-
-        thread = threading.Thread(target=poller)
-        thread.start()
-        try:
+        with polled_from_another_thread(procs):
             codes = [p.wait(timeout=30) for p in procs]
-        finally:
-            stop.set()
-            thread.join(10)
-        assert not errors
         assert codes == list(range(100))
         assert [p.poll() for p in procs] == codes
 
