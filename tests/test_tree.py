@@ -140,7 +140,16 @@ def test_popen_kill_tree_option_makes_kill_and_terminate_reach_the_tree() -> Non
                 assert not m.is_alive()
                 m.close()
             p.stdout.close()  # type: ignore[union-attr]
-            tree.reap_orphans(p.pid)  # a SIGTERM straggler may die after the root
+            # A SIGTERM straggler (the nested shell) may die after the root
+            # and the sleeps: reap until nothing of the session is left.
+            deadline = time.monotonic() + 10
+            while True:
+                tree.reap_orphans(p.pid)
+                left = [pid for pid, (_, sid, _) in tree._process_table().items() if sid == p.pid]
+                if not left:
+                    break
+                assert time.monotonic() < deadline, f"still running: {left}"
+                time.sleep(0.005)
     finally:
         tree.set_child_subreaper(was)
 
