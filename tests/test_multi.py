@@ -165,6 +165,33 @@ def test_wait_all_and_another_threads_poll_agree_on_every_child() -> None:
         assert not zombies()
 
 
+def _wait_all_into(results: list[object], children: list[Any]) -> None:
+    results.append(wait_all(children, timeout=60))
+
+
+@needs_threads
+def test_two_threads_wait_all_on_the_same_children() -> None:
+    """Two wait_all calls over the same children, in two threads: each child
+    is reaped once, by one sweep or the other, and both calls report the
+    status of that reap."""
+    import threading
+
+    for _ in range(3):
+        procs = [Popen(["/bin/sh", "-c", f"sleep 0.0{i % 3}; exit {i}"]) for i in range(100)]
+        results: list[object] = []
+        thread = threading.Thread(target=_wait_all_into, args=(results, procs))
+        thread.start()
+        mine = wait_all(procs, timeout=60)
+        thread.join(30)
+        assert not thread.is_alive()
+        theirs = results[0]
+        assert isinstance(theirs, list)
+        assert [s.exit_code for s in mine] == [s.exit_code for s in theirs] == list(range(100))
+        assert all(s.rusage is not None for s in [*mine, *theirs])  # from the reap, not a guess
+        assert [p.returncode for p in procs] == list(range(100))
+        assert not zombies()
+
+
 def test_wait_all_takes_more_children_than_the_fd_limit() -> None:
     """poll(2) refuses more entries than RLIMIT_NOFILE: children given twice
     (a Popen and its PidFd), or already closed, can outnumber it. The sweep
