@@ -218,9 +218,7 @@ def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[Wa
     n = len(given)
     statuses: list[WaitStatus | None] = [None] * n
     pidfds: list[PidFd] = []
-    # Per child: True for a Popen that owns its pidfd (closed once reaped),
-    # False for another Popen, None for a PidFd (the caller's to close).
-    owned: list[bool | None] = []
+    owned: list[bool] = []  # True for a Popen that closes its pidfd once reaped
     held: list[int] = []  # fds held (PidFd._acquire_if_open) until let go of
     watched: list[int] = []  # what the sweeps poll: -1 for none
     try:
@@ -232,7 +230,7 @@ def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[Wa
                 owned.append(child._pidfd_owned)
             else:
                 pidfd = _pidfd_of(child)
-                owned.append(None)
+                owned.append(False)
             pidfds.append(pidfd)
             fd = pidfd._acquire_if_open()
             held.append(fd)
@@ -270,7 +268,7 @@ def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[Wa
             status = _known_status(child, pidfd)
             if status is None:
                 try:
-                    status = _wait_one(child, pidfd, owned[i] is True, deadline)
+                    status = _wait_one(child, pidfd, owned[i], deadline)
                 except (WaitTimeout, subprocess.TimeoutExpired):
                     sweep()
                     raise _timeout(timeout, given, statuses) from None
@@ -312,7 +310,7 @@ class _Sweep:
         self,
         given: list[Any],
         pidfds: list[PidFd],
-        owned: list[bool | None],
+        owned: list[bool],
         held: list[int],
         watched: list[int],
         statuses: list[WaitStatus | None],
@@ -350,18 +348,10 @@ class _Sweep:
                     one.pid, one.code, one.status, one.uid, (rusage, i)
                 )
                 held[i] = -1
-                own = owned[i]
-                if own is None:  # a PidFd
-                    statuses[i] = pidfds[i]._swept(status, False)
-                    continue
-                # A Popen: it learns first, so that a poll() from another
-                # thread that finds the pidfd closed finds the returncode set.
-                child = given[i]
-                if child.returncode is None:
-                    child.returncode = status.returncode
-                statuses[i] = pidfds[i]._swept(status, own)
-                if child._pyclone3_kill_tree:
-                    child._reap_tree()
+                # A Popen learns first, so that a poll() from another thread
+                # that finds the pidfd closed finds the returncode set.
+                _finish(given[i], status)
+                statuses[i] = pidfds[i]._swept(status, owned[i])
 
 
 def _finish(child: Any, status: WaitStatus) -> None:
