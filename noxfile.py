@@ -3,6 +3,7 @@
     nox                    # everything; a missing interpreter is skipped, with a message
     nox -s tests-3.13      # one Python
     nox -s wheel           # sdist -> wheel -> clean venv -> tests
+    nox -s trio            # the trio/anyio examples, with both installed
 
 With pyenv, every installed version is made visible to nox (PYENV_VERSION)
 unless PYENV_VERSION is already set.
@@ -17,7 +18,7 @@ import pathlib
 import nox
 
 PYTHONS = ["3.9", "3.10", "3.11", "3.12", "3.13"]
-nox.options.sessions = ["tests", "lint", "docs", "wheel"]
+nox.options.sessions = ["tests", "trio", "lint", "docs", "wheel"]
 nox.options.error_on_missing_interpreters = False  # skip, with nox's message, even on CI
 
 _pyenv_root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
@@ -37,6 +38,13 @@ def tests(session: nox.Session) -> None:
     if session.python == PYTHONS[-1]:
         args = ["-W", "error::DeprecationWarning", *args]  # nothing deprecated on the newest
     _pytest_outside_the_tree(session, args)
+
+
+@nox.session(python=PYTHONS[2])
+def trio(session: nox.Session) -> None:
+    """The trio and anyio examples of the docs, with trio and anyio installed."""
+    session.install(".[test]", "trio", "anyio>=4.7")
+    _pytest_outside_the_tree(session, ["-p", "no:cacheprovider"], "tests/test_trio_anyio.py")
 
 
 @nox.session(python=PYTHONS[2])
@@ -68,9 +76,9 @@ def wheel(session: nox.Session) -> None:
     _pytest_outside_the_tree(session, ["-p", "no:cacheprovider"])
 
 
-def _pytest_outside_the_tree(session: nox.Session, args: list[str]) -> None:
+def _pytest_outside_the_tree(session: nox.Session, args: list[str], tests: str = "tests") -> None:
     """Run the tests from a scratch directory, so only the installed pyclone3 is importable."""
-    tests_dir = str(pathlib.Path("tests").resolve())
+    tests_dir = str(pathlib.Path(tests).resolve())
     with session.chdir(session.create_tmp()):
         session.run(
             "python",
