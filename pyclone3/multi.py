@@ -3,7 +3,9 @@
 None of them uses a thread per child or a polling loop. :func:`iter_exits`
 and :func:`wait_any` watch every child's pidfd with one ``epoll`` instance;
 each wake-up reaps every child that is ready (``epoll_wait`` hands back all
-of them at once), so a burst of exits costs one wake-up, not one each.
+of them at once) in one call into C, and while exits come often the next
+wake-up waits for a batch, so a burst of exits costs a few wake-ups, not one
+each.
 :func:`wait_all`, which needs only the last exit at once, sleeps on one
 child at a time and wakes up fewer times still. A child that turns
 readable but cannot be reaped yet (a traced child, or a non-child whose own
@@ -38,11 +40,12 @@ __all__ = ["Child", "WaitAllTimeout", "iter_exits", "wait_all", "wait_any"]
 Child = Union[PidFd, ChildExt]
 
 _STALLED_MAX_S = 0.05
-#: While exits keep coming (another one within this long of the last
-#: wake-up), wait this long after a wake-up before reaping again, so that
-#: one wake-up reaps a batch. A lone exit after a quiet spell is reaped at
-#: once; no exit is reported later than this after it happened.
-COALESCE_S = 0.010
+#: :func:`iter_exits`: while exits come often (two or more expected within
+#: this many seconds), each wake-up is followed by a nap of up to this long
+#: before the next reap, so that one wake-up reaps a batch. A lone exit after
+#: a quiet spell is reported at once; none is reported later than this after
+#: it happened.
+COALESCE_S = 0.05
 #: :func:`wait_all` reaps every child that has exited at least this often
 #: (seconds) while it waits, so that zombies do not pile up and the last
 #: exit is reported without a backlog to clear first.
@@ -102,6 +105,13 @@ def iter_exits(
     with children left. The pidfds stay usable (and cannot be closed under
     the loop) until the iterator finishes or is closed.
 
+    A lone exit is reported at once. While exits come often, the next reap
+    waits for more of them to gather (up to ``COALESCE_S``, 50 ms, and never
+    longer than the children left would take at the recent rate, so the last
+    ones are not held back), then reaps them all in one call into C: a
+    stream of exits costs a wake-up per 50 ms, not one per exit. Exits
+    within one batch come in the order the children were given.
+
     Raises ``TypeError`` for anything but a ``PidFd`` or a ``Popen`` with
     a pidfd, :class:`~pyclone3.PidfdUnavailableError` for a ``Popen`` without
     one, ``ValueError`` for a closed ``PidFd``, all before waiting.
@@ -112,41 +122,50 @@ def iter_exits(
     given = list(unique.values())
     deadline = None if timeout is None else _deadline(timeout)
     pidfds = [_pidfd_of(c) for c in given]
-    acquired: list[PidFd] = []
+    n = len(given)
+    owned = [isinstance(c, ChildExt) and c._pidfd_owned for c in given]
+    held = [-1] * n  # fds held (PidFd._acquire) until reaped or let go of
+    statuses: list[WaitStatus | None] = [None] * n
     ep = select.epoll()
     try:
-        by_fd: dict[int, tuple[Any, PidFd]] = {}
         ready_now = []
-        for child, pidfd in zip(given, pidfds):
+        by_fd: dict[int, list[int]] = {}  # fd -> indices in given (a Popen and its PidFd)
+        for i, (child, pidfd) in enumerate(zip(given, pidfds)):
             status = _known_status(child, pidfd)
             if status is not None:  # reaped before we started
-                ready_now.append((child, status))
+                statuses[i] = status
+                ready_now.append(i)
                 continue
-            fd = pidfd._acquire()  # held: no close can free the fd under us
-            acquired.append(pidfd)
-            by_fd[fd] = (child, pidfd)
-            ep.register(fd, select.EPOLLIN)
-        done: dict[int, WaitStatus] = {}  # by id(child): equal PidFds stay apart
-        for child, status in ready_now:
-            done[id(child)] = status
-            _record(child, status)
-            yield child, status
+            fd = held[i] = pidfd._acquire()  # held: no close can free the fd under us
+            if fd in by_fd:
+                by_fd[fd].append(i)
+                continue
+            by_fd[fd] = [i]
+            # One-shot: a child's fd is reported once, and never again once
+            # reaped, with no epoll_ctl call to take it out.
+            ep.register(fd, select.EPOLLIN | select.EPOLLONESHOT)
+        for i in ready_now:
+            _record(given[i], statuses[i])  # type: ignore[arg-type]  # set above
+            yield given[i], statuses[i]  # type: ignore[misc]
+        sweep = _Sweep(given, pidfds, owned, held, [-1] * n, statuses)
         # Readable but not reapable yet (a traced child; a non-child whose
         # parent has not reaped it): watched for HUP only (the kernel's
         # "reaped" signal) and re-checked after a growing pause: never spun on.
-        stalled: dict[int, float] = {}  # fd -> monotonic time of the next check
+        stalled: dict[int, float] = {}  # index -> monotonic time of the next check
         pause: dict[int, float] = {}
+        left = n - len(ready_now)
         last_wake = -math.inf
-        while by_fd:
-            now = time.monotonic()
-            if now - last_wake < COALESCE_S and not stalled:
-                # Exits are frequent: let more of them gather, then reap them
+        nap_s = 0.0  # how long to let exits gather before the next reap
+        while left:
+            if nap_s and not stalled:
+                # Exits keep coming: let more of them gather, then reap them
                 # together (never past the deadline).
-                nap = COALESCE_S - (now - last_wake)
+                nap = nap_s - (time.monotonic() - last_wake)
                 if deadline is not None:
-                    nap = min(nap, max(deadline - now, 0.0))
-                time.sleep(nap)
-                now = time.monotonic()
+                    nap = min(nap, deadline - time.monotonic())
+                if nap > 0:
+                    time.sleep(nap)
+            now = time.monotonic()
             wait_s = -1.0 if deadline is None else max(deadline - now, 0.0)
             if stalled:
                 until = max(min(stalled.values()) - now, 0.0)
@@ -154,36 +173,53 @@ def iter_exits(
             events = ep.poll(wait_s)
             now = time.monotonic()
             if events:
+                gap = (now - last_wake) / len(events)  # between exits, lately
                 last_wake = now
-            ready = {fd for fd, _ in events}
-            ready.update(fd for fd, when in stalled.items() if when <= now)
-            reaped = []
-            for fd in ready:
-                child, pidfd = by_fd[fd]
-                status = pidfd._try_reap(fd)
-                if status is not None:
-                    reaped.append((fd, child, status))
+            ready = [i for fd, _ in events for i in by_fd[fd]]
+            ready.extend(i for i, when in stalled.items() if when <= now and i not in ready)
+            fds = sweep.fds
+            for i in ready:
+                if not pidfds[i]._foreign:
+                    fds[i] = held[i]
+            reaped = sweep()  # every ready child of ours, in one call into C
+            for i in ready:
+                fds[i] = -1
+                if statuses[i] is not None:
                     continue
-                step = min(pause.get(fd, 0.0005) * 2, _STALLED_MAX_S)
-                if fd not in stalled:
-                    ep.modify(fd, 0)
-                pause[fd] = step
-                stalled[fd] = now + step
-            for fd, child, status in reaped:
-                del by_fd[fd]
-                stalled.pop(fd, None)
-                pause.pop(fd, None)
-                ep.unregister(fd)
-                done[id(child)] = status
-                _record(child, status)
-            for _, child, status in reaped:
-                yield child, status
-            if by_fd and not reaped and deadline is not None and now >= deadline:
-                raise _timeout(timeout, given, [done.get(id(c)) for c in given])
+                # Not reaped by the sweep: not ours to reap, reaped by another
+                # thread, or nothing to reap yet. The PidFd's own check knows.
+                status = pidfds[i]._try_reap(held[i])
+                if status is None:
+                    if i not in stalled:
+                        ep.modify(held[i], select.EPOLLONESHOT)  # HUP only
+                    pause[i] = step = min(pause.get(i, 0.0005) * 2, _STALLED_MAX_S)
+                    stalled[i] = now + step
+                    continue
+                held[i] = -1
+                _finish(given[i], status)
+                statuses[i] = pidfds[i]._swept(status, owned[i])
+                reaped.append(i)
+            left -= len(reaped)
+            if events:
+                # Nap before the next reap only while exits come often (two
+                # or more expected in COALESCE_S): for COALESCE_S at most,
+                # and no longer than the children left would take at this
+                # rate, with at least two of them to gather (so never for the
+                # last two, which should not wait).
+                often = gap < COALESCE_S / 2 and left > 2
+                nap_s = min(COALESCE_S, (left - 1) * gap) if often else 0.0
+            for i in reaped:
+                stalled.pop(i, None)
+                pause.pop(i, None)
+            for i in reaped:
+                yield given[i], statuses[i]  # type: ignore[misc]  # set by now
+            if left and not reaped and deadline is not None and now >= deadline:
+                raise _timeout(timeout, given, statuses)
     finally:
         ep.close()
-        for pidfd in acquired:
-            pidfd._release()
+        for i, fd in enumerate(held):
+            if fd >= 0:  # not let go of on a reap
+                pidfds[i]._release()
 
 
 def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[WaitStatus]:
@@ -326,7 +362,8 @@ class _Sweep:
         # Each WaitStatus refers to its entry here until its rusage is read.
         self.rusage = ffi.new("struct pyclone3_rusage[]", n)
 
-    def __call__(self) -> None:
+    def __call__(self) -> list[int]:
+        """Reap every child that has exited; return their indices."""
         with _sweeps:
             count = lib.pyclone3_reap_exited(
                 self.fds,
@@ -342,7 +379,8 @@ class _Sweep:
                 raise OSError(err, os.strerror(err))
             given, pidfds, owned, held = self.given, self.pidfds, self.owned, self.held
             info, rusage, statuses = self.info, self.rusage, self.statuses
-            for i in self.reaped[0:count]:
+            reaped: list[int] = ffi.unpack(self.reaped, count)
+            for i in reaped:
                 one = info[i]
                 status = WaitStatus._from_kernel(
                     one.pid, one.code, one.status, one.uid, (rusage, i)
@@ -352,6 +390,7 @@ class _Sweep:
                 # that finds the pidfd closed finds the returncode set.
                 _finish(given[i], status)
                 statuses[i] = pidfds[i]._swept(status, owned[i])
+            return reaped
 
 
 def _finish(child: Any, status: WaitStatus) -> None:

@@ -245,6 +245,18 @@ def test_wait_all_mixes_pidfds_and_popens_and_repeats() -> None:
         assert [s.exit_code for s in wait_all([fd, p])] == [2, 1]  # known: no wait
 
 
+@pytest.mark.parametrize("popen_first", [True, False])
+def test_a_popen_and_its_own_pidfd_are_both_reported(popen_first: bool) -> None:
+    """Two children of the call share one fd: each is reported, the child is
+    reaped once, and the Popen's pidfd is closed once both are done."""
+    p = Popen(["/bin/sh", "-c", "sleep 0.1; exit 3"])
+    pidfd = p.pidfd
+    given: list[Any] = [p, pidfd] if popen_first else [pidfd, p]
+    exits = list(iter_exits(given, timeout=30))
+    assert sorted((id(c), s.exit_code) for c, s in exits) == sorted((id(c), 3) for c in given)
+    assert p.returncode == 3 and pidfd.returncode == 3 and pidfd.closed
+
+
 @require("pidfd_send_signal")
 def test_wait_any_returns_the_first_and_leaves_the_rest() -> None:
     slow = sleeper(30)
@@ -310,9 +322,14 @@ def test_a_thousand_short_lived_children() -> None:
     assert len(open_fds()) == before
 
 
-def test_a_burst_is_reaped_in_few_wakeups(monkeypatch: pytest.MonkeyPatch) -> None:
-    polls = []
-    real_epoll = __import__("select").epoll
+def _count_epoll_polls(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record each epoll_wait iter_exits makes."""
+    import select
+
+    import pyclone3.multi as multi
+
+    calls: list[float] = []
+    real_epoll = select.epoll
 
     class Counting:
         def __init__(self) -> None:
@@ -321,17 +338,58 @@ def test_a_burst_is_reaped_in_few_wakeups(monkeypatch: pytest.MonkeyPatch) -> No
         def __getattr__(self, name: str) -> object:
             return getattr(self.ep, name)
 
-        def poll(self, *args: object) -> object:
-            polls.append(1)
+        def poll(self, *args: Any) -> object:
+            calls.append(time.monotonic())
             return self.ep.poll(*args)
 
-    import pyclone3.multi as multi
-
     monkeypatch.setattr(multi.select, "epoll", Counting)
+    return calls
+
+
+def test_a_burst_is_reaped_in_few_wakeups(monkeypatch: pytest.MonkeyPatch) -> None:
+    polls = _count_epoll_polls(monkeypatch)
     procs = [Popen(["/bin/true"]) for _ in range(50)]
     time.sleep(0.3)  # all have exited: one wake-up must reap them all
     assert len(list(iter_exits(procs, timeout=30))) == 50
     assert len(polls) <= 2
+
+
+def test_a_steady_stream_of_exits_is_reaped_in_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One exit every 5 ms for 0.3 s: the iterator lets exits gather between
+    wake-ups (up to COALESCE_S) instead of waking once for each of the 60;
+    every exit is still reported, once, with its rusage (reaped here)."""
+    polls = _count_epoll_polls(monkeypatch)
+    procs = [Popen(["/bin/sleep", f"{0.2 + 0.005 * i:.3f}"]) for i in range(60)]
+    exits = list(iter_exits(procs, timeout=30))
+    assert sorted(map(id, (c for c, _ in exits))) == sorted(map(id, procs))
+    assert all(s.exit_code == 0 and s.rusage is not None for _, s in exits)
+    assert [p.returncode for p in procs] == [0] * 60
+    assert len(polls) <= 30
+
+
+@require("pidfd_info_exit")
+def test_a_non_child_is_reported_once_its_own_parent_reaps_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A grandchild exits at 0.1 s but stays a zombie until its parent ends
+    (0.5 s) and it is reaped by init: readable with nothing to report for a
+    while, which the iterator re-checks with a growing pause (up to 50 ms),
+    never spinning, and reports once it has a status."""
+    import subprocess
+
+    polls = _count_epoll_polls(monkeypatch)
+    parent = Popen(
+        ["/bin/sh", "-c", "sleep 0.1 & echo $!; exec sleep 0.5"], stdout=subprocess.PIPE
+    )
+    assert parent.stdout is not None
+    with parent.stdout:
+        grandchild = PidFd.open(int(parent.stdout.readline()))
+    started = time.monotonic()
+    with grandchild:
+        exits = [(c, s.exit_code) for c, s in iter_exits([grandchild, parent], timeout=60)]
+    elapsed = time.monotonic() - started
+    assert exits == [(parent, 0), (grandchild, 0)]
+    assert len(polls) <= 10 + 40 * elapsed  # a spin would make thousands
 
 
 @require("pidfd_open")
