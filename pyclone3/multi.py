@@ -426,8 +426,10 @@ def wait_any(children: Iterable[Child], timeout: float | None = None) -> tuple[C
     """Wait for the first child to exit and return ``(child, status)``.
 
     If several are ready at once, the others stay un-reported (and unreaped)
-    for a later call. Raises :class:`WaitAllTimeout` on timeout, ``ValueError``
-    for no children.
+    for a later call. Each call sets up its watch over all the children
+    anew: to take exits one at a time as they come, iterate
+    :func:`iter_exits` instead. Raises :class:`WaitAllTimeout` on timeout,
+    ``ValueError`` for no children.
     """
     given = list(children)
     if not given:
