@@ -46,11 +46,17 @@ class _ExitWatch:
         self._pidfd = pidfd
         self._on_exit = on_exit
         self._on_error = on_error
-        self._fd = pidfd._acquire()
         self._reading = False
         self._timer: asyncio.TimerHandle | None = None
         self._pause = 0.0005
-        self._stopped = False
+        self._fd = pidfd._acquire_if_open()
+        self._stopped = self._fd < 0
+        if self._stopped:  # closed since: by its owner, once another thread reaped it?
+            if pidfd._status is not None:
+                on_exit(pidfd._status)
+            else:
+                on_error(ValueError("I/O operation on closed PidFd"))
+            return
         self._check()
 
     def _check(self) -> None:

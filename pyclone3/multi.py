@@ -136,7 +136,14 @@ def iter_exits(
                 statuses[i] = status
                 ready_now.append(i)
                 continue
-            fd = held[i] = pidfd._acquire()  # held: no close can free the fd under us
+            fd = held[i] = pidfd._acquire_if_open()  # held: no close can free it under us
+            if fd < 0:  # closed since: by its owner, once another thread reaped it?
+                status = _known_status(child, pidfd)
+                if status is None:
+                    raise ValueError(f"I/O operation on closed PidFd: {child!r}")
+                statuses[i] = status
+                ready_now.append(i)
+                continue
             if fd in by_fd:
                 by_fd[fd].append(i)
                 continue

@@ -9,7 +9,14 @@ import time
 from typing import Any
 
 import pytest
-from conftest import PYTHON, reap_every_child, require, sleeper
+from conftest import (
+    PYTHON,
+    needs_threads,
+    polled_from_another_thread,
+    reap_every_child,
+    require,
+    sleeper,
+)
 
 import pyclone3
 from pyclone3 import Popen
@@ -67,6 +74,23 @@ def test_timeout_and_cancellation_leave_nothing_registered() -> None:
             assert (await wait_exit(child)).returncode == -signal.SIGKILL
 
     run(main())
+
+
+@needs_threads
+def test_wait_exit_while_another_thread_polls() -> None:
+    """Another thread's poll() may reap a child (and close its pidfd) at any
+    moment, even before wait_exit has started watching it: each wait still
+    reports the child's own exit code."""
+
+    async def main(procs: list[Popen]) -> list[int | None]:
+        return [s.exit_code for s in await asyncio.gather(*(wait_exit(p) for p in procs))]
+
+    for _ in range(5):
+        procs = [Popen(["/bin/sh", "-c", f"sleep 0.0{i % 3}; exit {i}"]) for i in range(100)]
+        with polled_from_another_thread(procs):
+            codes = run(main(procs))
+        assert codes == list(range(100))
+        assert [p.returncode for p in procs] == list(range(100))
 
 
 def test_many_concurrent_waits() -> None:

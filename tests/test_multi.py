@@ -165,6 +165,20 @@ def test_wait_all_and_another_threads_poll_agree_on_every_child() -> None:
         assert not zombies()
 
 
+@needs_threads
+@require("pidfd_info_exit")
+def test_iter_exits_and_another_threads_poll_agree_on_every_child() -> None:
+    """The same with iter_exits, whose batches are reaped by the same sweep."""
+    for _ in range(5):
+        procs = [Popen(["/bin/sh", "-c", f"sleep 0.0{i % 3}; exit {i}"]) for i in range(150)]
+        with polled_from_another_thread(procs):
+            exits = {id(c): s for c, s in iter_exits(procs, timeout=60)}
+        assert [exits[id(p)].exit_code for p in procs] == list(range(150))
+        assert [p.returncode for p in procs] == list(range(150))
+        assert all(s.rusage is not None for s in exits.values())
+        assert not zombies()
+
+
 def _wait_all_into(results: list[object], children: list[Any]) -> None:
     results.append(wait_all(children, timeout=60))
 
