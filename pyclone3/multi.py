@@ -432,8 +432,10 @@ def _timeout(
 def wait_any(children: Iterable[Child], timeout: float | None = None) -> tuple[Child, WaitStatus]:
     """Wait for the first child to exit and return ``(child, status)``.
 
-    If several are ready at once, the others stay un-reported (and unreaped)
-    for a later call. Each call sets up its watch over all the children
+    If several are ready at once, the others are reaped too and their
+    statuses kept (in each ``PidFd``, and as each ``Popen``'s
+    ``returncode``): a later call reports them at once, as does
+    :func:`iter_exits`. Each call sets up its watch over all the children
     anew: to take exits one at a time as they come, iterate
     :func:`iter_exits` instead. Raises :class:`WaitAllTimeout` on timeout,
     ``ValueError`` for no children.

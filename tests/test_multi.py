@@ -285,6 +285,21 @@ def test_wait_any_returns_the_first_and_leaves_the_rest() -> None:
         assert child is slow and status.returncode == -signal.SIGKILL
 
 
+def test_wait_any_keeps_the_others_that_were_ready_for_later_calls() -> None:
+    procs = [Popen(["/bin/sh", "-c", f"exit {i}"]) for i in range(5)]
+    deadline = time.monotonic() + 10
+    while any(p.pidfd.is_alive() for p in procs):  # all exited, none reaped
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    left, codes = list(procs), {}
+    while left:
+        child, status = wait_any(left, timeout=0)  # no wait: each is known or ready
+        codes[id(child)] = status.exit_code
+        left.remove(child)  # type: ignore[arg-type]
+    assert [codes[id(p)] for p in procs] == list(range(5))
+    assert [p.returncode for p in procs] == list(range(5)) and not zombies()
+
+
 def test_deadline_expires_with_children_still_running() -> None:
     quick = Popen(["/bin/true"])
     slow = Popen(["/bin/sleep", "30"])
