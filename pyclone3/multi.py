@@ -89,9 +89,17 @@ def _pidfd_of(child: Any) -> PidFd:
 
 
 def _record(child: Any, status: WaitStatus) -> None:
-    """Let a Popen know its child was reaped, as its own poll() would."""
-    if isinstance(child, ChildExt) and child.returncode is None:
-        child._internal_poll()
+    """Let a Popen know its child was reaped: its returncode, and its pidfd closed.
+
+    Set directly, as :func:`_finish` does, not through ``poll()``: that
+    returns at once, recording nothing, while another thread holds the
+    Popen's waitpid lock (in a ``poll()`` that may have just missed the exit).
+    """
+    _finish(child, status)
+    if isinstance(child, ChildExt) and child._pidfd_owned:
+        pidfd: PidFd | None = child.__dict__.get("_pidfd")
+        if pidfd is not None:
+            pidfd.close()  # the owner is done with it (taking effect once let go of)
 
 
 def iter_exits(
@@ -315,7 +323,7 @@ def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[Wa
                 except (WaitTimeout, subprocess.TimeoutExpired):
                     sweep()
                     raise _timeout(timeout, given, statuses) from None
-            _finish(child, status)
+            _record(child, status)
             statuses[i] = status
     finally:
         for i, fd in enumerate(held):

@@ -93,6 +93,22 @@ def test_wait_exit_while_another_thread_polls() -> None:
         assert [p.returncode for p in procs] == list(range(100))
 
 
+@pytest.mark.parametrize("already_reaped", [False, True])
+def test_wait_exit_records_the_exit_while_a_poll_holds_the_popens_lock(
+    already_reaped: bool,
+) -> None:
+    """A Popen's poll() returns at once, recording nothing, while another
+    thread is inside one (holding its waitpid lock): wait_exit must still
+    leave the Popen with its returncode and its pidfd closed."""
+    p = Popen(["/bin/sh", "-c", "exit 7"])
+    pidfd = p.pidfd
+    if already_reaped:
+        assert pidfd.wait().exit_code == 7  # through the PidFd, behind the Popen's back
+    with p._waitpid_lock:  # as if another thread were inside p.poll()
+        assert run(wait_exit(p)).exit_code == 7
+        assert p.returncode == 7 and pidfd.closed
+
+
 def test_many_concurrent_waits() -> None:
     async def main() -> list[int | None]:
         procs = [Popen(["/bin/sh", "-c", f"sleep 0.0{i % 10}; exit {i % 7}"]) for i in range(100)]

@@ -285,6 +285,27 @@ def test_wait_any_returns_the_first_and_leaves_the_rest() -> None:
         assert child is slow and status.returncode == -signal.SIGKILL
 
 
+@pytest.mark.parametrize("already_reaped", [False, True])
+@pytest.mark.parametrize("call", ["iter_exits", "wait_all"])
+def test_the_exit_is_recorded_while_a_poll_holds_the_popens_lock(
+    call: str, already_reaped: bool
+) -> None:
+    """A Popen's poll() returns at once, recording nothing, while another
+    thread is inside one (holding its waitpid lock): the Popen must still
+    end up with its returncode and its pidfd closed."""
+    p = Popen(["/bin/sh", "-c", "exit 7"])
+    pidfd = p.pidfd
+    if already_reaped:
+        assert pidfd.wait().exit_code == 7  # through the PidFd, behind the Popen's back
+    with p._waitpid_lock:  # as if another thread were inside p.poll()
+        if call == "iter_exits":
+            statuses = [s for _, s in iter_exits([p], timeout=30)]
+        else:
+            statuses = wait_all([p], timeout=30)
+        assert [s.exit_code for s in statuses] == [7]
+        assert p.returncode == 7 and pidfd.closed
+
+
 def test_wait_any_keeps_the_others_that_were_ready_for_later_calls() -> None:
     procs = [Popen(["/bin/sh", "-c", f"exit {i}"]) for i in range(5)]
     deadline = time.monotonic() + 10
