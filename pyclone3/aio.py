@@ -16,7 +16,7 @@ import asyncio.base_subprocess as base_subprocess
 import asyncio.subprocess as aio_subprocess
 from typing import Any, Callable, cast
 
-from .multi import Child, _known_status, _pidfd_of, _record
+from .multi import Child, _closed_status, _known_status, _pidfd_of, _record
 from .pidfd import PidFd
 from .popen import Popen
 from .status import WaitStatus
@@ -49,14 +49,8 @@ class _ExitWatch:
         self._reading = False
         self._timer: asyncio.TimerHandle | None = None
         self._pause = 0.0005
-        self._fd = pidfd._acquire_if_open()
-        self._stopped = self._fd < 0
-        if self._stopped:  # closed since: by its owner, once another thread reaped it?
-            if pidfd._status is not None:
-                on_exit(pidfd._status)
-            else:
-                on_error(ValueError("I/O operation on closed PidFd"))
-            return
+        self._fd = pidfd._acquire()  # ValueError if closed
+        self._stopped = False
         self._check()
 
     def _check(self) -> None:
@@ -120,11 +114,15 @@ async def wait_exit(child: Child) -> WaitStatus:
             if not future.done():
                 future.set_exception(exc)
 
-        watch = _ExitWatch(loop, pidfd, done, failed)
         try:
-            status = await future
-        finally:
-            watch.stop()
+            watch = _ExitWatch(loop, pidfd, done, failed)
+        except ValueError:  # closed since (by its owner, once another thread reaped it?)
+            status = _closed_status(child, pidfd)
+        else:
+            try:
+                status = await future
+            finally:
+                watch.stop()
     _record(child, status)
     return status
 

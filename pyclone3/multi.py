@@ -91,15 +91,22 @@ def _pidfd_of(child: Any) -> PidFd:
 def _record(child: Any, status: WaitStatus) -> None:
     """Let a Popen know its child was reaped: its returncode, and its pidfd closed.
 
-    Set directly, as :func:`_finish` does, not through ``poll()``: that
-    returns at once, recording nothing, while another thread holds the
-    Popen's waitpid lock (in a ``poll()`` that may have just missed the exit).
+    Directly (:meth:`ChildExt._reaped`), not through ``poll()``, which
+    records nothing while another thread is inside one.
     """
-    _finish(child, status)
-    if isinstance(child, ChildExt) and child._pidfd_owned:
-        pidfd: PidFd | None = child.__dict__.get("_pidfd")
-        if pidfd is not None:
-            pidfd.close()  # the owner is done with it (taking effect once let go of)
+    if isinstance(child, ChildExt):
+        child._reaped(status)
+
+
+def _closed_status(child: Any, pidfd: PidFd) -> WaitStatus:
+    """The status of a child whose pidfd is closed; ``ValueError`` if none is known.
+
+    Its owner closes it once the child is reaped, maybe in another thread.
+    """
+    status = _known_status(child, pidfd)
+    if status is None:
+        raise ValueError(f"I/O operation on closed PidFd: {child!r}")
+    return status
 
 
 def iter_exits(
@@ -145,11 +152,8 @@ def iter_exits(
                 ready_now.append(i)
                 continue
             fd = held[i] = pidfd._acquire_if_open()  # held: no close can free it under us
-            if fd < 0:  # closed since: by its owner, once another thread reaped it?
-                status = _known_status(child, pidfd)
-                if status is None:
-                    raise ValueError(f"I/O operation on closed PidFd: {child!r}")
-                statuses[i] = status
+            if fd < 0:  # closed since (by its owner, once another thread reaped it?)
+                statuses[i] = _closed_status(child, pidfd)
                 ready_now.append(i)
                 continue
             if fd in by_fd:
@@ -210,9 +214,7 @@ def iter_exits(
                     pause[i] = step = min(pause.get(i, 0.0005) * 2, _STALLED_MAX_S)
                     stalled[i] = now + step
                     continue
-                held[i] = -1
-                _finish(given[i], status)
-                statuses[i] = pidfds[i]._swept(status, owned[i])
+                sweep.took(i, status)
                 reaped.append(i)
             left -= len(reaped)
             if events:
@@ -226,7 +228,6 @@ def iter_exits(
             for i in reaped:
                 stalled.pop(i, None)
                 pause.pop(i, None)
-            for i in reaped:
                 yield given[i], statuses[i]  # type: ignore[misc]  # set by now
             if left and not reaped and deadline is not None and now >= deadline:
                 raise _timeout(timeout, given, statuses)
@@ -286,10 +287,7 @@ def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[Wa
             fd = pidfd._acquire_if_open()
             held.append(fd)
             if fd < 0:
-                status = _known_status(child, pidfd)
-                if status is None:
-                    raise ValueError(f"I/O operation on closed PidFd: {child!r}")
-                statuses[len(held) - 1] = status
+                statuses[len(held) - 1] = _closed_status(child, pidfd)
             elif pidfd._foreign:
                 fd = -1  # not ours to reap: left to its own wait
             watched.append(fd)
@@ -336,7 +334,7 @@ def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[Wa
 
 
 class _Sweep:
-    """wait_all's sweep: reap, in one call into C, every child that has exited.
+    """The sweep of wait_all and iter_exits: reap, in one call into C, every child that has exited.
 
     The lists are wait_all's, one entry per child. *watched* (the fds to
     poll, -1 for none) is copied for the C side, which sets a reaped
@@ -392,20 +390,22 @@ class _Sweep:
             if count < 0:
                 err = ffi.errno
                 raise OSError(err, os.strerror(err))
-            given, pidfds, owned, held = self.given, self.pidfds, self.owned, self.held
-            info, rusage, statuses = self.info, self.rusage, self.statuses
+            info, rusage, took = self.info, self.rusage, self.took
             reaped: list[int] = ffi.unpack(self.reaped, count)
             for i in reaped:
                 one = info[i]
-                status = WaitStatus._from_kernel(
-                    one.pid, one.code, one.status, one.uid, (rusage, i)
+                took(
+                    i, WaitStatus._from_kernel(one.pid, one.code, one.status, one.uid, (rusage, i))
                 )
-                held[i] = -1
-                # A Popen learns first, so that a poll() from another thread
-                # that finds the pidfd closed finds the returncode set.
-                _finish(given[i], status)
-                statuses[i] = pidfds[i]._swept(status, owned[i])
             return reaped
+
+    def took(self, i: int, status: WaitStatus) -> None:
+        """Record child *i*'s reap (by a sweep, or by the caller), and let go of its fd."""
+        self.held[i] = -1
+        # A Popen learns first, so that a poll() from another thread that
+        # finds the pidfd closed finds the returncode set.
+        _finish(self.given[i], status)
+        self.statuses[i] = self.pidfds[i]._swept(status, self.owned[i])
 
 
 def _finish(child: Any, status: WaitStatus) -> None:

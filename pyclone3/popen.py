@@ -367,7 +367,13 @@ class ChildExt:
         _no_waitid_pidfd = True
 
     def _reaped(self, status: WaitStatus | None) -> None:
-        """Record the child's end; call with _waitpid_lock held, or when no one else can."""
+        """Record the child's end: returncode, the owned pidfd closed, the tree reaped.
+
+        Each step is idempotent, so it may also be called without
+        ``_waitpid_lock`` by one who reaped the child elsewhere (through the
+        PidFd, say): a ``poll()`` records nothing while another thread holds
+        that lock.
+        """
         if self.returncode is None:
             self.returncode = status.returncode if status is not None else 0
         pidfd = self._pidfd  # only called on a Popen that has one
