@@ -38,7 +38,7 @@ _SPURIOUS_MAX_S = 0.05
 
 
 class _SweepCount:
-    """How many :func:`pyclone3.wait_all` sweeps are reaping right now.
+    """How many sweeps (:func:`pyclone3.wait_all`, :func:`pyclone3.iter_exits`) are reaping now.
 
     A sweep reaps in C, outside the PidFds' locks, and records the statuses
     afterwards. A thread whose ``waitid`` gets ``ECHILD`` while one runs may
@@ -555,7 +555,7 @@ class PidFd:
             return self._fd
 
     def _swept(self, status: WaitStatus, close: bool) -> WaitStatus:
-        """Record a reap made by :func:`pyclone3.wait_all`'s sweep, and let go of the fd.
+        """Record a reap made by a sweep of ``wait_all``/``iter_exits``, and let go of the fd.
 
         The sweep reaps in C, outside this lock, with the fd held through
         :meth:`_acquire_if_open`; a thread whose ``waitid`` got ``ECHILD``
@@ -717,7 +717,7 @@ class PidFd:
     def _echild(self) -> WaitStatus | None:
         """waitid said ECHILD: another thread of ours reaped it, or it is not ours.
 
-        A thread in a blocking waitid, or a :func:`pyclone3.wait_all` sweep,
+        A thread in a blocking waitid, or a ``wait_all``/``iter_exits`` sweep,
         may have reaped the child and not yet recorded the status: wait for
         it (microseconds) before concluding that the process is foreign.
         """
