@@ -28,6 +28,19 @@ SCRIPT = (
 )
 
 
+def reap_the_session(session: int) -> None:
+    """Reap our orphans of *session* until nothing of it is left: a member's
+    parent (the nested shell, not itself a member) may die after it."""
+    deadline = time.monotonic() + 10
+    while True:
+        tree.reap_orphans(session)
+        left = [pid for pid, (_, sid, _) in tree._process_table().items() if sid == session]
+        if not left:
+            return
+        assert time.monotonic() < deadline, f"still running: {left}"
+        time.sleep(0.005)
+
+
 @pytest.fixture
 def subreaper() -> Iterator[None]:
     """Be a child subreaper for the test only (orphans would otherwise come to us later)."""
@@ -117,10 +130,7 @@ def test_without_kill_tree_the_grandchildren_survive(subreaper: None) -> None:
         p.stdout.close()  # type: ignore[union-attr]
         for m in members:
             m.kill()
-        for m in members:
-            while m.is_alive():
-                time.sleep(0.001)
-        tree.reap_orphans(p.pid)
+        reap_the_session(p.pid)  # the members, then the nested shell waiting on one
         for m in members:
             m.close()
 
@@ -140,16 +150,7 @@ def test_popen_kill_tree_option_makes_kill_and_terminate_reach_the_tree() -> Non
                 assert not m.is_alive()
                 m.close()
             p.stdout.close()  # type: ignore[union-attr]
-            # A SIGTERM straggler (the nested shell) may die after the root
-            # and the sleeps: reap until nothing of the session is left.
-            deadline = time.monotonic() + 10
-            while True:
-                tree.reap_orphans(p.pid)
-                left = [pid for pid, (_, sid, _) in tree._process_table().items() if sid == p.pid]
-                if not left:
-                    break
-                assert time.monotonic() < deadline, f"still running: {left}"
-                time.sleep(0.005)
+            reap_the_session(p.pid)  # a SIGTERM straggler may die after the root
     finally:
         tree.set_child_subreaper(was)
 
