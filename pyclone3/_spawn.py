@@ -45,7 +45,7 @@ from typing import Any, NamedTuple, Union
 from ._clone3 import ffi, lib
 from ._features import TRANSIENT_ERRNOS, features
 from .clone_options import CloneOptions, IdMap, options_if_any
-from .pidfd import PidFd
+from .pidfd import PidFd, adopt_spawned, state_of
 
 __all__ = [
     "SPAWN_PATHS",
@@ -182,6 +182,7 @@ def _template() -> Any:
     t.close_fds = t.restore_signals = 1
     t.cgroup_fd = t.setns_fd = t.sync_fd = t.sync_wfd = -1
     t.exit_signal = _SIGCHLD
+    t.child_pid = -1
     return t
 
 
@@ -336,32 +337,23 @@ class _Plan:
 # ---- the paths ----------------------------------------------------------------
 
 
-def _reap(pid: int, pidfd: PidFd | None) -> int | None:
-    """Reap a child that failed before exec; return its returncode."""
-    if pidfd is not None and features().waitid_pidfd:
-        try:
-            return pidfd.wait().returncode
-        except ChildProcessError:
-            return None
-    while True:
-        try:
-            _, wstatus = os.waitpid(pid, _WALL)
-        except ChildProcessError:
-            return None
-        return os.waitstatus_to_exitcode(wstatus)
+def _finish(plan: _Plan, pid: int, path: str) -> SpawnedChild:
+    """The child exec'd (hand it over) or failed before exec (reap it, raise _ChildFailed).
 
-
-def _finish(plan: _Plan, pid: int, pidfd: PidFd | None, path: str) -> SpawnedChild:
-    step = plan.s.err_step
+    Either way, from the record the spawn left in ``plan.s.child_pid`` and the
+    thread's pidfd cell, so that a signal handler raising anywhere here
+    leaves a child that ``spawn_for_popen`` still finds and reaps.
+    """
+    s = plan.s
+    cell = _buffers.pidfd
+    step = s.err_step
     if step != lib.SPAWN_ERR_NONE:
-        err = plan.s.err_errno
-        try:
-            returncode = _reap(pid, pidfd)
-        finally:
-            if pidfd is not None:
-                pidfd.close()
-        raise _ChildFailed(pid, step, err, returncode)
-    return SpawnedChild(pid, pidfd, path)
+        wstatus = lib.pyclone3_reap_cell(s, cell, 0)
+        returncode = os.waitstatus_to_exitcode(wstatus) if wstatus >= 0 else None
+        raise _ChildFailed(pid, step, s.err_errno, returncode)
+    if cell[0] < 0:
+        return SpawnedChild(pid, None, path)  # s.child_pid is cleared at the hand-over
+    return SpawnedChild(pid, adopt_spawned(cell, s), path)
 
 
 def _spawn_vm(plan: _Plan, path: str) -> SpawnedChild:
@@ -394,22 +386,18 @@ def _spawn_vm(plan: _Plan, path: str) -> SpawnedChild:
             child_end.close()
         if pid < 0:
             raise OSError(err, os.strerror(err))
-        fd = pidfd_out[0]
-        pidfd = PidFd._adopt(fd, pid) if fd >= 0 else None
-        return _finish(plan, pid, pidfd, path)
+        return _finish(plan, pid, path)
     if pid < 0:
         err = ffi.errno
         raise OSError(err, os.strerror(err))
-    fd = pidfd_out[0]
-    if fd >= 0:
+    if pidfd_out[0] >= 0:
         if s.err_step == _ERR_NONE:  # the common case, without a call
-            return SpawnedChild(pid, PidFd._adopt(fd, pid), path)
-        return _finish(plan, pid, PidFd._adopt(fd, pid), path)
-    if path != "vfork":
+            return SpawnedChild(pid, adopt_spawned(pidfd_out, s), path)
+    elif path != "vfork":
         # A kernel older than CLONE_PIDFD ignores the flag: a child, no pidfd.
         with _lock:
             _unsupported.add(path)
-    return _finish(plan, pid, None, path)
+    return _finish(plan, pid, path)
 
 
 def _spawn_forked(plan: _Plan, path: str, preexec_fn: Callable[[], Any]) -> SpawnedChild:
@@ -427,7 +415,8 @@ def _spawn_forked(plan: _Plan, path: str, preexec_fn: Callable[[], Any]) -> Spaw
         s.reset_handlers = 0
         s.restore_mask = 0
         s.err_step = lib.SPAWN_ERR_NONE
-        pid = lib.fork_with_hooks()  # os.fork() without its multi-thread warning
+        _buffers.pidfd[0] = -1
+        pid = lib.pyclone3_fork(s)  # os.fork() without its multi-thread warning
         if pid < 0:
             err = ffi.errno
             raise OSError(err, os.strerror(err))
@@ -442,30 +431,31 @@ def _spawn_forked(plan: _Plan, path: str, preexec_fn: Callable[[], Any]) -> Spaw
                 lib.pyclone3_child_exec(s)
             finally:
                 os._exit(255)
-        os.close(errpipe_w)
-        errpipe_w = -1
+        # Each fd is forgotten before it is closed: an exception from a
+        # signal handler between the two must not make the finally close it
+        # again (by then the number may be another thread's).
+        fd, errpipe_w = errpipe_w, -1
+        os.close(fd)
         if child_end is not None:
-            child_end.close()
-            child_end = None
+            end, child_end = child_end, None
+            end.close()
         report = _read_report(errpipe_r)
-        pidfd = None
         if parent_end is not None:
-            fd = lib.pyclone3_recv_pidfd(parent_end.fileno())
-            pidfd = PidFd._adopt(fd, pid) if fd >= 0 else None
+            _buffers.pidfd[0] = lib.pyclone3_recv_pidfd(parent_end.fileno())
         failure = parse_report(report)
         if failure is not None:
             plan.s.err_step, plan.s.err_errno = failure
-        return _finish(plan, pid, pidfd, path)
+        return _finish(plan, pid, path)
     finally:
         s.errpipe = -1
         s.pidfd_sock = -1
         plan._set_keep(plan.pass_fds)
-        os.close(errpipe_r)
-        if errpipe_w >= 0:
-            os.close(errpipe_w)
-        for end in (parent_end, child_end):
-            if end is not None:
-                end.close()
+        for fd in (errpipe_r, errpipe_w):
+            if fd >= 0:
+                os.close(fd)
+        for sock in (parent_end, child_end):
+            if sock is not None:
+                sock.close()
 
 
 def _error_pipe() -> tuple[int, int]:
@@ -533,28 +523,25 @@ def _spawn_unshared(plan: _Plan, path: str, opts: CloneOptions) -> SpawnedChild:
         if pid < 0:
             err = ffi.errno
             raise OSError(err, os.strerror(err))
-        pidfd = PidFd._adopt(pidfd_out[0], pid)
-        os.close(errpipe_w)
-        errpipe_w = -1
+        # Each fd is forgotten before it is closed (see _spawn_forked).
+        fd, errpipe_w = errpipe_w, -1
+        os.close(fd)
         if waits:
-            os.close(sync_r)
-            sync_r = -1
+            fd, sync_r = sync_r, -1
+            os.close(fd)
             try:
                 _write_id_maps(pid, opts)
                 os.write(sync_w, b"g")
             except BaseException:
-                os.close(sync_w)  # the child sees EOF and exits
-                sync_w = -1
-                try:
-                    pidfd.wait()
-                finally:
-                    pidfd.close()
+                fd, sync_w = sync_w, -1
+                os.close(fd)  # the child sees EOF and exits
+                lib.pyclone3_reap_cell(s, pidfd_out, 0)
                 raise
         report = _read_report(errpipe_r)
         failure = parse_report(report)
         if failure is not None:
             s.err_step, s.err_errno = failure
-        return _finish(plan, pid, pidfd, path)
+        return _finish(plan, pid, path)
     finally:
         s.errpipe = s.sync_fd = s.sync_wfd = -1
         plan._set_keep(plan.pass_fds)
@@ -809,19 +796,30 @@ def spawn_for_popen(
         pdeathsig,
         opts,
     )
+    cell = _buffers.pidfd
+    cell[0] = -1
     try:
         forced = path or get_spawn_path()
         if opts is None:
-            return _run_paths(plan, preexec_fn, forced, create_pidfd)
-        setns = opts.setns
-        if setns is not None and setns[1] & lib.CLONE_NEWPID:
-            return _in_pid_namespace(setns[0], lambda: _run_option_paths(plan, opts, forced))
-        return _run_option_paths(plan, opts, forced)
+            child = _run_paths(plan, preexec_fn, forced, create_pidfd)
+        else:
+            setns = opts.setns
+            if setns is not None and setns[1] & lib.CLONE_NEWPID:
+                child = _in_pid_namespace(setns[0], lambda: _run_option_paths(plan, opts, forced))
+            else:
+                child = _run_option_paths(plan, opts, forced)
+        plan.s.child_pid = -1  # handed over (a child without a pidfd is known by its PID)
+        return child
     except _ChildFailed as failed:
         if on_failed is not None:  # Popen records the failed child's pid and status
             on_failed(failed.pid, failed.returncode)
         cgroup = opts.cgroup if opts is not None else None
         raise _child_error(failed.step, failed.err, cwd, orig_executable, cgroup) from None
+    except BaseException:
+        # Interrupted (a signal handler raised) with a child made and not yet
+        # handed over: one call into C kills it, reaps it, closes its pidfd.
+        lib.pyclone3_reap_cell(plan.s, cell, 1)
+        raise
     finally:
         if plan.cgroup_fd >= 0:
             plan.close()
@@ -919,7 +917,7 @@ def spawn(
         clone_flags, exit_signal, set_tid, cgroup, uid_map, gid_map, setgroups, setns
     )
     exe = executable if executable is not None else args[0]
-    return spawn_for_popen(
+    child = spawn_for_popen(
         args,
         exe,
         exe,
@@ -941,3 +939,6 @@ def spawn(
         pdeathsig=death,
         options=options,
     )
+    if child.pidfd is not None:
+        state_of(child.pidfd).abandon_on_drop = False  # handed over
+    return child

@@ -71,6 +71,7 @@ struct pyclone3_spawn {
     int setns_flags;
     int sync_fd;
     int sync_wfd;
+    long child_pid;
 };
 
 /* ---- the child ----------------------------------------------------------- */
@@ -508,10 +509,67 @@ long pyclone3_spawn(struct pyclone3_spawn *s, int method, int clear_sighand,
         err = EINVAL;
     }
 
+    /* Recorded before anything of Python can run again: an exception raised by
+     * a signal handler as this call returns must not lose the child. */
+    if (pid > 0)
+        s->child_pid = pid;
     if (s->restore_mask)
         syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, 8);
     errno = pid < 0 ? err : saved_errno;
     return pid;
+}
+
+long pyclone3_fork(struct pyclone3_spawn *s)
+{
+    long pid = fork_with_hooks();
+
+    if (pid > 0)
+        s->child_pid = pid;
+    return pid;
+}
+
+int pyclone3_kill_and_reap(int pidfd, long pid, int kill_first)
+{
+    siginfo_t si;
+    int wstatus = 0, err;
+    long ret;
+
+    if (kill_first) {
+        if (pidfd < 0 || syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0) < 0)
+            kill((pid_t)pid, SIGKILL);  /* unreaped: the PID is still the child's */
+    }
+    if (pidfd >= 0) {
+        memset(&si, 0, sizeof(si));
+        do
+            ret = syscall(SYS_waitid, P_PIDFD, pidfd, &si, WEXITED | __WALL, NULL);
+        while (ret < 0 && errno == EINTR);
+        if (ret == 0) {
+            if (si.si_code == CLD_EXITED)
+                return (si.si_status & 0xff) << 8;
+            return (si.si_status & 0x7f) | (si.si_code == CLD_DUMPED ? 0x80 : 0);
+        }
+        err = errno;
+        if (err != ENOSYS && err != EINVAL)
+            return -1;  /* ECHILD: reaped already, by someone else */
+    }
+    do
+        ret = waitpid((pid_t)pid, &wstatus, __WALL);
+    while (ret < 0 && errno == EINTR);
+    return ret < 0 ? -1 : wstatus;
+}
+
+int pyclone3_reap_cell(struct pyclone3_spawn *s, int *pidfd, int kill_first)
+{
+    int wstatus = -1;
+
+    if (s->child_pid > 0)
+        wstatus = pyclone3_kill_and_reap(*pidfd, s->child_pid, kill_first);
+    s->child_pid = -1;
+    if (*pidfd >= 0) {
+        close(*pidfd);
+        *pidfd = -1;
+    }
+    return wstatus;
 }
 
 /* Receive the pidfd a child sent over `sock` (MSG_CMSG_CLOEXEC); -1 if none. */

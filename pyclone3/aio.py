@@ -14,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import asyncio.base_subprocess as base_subprocess
 import asyncio.subprocess as aio_subprocess
-from typing import Any, Callable, cast
+import select
+from typing import Any, Callable
 
-from .multi import Child, _closed_status, _known_status, _pidfd_of, _record
-from .pidfd import PidFd
+from ._child import ChildState
+from ._waiting import poll_fd
+from .multi import Child, closed_status, state_of_child
+from .pidfd import state_of
 from .popen import Popen
 from .status import WaitStatus
 
@@ -28,7 +31,7 @@ _RECHECK_MAX_S = 0.05
 
 
 class _ExitWatch:
-    """Call *on_exit(status)* once the process behind *pidfd* is reaped.
+    """Call *on_exit(status)* once the process behind *state* has ended.
 
     Holds the pidfd (it cannot be closed under the reader) until stopped.
     Readiness with nothing to reap yet (a traced child; a non-child whose
@@ -38,25 +41,36 @@ class _ExitWatch:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        pidfd: PidFd,
+        state: ChildState,
         on_exit: Callable[[WaitStatus], None],
         on_error: Callable[[BaseException], None],
     ) -> None:
         self._loop = loop
-        self._pidfd = pidfd
+        self._state = state
         self._on_exit = on_exit
         self._on_error = on_error
         self._reading = False
         self._timer: asyncio.TimerHandle | None = None
         self._pause = 0.0005
-        self._fd = pidfd._acquire()  # ValueError if closed
+        self._fd = state.hold()
+        if self._fd < 0:
+            raise ValueError("I/O operation on closed PidFd")
         self._stopped = False
         self._check()
+
+    def _ready(self) -> bool:
+        return poll_fd(self._fd, select.POLLIN, 0.0) != 0
 
     def _check(self) -> None:
         self._timer = None
         try:
-            status = self._pidfd._try_reap(self._fd)
+            status = self._state.try_reap()
+        except ValueError:  # closed by its owner meanwhile: with the exit recorded?
+            status = self._state.status
+            if status is None:
+                self.stop()
+                self._on_error(ValueError("the PidFd was closed while waiting"))
+                return
         except BaseException as exc:  # e.g. ChildProcessError on an old kernel
             self.stop()
             self._on_error(exc)
@@ -65,13 +79,13 @@ class _ExitWatch:
             self.stop()
             self._on_exit(status)
             return
-        if self._reading and self._pidfd._poll_ready():
+        if self._reading and self._ready():
             # readable, nothing to reap yet: stop reading, re-check later
             self._loop.remove_reader(self._fd)
             self._reading = False
         if self._reading:
             return
-        if self._pidfd._poll_ready():
+        if self._ready():
             self._pause = min(self._pause * 2, _RECHECK_MAX_S)
             self._timer = self._loop.call_later(self._pause, self._check)
         else:
@@ -88,7 +102,7 @@ class _ExitWatch:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._pidfd._release()
+        self._state.release()
 
 
 async def wait_exit(child: Child) -> WaitStatus:
@@ -100,31 +114,29 @@ async def wait_exit(child: Child) -> WaitStatus:
     :func:`asyncio.wait_for` / ``asyncio.timeout``, to give up: nothing is
     left registered on the loop.
     """
-    pidfd = _pidfd_of(child)
-    status = _known_status(child, pidfd)
-    if status is None:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[WaitStatus] = loop.create_future()
+    state = state_of_child(child)
+    status = state.status
+    if status is not None:
+        return status
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[WaitStatus] = loop.create_future()
 
-        def done(result: WaitStatus) -> None:
-            if not future.done():
-                future.set_result(result)
+    def done(result: WaitStatus) -> None:
+        if not future.done():
+            future.set_result(result)
 
-        def failed(exc: BaseException) -> None:
-            if not future.done():
-                future.set_exception(exc)
+    def failed(exc: BaseException) -> None:
+        if not future.done():
+            future.set_exception(exc)
 
-        try:
-            watch = _ExitWatch(loop, pidfd, done, failed)
-        except ValueError:  # closed since (by its owner, once another thread reaped it?)
-            status = _closed_status(child, pidfd)
-        else:
-            try:
-                status = await future
-            finally:
-                watch.stop()
-    _record(child, status)
-    return status
+    try:
+        watch = _ExitWatch(loop, state, done, failed)
+    except ValueError:  # closed since (by its owner, once another thread reaped it?)
+        return closed_status(child, state)
+    try:
+        return await future
+    finally:
+        watch.stop()
 
 
 class _PidfdSubprocessTransport(base_subprocess.BaseSubprocessTransport):
@@ -152,11 +164,12 @@ class _PidfdSubprocessTransport(base_subprocess.BaseSubprocessTransport):
             bufsize=bufsize,
             **kwargs,
         )
-        self._watch = _ExitWatch(self._loop, self._proc.pidfd, self._exited, self._exit_error)
+        self._watch = _ExitWatch(
+            self._loop, state_of(self._proc.pidfd), self._exited, self._exit_error
+        )
 
     def _exited(self, status: WaitStatus) -> None:
-        proc = cast(Popen, self._proc)
-        proc._internal_poll()  # the Popen records it and closes its pidfd
+        # Recorded by the pidfd's owner, which closed the Popen's pidfd.
         returncode = status.returncode
         self._process_exited(returncode if returncode is not None else 0)
 

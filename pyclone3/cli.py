@@ -22,7 +22,7 @@ from . import __version__
 from ._features import features
 from .flags import CloneFlag
 from .pidfd import PidFd
-from .popen import Popen
+from .popen import PidfdUnavailableError, Popen
 
 #: timeout(1)'s exit statuses.
 EXIT_TIMEDOUT = 124
@@ -117,7 +117,10 @@ def _exit_status(returncode: int) -> int:
 
 
 def _report_rusage(proc: Popen) -> None:
-    status = proc.pidfd._status if proc._pidfd is not None else None
+    try:
+        status = proc.pidfd.status
+    except PidfdUnavailableError:  # the vfork path: no pidfd, no rusage
+        status = None
     ru = status.rusage if status is not None else None
     if ru is None:
         print("pyclone3: no resource usage was reported", file=sys.stderr)

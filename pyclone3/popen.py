@@ -25,9 +25,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import tree
+from ._child import ChildState
+from ._clone3 import lib
+from ._signals import signal_or_kill
 from ._spawn import SPAWN_PATHS, check_pdeathsig, spawn_for_popen
+from ._waiting import WaitTimeout, deadline
 from .clone_options import CloneOptions, IdMap, options_if_any
-from .pidfd import PidFd, WaitTimeout
+from .pidfd import PidFd, state_of
 from .status import WaitStatus
 
 __all__ = [
@@ -44,8 +48,20 @@ __all__ = [
 ]
 
 
-#: Set once waitid(P_PIDFD) answered ENOSYS: Popen then reaps as subprocess does.
+#: Set once waitid(P_PIDFD) was found missing: Popen then reaps as subprocess does.
 _no_waitid_pidfd = False
+#: What waitid(P_PIDFD) answers where it is missing: ENOSYS before Linux 5.3
+#: (or a filter), EINVAL on 5.3, which has pidfds but not P_PIDFD.
+_NO_WAITID_ERRNOS = frozenset({errno.ENOSYS, errno.EINVAL})
+
+
+def _reap_orphans(session: int) -> None:
+    tree.reap_orphans(session)
+
+
+def _fall_back_to_waitpid() -> None:
+    global _no_waitid_pidfd
+    _no_waitid_pidfd = True
 
 
 class PidfdUnavailableError(RuntimeError):
@@ -82,10 +98,7 @@ class CommandExt:
     failures raise the same exceptions.
     """
 
-    _pidfd: PidFd | None
-    _pidfd_owned: bool
     pid: int
-    returncode: int | None
     _child_created: bool
 
     def __init__(
@@ -128,10 +141,25 @@ class CommandExt:
                     )
         self._pyclone3_create_pidfd = bool(create_pidfd)
         self._pyclone3_spawn_path = spawn_path
-        self._pidfd = None
-        self._pidfd_owned = True
+        self._pidfd: PidFd | None = None
         self.spawn_path: str | None = None
-        super().__init__(*args, **kwargs)
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            # Interrupted after the spawn (a signal handler raised): the
+            # caller never gets this Popen, so its child is killed and reaped.
+            pidfd = self._pidfd
+            if pidfd is not None:
+                state_of(pidfd).abandon()
+            elif self.__dict__.get("_child_created") and self.returncode is None:
+                # No pidfd (the vfork path): unreaped, so its PID is still its own.
+                wstatus = lib.pyclone3_kill_and_reap(-1, self.pid, 1)
+                if wstatus >= 0:
+                    self.returncode = os.waitstatus_to_exitcode(wstatus)
+            raise
+        pidfd = self._pidfd
+        if pidfd is not None:
+            state_of(pidfd).abandon_on_drop = False  # handed over
 
     def _execute_child(
         self,
@@ -181,7 +209,9 @@ class CommandExt:
 
         def failed(pid: int, returncode: int | None) -> None:
             self.pid = pid
-            self.returncode = returncode if returncode is not None else sys.maxsize
+            self.__dict__["_pyclone3_returncode"] = (
+                returncode if returncode is not None else sys.maxsize
+            )
             self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
 
         child = spawn_for_popen(  # positional: cheaper than 20 keywords, on every spawn
@@ -208,7 +238,14 @@ class CommandExt:
             self._pyclone3_options,
         )
         self.pid = child.pid
-        self._pidfd = child.pidfd
+        pidfd = child.pidfd
+        if pidfd is not None:
+            state = state_of(pidfd)
+            state.close_on_exit = True  # the Popen owns it: closed once the exit is known
+            if self._pyclone3_kill_tree:  # the tree's orphans are reaped with the child
+                pid = child.pid
+                state.on_exit(lambda _status: _reap_orphans(pid))
+            self._pidfd = pidfd
         self.spawn_path = child.path
         self._child_created = True
         self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
@@ -283,12 +320,16 @@ class ChildExt:
     ``wait(timeout)`` sleeps in ``poll(2)`` on the pidfd (no 50 ms polling
     loop); ``poll()`` is one ``waitid(P_PIDFD, WNOHANG)``; ``send_signal``,
     ``terminate`` and ``kill`` use ``pidfd_send_signal``, so they can never
-    reach a process that reused the child's PID. The ``Popen`` owns the
-    reaping: :attr:`returncode` is set once, from the one ``waitid``, and the
-    pidfd is closed as soon as the child is reaped (unless taken with
-    :meth:`take_pidfd`). Without a pidfd (``create_pidfd=False``, the
-    ``vfork`` path, or a ``Popen`` not spawned by :class:`CommandExt`) every
-    method falls back to the standard library's.
+    reach a process that reused the child's PID. The pidfd owns the child's
+    exit: :attr:`returncode` reads the status it recorded, whoever observed
+    the exit (this ``Popen``, ``wait_all``, the asyncio reader, another
+    thread), and the pidfd is closed as soon as it is recorded (unless taken
+    with :meth:`take_pidfd`). A ``returncode`` set from outside (asyncio's
+    child watcher does this) is recorded the same way, closing the pidfd.
+    Without a pidfd (``create_pidfd=False``, the ``vfork`` path, or a
+    ``Popen`` not spawned by :class:`CommandExt`), or where
+    ``waitid(P_PIDFD)`` is missing, every method falls back to the standard
+    library's.
 
     If something else reaps the child behind the ``Popen``'s back (a
     ``SIGCHLD`` handler, ``os.waitpid(-1)``), the status still comes back
@@ -296,13 +337,31 @@ class ChildExt:
     as the standard library sets it.
     """
 
-    returncode: int | None
     pid: int
     args: Any
-    _waitpid_lock: Any
-    _pidfd: PidFd | None
-    _pidfd_owned: bool
-    _pyclone3_kill_tree: bool = False  # CommandExt sets it per child
+
+    # The returncode is a view of the pidfd's recorded exit; the value kept
+    # here serves only a child without a pidfd.
+    @property
+    def returncode(self) -> int | None:
+        """The child's exit code (``-N`` for signal N) once known, else ``None``."""
+        d = self.__dict__
+        pidfd: PidFd | None = d.get("_pidfd")
+        if pidfd is not None:
+            status = pidfd.status
+            if status is not None:
+                return status.returncode
+        return d.get("_pyclone3_returncode")
+
+    @returncode.setter
+    def returncode(self, value: int | None) -> None:
+        d = self.__dict__
+        d["_pyclone3_returncode"] = value
+        pidfd = d.get("_pidfd")
+        if value is not None and pidfd is not None:
+            # Learnt elsewhere (subprocess's own waitpid, a child watcher):
+            # recorded by the pidfd's owner, which closes an owned pidfd.
+            state_of(pidfd).settle(WaitStatus.from_returncode(self.pid, value))
 
     @property
     def pidfd(self) -> PidFd:
@@ -310,7 +369,7 @@ class ChildExt:
 
         Raises :class:`PidfdUnavailableError` if the child has none.
         """
-        pidfd: PidFd | None = getattr(self, "_pidfd", None)
+        pidfd: PidFd | None = self.__dict__.get("_pidfd")
         if pidfd is None:
             raise PidfdUnavailableError(
                 "this child has no pidfd (create_pidfd=False, or spawned on the 'vfork' path)"
@@ -324,65 +383,18 @@ class ChildExt:
         the same :class:`~pyclone3.WaitStatus`.
         """
         pidfd = self.pidfd
-        self._pidfd_owned = False
+        state_of(pidfd).close_on_exit = False
         return pidfd
 
-    def _pidfd_for_wait(self) -> PidFd | None:
-        pidfd: PidFd | None = getattr(self, "_pidfd", None)
-        if pidfd is None or pidfd.closed:
+    def _pidfd_for_reap(self) -> ChildState | None:
+        """The pidfd's state, unless there is none, it is closed, or waitid(P_PIDFD) is missing."""
+        pidfd: PidFd | None = self.__dict__.get("_pidfd")
+        if pidfd is None or pidfd.closed or _no_waitid_pidfd:
             return None
-        return pidfd
-
-    def _done_without_waitid(self) -> None:
-        """The standard library reaped (no waitid(P_PIDFD) here): close our pidfd."""
-        pidfd: PidFd | None = getattr(self, "_pidfd", None)
-        if self.returncode is not None and pidfd is not None and self._pidfd_owned:
-            pidfd.close()
-            self._reap_tree()
-
-    def _pidfd_for_reap(self) -> PidFd | None:
-        """The pidfd, unless waitid(P_PIDFD) was found missing (before 5.4, or filtered)."""
-        if _no_waitid_pidfd:
-            return None
-        return self._pidfd_for_wait()
-
-    def _reaped_through_pidfd(self) -> bool:
-        """Whether the child was reaped through its pidfd, now closed; if so, record it.
-
-        Another thread may have reaped it and closed the pidfd a moment
-        before recording the returncode: the status is in the PidFd by then,
-        while the standard library's ``waitpid`` would only find ``ECHILD``.
-        """
-        pidfd: PidFd | None = getattr(self, "_pidfd", None)
-        status = None if pidfd is None else pidfd._status
-        if status is None:
-            return False
-        if self.returncode is None:
-            self.returncode = status.returncode
-        return True
-
-    def _fall_back_to_waitpid(self) -> None:
-        """waitid(P_PIDFD) said ENOSYS: remember it; the standard library reaps from now."""
-        global _no_waitid_pidfd
-        _no_waitid_pidfd = True
-
-    def _reaped(self, status: WaitStatus | None) -> None:
-        """Record the child's end: returncode, the owned pidfd closed, the tree reaped.
-
-        Each step is idempotent, so it may also be called without
-        ``_waitpid_lock`` by one who reaped the child elsewhere (through the
-        PidFd, say): a ``poll()`` records nothing while another thread holds
-        that lock.
-        """
-        if self.returncode is None:
-            self.returncode = status.returncode if status is not None else 0
-        pidfd = self._pidfd  # only called on a Popen that has one
-        if pidfd is not None and self._pidfd_owned:
-            pidfd.close()
-        self._reap_tree()
+        return state_of(pidfd)
 
     def _reap_tree(self) -> None:
-        if self._pyclone3_kill_tree:
+        if self.__dict__.get("_pyclone3_kill_tree"):
             tree.reap_orphans(self.pid)
 
     def kill_tree(self, sig: int = signal.SIGKILL, *, timeout: float = 5.0) -> int:
@@ -402,14 +414,14 @@ class ChildExt:
 
     def kill(self) -> None:
         """``SIGKILL`` to the child, or to its whole tree with ``kill_tree=True``."""
-        if self._pyclone3_kill_tree and self._pidfd_for_wait() is not None:
+        if self.__dict__.get("_pyclone3_kill_tree") and self._pidfd_for_reap() is not None:
             self.kill_tree(signal.SIGKILL)
         else:
             self.send_signal(signal.SIGKILL)
 
     def terminate(self) -> None:
         """``SIGTERM`` to the child, or to its whole tree with ``kill_tree=True``."""
-        if self._pyclone3_kill_tree and self._pidfd_for_wait() is not None:
+        if self.__dict__.get("_pyclone3_kill_tree") and self._pidfd_for_reap() is not None:
             self.kill_tree(signal.SIGTERM)
         else:
             self.send_signal(signal.SIGTERM)
@@ -419,103 +431,57 @@ class ChildExt:
     ) -> int | None:
         code = self.returncode
         if code is not None:
-            # Reaped, and the pidfd closed with it: nothing to do. Every
-            # Popen's __del__ comes here once.
-            done: PidFd | None = self.__dict__.get("_pidfd")
-            if done is None or done._closing:
-                return code
-        pidfd = self._pidfd_for_reap()
-        if pidfd is None:
-            if self._reaped_through_pidfd():
-                return self.returncode
-            code = super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc]
-            self._done_without_waitid()
-            return code  # type: ignore[no-any-return]
-        if self.returncode is None:
-            if not self._waitpid_lock.acquire(False):
-                return None  # another thread is waiting: we know nothing yet
-            try:
-                if self.returncode is None:
-                    try:
-                        status = pidfd.try_wait()
-                    except ChildProcessError:  # reaped elsewhere, no PIDFD_INFO_EXIT
-                        if _deadstate is not None:
-                            self.returncode = _deadstate
-                        self._reaped(None)
-                    except ValueError:  # the pidfd was closed under us: fall back
-                        if self._reaped_through_pidfd():
-                            return self.returncode
-                        return super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc, no-any-return]
-                    except OSError as exc:
-                        if exc.errno != errno.ENOSYS:
-                            raise
-                        self._fall_back_to_waitpid()
-                        return super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc, no-any-return]
-                    else:
-                        if status is not None:
-                            self._reaped(status)
-            finally:
-                self._waitpid_lock.release()
+            return code  # every Popen's __del__ comes here once
+        state = self._pidfd_for_reap()
+        if state is None:
+            return super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc, no-any-return]
+        try:
+            state.try_reap()
+        except ChildProcessError:  # reaped elsewhere, and no PIDFD_INFO_EXIT to tell how
+            self.returncode = _deadstate if _deadstate is not None else 0
+        except ValueError:  # closed meanwhile: by the owner, with the exit recorded?
+            if self.returncode is None:
+                return super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc, no-any-return]
+        except OSError as exc:
+            if exc.errno not in _NO_WAITID_ERRNOS:
+                raise
+            _fall_back_to_waitpid()
+            return super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc, no-any-return]
         return self.returncode
 
     def _wait(self, timeout: float | None) -> int | None:
-        if timeout is None and self._pidfd_owned and not _no_waitid_pidfd:
-            # The common wait(): one blocking waitid, then the pidfd is closed.
-            pidfd = self._pidfd
-            if pidfd is not None and self.returncode is None:
-                reaped = pidfd._reap_and_close()
-                if reaped is not None:
-                    if self.returncode is None:
-                        self.returncode = reaped.returncode
-                        if self._pyclone3_kill_tree:
-                            self._reap_tree()
-                    return self.returncode
-        pidfd = self._pidfd_for_reap()
-        if pidfd is None:
-            if self._reaped_through_pidfd():
-                return self.returncode
-            code = super()._wait(timeout)  # type: ignore[misc]
-            self._done_without_waitid()
-            return code  # type: ignore[no-any-return]
-        if self.returncode is not None:
-            return self.returncode
-        closed = False
+        code = self.returncode
+        if code is not None:
+            return code
+        state = self._pidfd_for_reap()
+        if state is None:
+            return super()._wait(timeout)  # type: ignore[misc, no-any-return]
+        when = None if timeout is None else deadline(timeout)  # a bad timeout raises here
         try:
-            if self._pidfd_owned:  # reap and close in one go
-                status: WaitStatus | None = pidfd._wait_and_close(timeout)
-                closed = True
-            else:
-                status = pidfd.wait(timeout)
+            state.wait(timeout, when)
         except WaitTimeout:
             raise subprocess.TimeoutExpired(self.args, timeout or 0.0) from None
-        except ChildProcessError:
-            status = None
-        except ValueError:
-            if not pidfd.closed:
-                raise  # a bad timeout
-            # Another thread reaped the child and closed the pidfd meanwhile.
-            return self._wait(timeout)  # finishes without the pidfd
+        except ChildProcessError:  # reaped elsewhere, and no PIDFD_INFO_EXIT to tell how
+            self.returncode = 0
+        except ValueError:  # closed meanwhile: by the owner, with the exit recorded?
+            if self.returncode is None:
+                return super()._wait(timeout)  # type: ignore[misc, no-any-return]
         except OSError as exc:
-            if exc.errno != errno.ENOSYS:
+            if exc.errno not in _NO_WAITID_ERRNOS:
                 raise
-            self._fall_back_to_waitpid()
-            return self._wait(timeout)
-        with self._waitpid_lock:
-            if not closed:
-                self._reaped(status)
-            elif self.returncode is None:
-                self.returncode = status.returncode if status is not None else 0
-                self._reap_tree()
+            _fall_back_to_waitpid()
+            return super()._wait(timeout)  # type: ignore[misc, no-any-return]
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
         """Signal the child through its pidfd; nothing happens once it has been reaped.
 
-        Where ``pidfd_send_signal`` is missing (before Linux 5.1, or filtered),
-        ``kill(2)`` is used once the pidfd shows the child still runs.
+        Where ``pidfd_send_signal`` is missing (before Linux 5.1) or refused
+        (a seccomp filter), ``kill(2)`` is used while the pidfd shows the
+        child still running.
         """
-        pidfd = self._pidfd_for_wait()
-        if pidfd is None:
+        pidfd: PidFd | None = self.__dict__.get("_pidfd")
+        if pidfd is None or pidfd.closed:
             super().send_signal(sig)  # type: ignore[misc]
             return
         self._internal_poll()
@@ -523,7 +489,7 @@ class ChildExt:
             return
         # ProcessLookupError: exited, not yet reaped; ValueError: closed meanwhile.
         with contextlib.suppress(ProcessLookupError, ValueError):
-            pidfd._send_signal_or_kill(sig)
+            signal_or_kill(pidfd, sig)
 
 
 class Popen(CommandExt, ChildExt, subprocess.Popen):  # type: ignore[type-arg]

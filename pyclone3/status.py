@@ -51,6 +51,16 @@ class WaitStatus:
         self._raw_rusage: Any = None
 
     @classmethod
+    def from_returncode(cls, pid: int, returncode: int) -> WaitStatus:
+        """Build one from a :attr:`subprocess.Popen.returncode` (``-N`` for signal N).
+
+        For an exit learnt without a status, e.g. from another reaper.
+        """
+        if returncode >= 0:
+            return cls(pid, ChildCode.CLD_EXITED, returncode)
+        return cls(pid, ChildCode.CLD_KILLED, -returncode)
+
+    @classmethod
     def _from_kernel(
         cls, pid: int, code: int, status: int, uid: int, raw_rusage: Any
     ) -> WaitStatus:
@@ -195,6 +205,14 @@ class WaitStatus:
             name = sig.name if sig is not None else str(self._status)
             what = f"{self.code.name.lower()[4:]} signal={name}"
         return f"<WaitStatus pid={self._pid} {what}>"
+
+
+def status_from_kernel(pid: int, code: int, status: int, uid: int, raw_rusage: Any) -> WaitStatus:
+    """A :class:`WaitStatus` straight from a reap's ``siginfo`` (see ``WaitStatus._from_kernel``).
+
+    For pyclone3's own reap paths, which hand over the raw C buffers.
+    """
+    return WaitStatus._from_kernel(pid, code, status, uid, raw_rusage)
 
 
 def _rusage_from_c(ru: Any) -> resource.struct_rusage:

@@ -26,7 +26,7 @@ from typing import Any, Protocol, Union
 from ._clone3 import ffi, lib
 from ._errors import raise_errno
 from .flags import CloneFlag, PidfdInfoFlag
-from .status import WaitStatus
+from .status import WaitStatus, status_from_kernel
 
 __all__ = [
     "FdLike",
@@ -187,7 +187,7 @@ def waitid(idtype: int, id: FdLike, options: int) -> WaitStatus | None:
     options = _flags("options", options)
     if options > _INT_MAX:  # __WCLONE is the sign bit of the C int
         options -= 2**32
-    return _waitid(idtype, ident, options, WaitBuffers())
+    return waitid_with(idtype, ident, options, WaitBuffers())
 
 
 class WaitBuffers:
@@ -208,8 +208,12 @@ _REAPED_CODES = (lib.CLD_EXITED, lib.CLD_KILLED, lib.CLD_DUMPED)
 _WNOWAIT = lib.WNOWAIT
 
 
-def _waitid(idtype: int, ident: int, options: int, bufs: WaitBuffers) -> WaitStatus | None:
-    """waitid with checked arguments and preallocated buffers (no validation)."""
+def waitid_with(idtype: int, ident: int, options: int, bufs: WaitBuffers) -> WaitStatus | None:
+    """:func:`waitid` into preallocated buffers, for callers whose arguments are known good.
+
+    No argument checks; errors raise as :func:`waitid` raises them. The
+    reap paths of :class:`~pyclone3.PidFd` and ``wait_all`` use it.
+    """
     info = bufs.info
     info.pid = 0
     ru = bufs.rusage
@@ -230,7 +234,7 @@ def _waitid(idtype: int, ident: int, options: int, bufs: WaitBuffers) -> WaitSta
     if reaped:  # the status takes the filled buffer; a later call makes another
         raw_rusage = ru
         bufs.rusage = None
-    return WaitStatus._from_kernel(info.pid, code, info.status, info.uid, raw_rusage)
+    return status_from_kernel(info.pid, code, info.status, info.uid, raw_rusage)
 
 
 #: The namespace flags setns(2) takes.

@@ -16,6 +16,13 @@ import pyclone3
 from pyclone3 import CloneFlag, PidFd, syscalls
 
 
+def users_of(pidfd: PidFd) -> int:
+    """How many long uses (a wait, a sweep, an event loop's reader) hold *pidfd*'s fd."""
+    from pyclone3.pidfd import state_of
+
+    return state_of(pidfd).fd.users
+
+
 def open_fds() -> set[int]:
     return {int(name) for name in os.listdir("/proc/self/fd")}
 

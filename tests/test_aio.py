@@ -16,6 +16,7 @@ from conftest import (
     reap_every_child,
     require,
     sleeper,
+    users_of,
 )
 
 import pyclone3
@@ -63,13 +64,13 @@ def test_timeout_and_cancellation_leave_nothing_registered() -> None:
             with pytest.raises(asyncio.TimeoutError):
                 await asyncio.wait_for(wait_exit(child), 0.05)
             assert loop.remove_reader(fd) is False  # no reader left behind
-            assert child._users == 0  # and the pidfd released
+            assert users_of(child) == 0  # and the pidfd released
             task = asyncio.ensure_future(wait_exit(child))
             await asyncio.sleep(0.01)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
-            assert loop.remove_reader(fd) is False and child._users == 0
+            assert loop.remove_reader(fd) is False and users_of(child) == 0
             child.kill()
             assert (await wait_exit(child)).returncode == -signal.SIGKILL
 

@@ -15,6 +15,7 @@ from conftest import (
     polled_from_another_thread,
     require,
     sleeper,
+    users_of,
     zombies,
 )
 
@@ -55,17 +56,17 @@ def test_wait_all_returns_statuses_in_the_order_given() -> None:
 
 
 def _count_blocking_polls(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Record each time wait_all goes to sleep on a child (multi._poll)."""
+    """Record each time wait_all goes to sleep on a child (multi.poll_fd)."""
     import pyclone3.multi as multi
 
     calls: list[float] = []
-    real = multi._poll
+    real = multi.poll_fd
 
     def counting(*args: Any) -> int:
         calls.append(time.monotonic())
         return real(*args)
 
-    monkeypatch.setattr(multi, "_poll", counting)
+    monkeypatch.setattr(multi, "poll_fd", counting)
     return calls
 
 
@@ -479,7 +480,7 @@ def test_a_pidfd_closed_during_iteration_is_not_freed_under_it() -> None:
     thread = threading.Thread(target=waiter)
     thread.start()
     deadline = time.monotonic() + 10
-    while child._users == 0:  # until the iterator holds it
+    while users_of(child) == 0:  # until the iterator holds it
         assert time.monotonic() < deadline
         time.sleep(0.001)
     child.close()
@@ -504,5 +505,5 @@ def test_closing_the_iterator_early_releases_everything() -> None:
     exits.close()
     assert first[0] in procs
     for p in procs:
-        assert p._pidfd is not None and p._pidfd._users == 0  # released
+        assert p._pidfd is not None and users_of(p._pidfd) == 0  # released
         p.wait()

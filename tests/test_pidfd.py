@@ -13,11 +13,20 @@ import time
 import warnings
 
 import pytest
-from conftest import fork_child, needs_threads, require, requires_clone_options, sleeper, spawn
+from conftest import (
+    fork_child,
+    needs_threads,
+    require,
+    requires_clone_options,
+    sleeper,
+    spawn,
+    users_of,
+)
 
 import pyclone3
 from pyclone3 import PidFd, WaitStatus, WaitTimeout, syscalls
-from pyclone3 import pidfd as pidfd_module
+from pyclone3 import _child as child_module
+from pyclone3.pidfd import state_of
 
 pytestmark = require("waitid_pidfd")  # these tests reap through pidfds
 
@@ -261,7 +270,7 @@ def test_wait_survives_signals_that_do_not_raise() -> None:
 def test_spurious_readiness_loops_back_to_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
     # Simulate a kernel waking us (readable pidfd) with nothing to reap, as
     # for a traced child: wait must keep waiting, not return or spin.
-    real_poll = pidfd_module._poll
+    real_poll = child_module.poll_fd
     wakeups = []
 
     def early_poll(
@@ -272,7 +281,7 @@ def test_spurious_readiness_loops_back_to_waiting(monkeypatch: pytest.MonkeyPatc
             return 1  # POLLIN
         return real_poll(fd, events, deadline, cap_ms, wake)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pidfd_module, "_poll", early_poll)
+    monkeypatch.setattr(child_module, "poll_fd", early_poll)
     with spawn("/bin/sleep", "0.2") as child:
         assert child.wait(timeout=10).exit_code == 0
     assert len(wakeups) == 3
@@ -298,13 +307,14 @@ def test_close_while_another_thread_waits_defers_the_real_close() -> None:
     entered = threading.Event()
     got: list[object] = []
 
-    def inside_a_call() -> None:  # a call on the PidFd that takes a while
-        fd = child._acquire()
+    def inside_a_call() -> None:  # a long use of the fd, as a wait or a sweep makes
+        state = state_of(child)
+        fd = state.hold()
         try:
             entered.set()
-            got.append(pidfd_module._poll(fd, select.POLLIN, None))
+            got.append(child_module.poll_fd(fd, select.POLLIN, None))
         finally:
-            child._release()
+            state.release()
 
     waiter = threading.Thread(target=inside_a_call)
     waiter.start()
@@ -319,9 +329,10 @@ def test_close_while_another_thread_waits_defers_the_real_close() -> None:
 
 
 @needs_threads
-@pytest.mark.parametrize("timeout", [None, 30.0])
-def test_close_while_another_thread_waits_fails_that_waiter(timeout: float | None) -> None:
-    """The waiter gets ValueError at once, not the exit 30 s later; nothing leaks."""
+@pytest.mark.parametrize("timeout", [30.0, 1e9])
+def test_close_while_another_thread_waits_fails_that_waiter(timeout: float) -> None:
+    """A timed wait sleeps in poll: the waiter gets ValueError at once, not the
+    exit 30 s later; nothing leaks."""
     child = spawn("/bin/sleep", "30")
     pid = child.pid
     errors: list[BaseException] = []
@@ -335,7 +346,7 @@ def test_close_while_another_thread_waits_fails_that_waiter(timeout: float | Non
     thread = threading.Thread(target=waiter)
     thread.start()
     deadline = time.monotonic() + 10
-    while child._users == 0:  # until the waiter is inside wait()
+    while users_of(child) == 0:  # until the waiter is inside wait()
         assert time.monotonic() < deadline
         time.sleep(0.001)
     started = time.monotonic()
@@ -346,6 +357,27 @@ def test_close_while_another_thread_waits_fails_that_waiter(timeout: float | Non
     assert len(errors) == 1 and isinstance(errors[0], ValueError), errors
     os.kill(pid, signal.SIGKILL)  # the process itself is untouched: ours to reap
     os.waitpid(pid, 0)
+
+
+@needs_threads
+def test_close_during_a_wait_without_timeout_takes_effect_when_it_returns() -> None:
+    """A wait without a timeout is one blocking waitid, which a close cannot cut
+    short: the close is deferred until the wait returns the status."""
+    child = spawn("/bin/sleep", "0.3")
+    fd = child.fileno()
+    got: list[WaitStatus] = []
+    thread = threading.Thread(target=lambda: got.append(child.wait()))
+    thread.start()
+    deadline = time.monotonic() + 10
+    while users_of(child) == 0:  # until the waiter is inside wait()
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    child.close()
+    assert child.closed and os.path.exists(f"/proc/self/fd/{fd}")  # held by the wait
+    thread.join(10)
+    assert not thread.is_alive()
+    assert len(got) == 1 and got[0].exit_code == 0 and child.status == got[0]
+    assert not os.path.exists(f"/proc/self/fd/{fd}")  # closed when the wait let go
 
 
 # ---- signals -------------------------------------------------------------------
@@ -428,7 +460,7 @@ def test_wait_on_a_non_child_times_out_while_it_runs(grandchild: object) -> None
 def test_wait_on_a_non_child_without_exit_info_raises_after_exit(
     grandchild: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pidfd_module, "_exit_info_supported", lambda: False)  # pre-6.15
+    monkeypatch.setattr(child_module, "_exit_info_supported", lambda: False)  # pre-6.15
     with grandchild(5, 0.0) as other:  # type: ignore[operator]
         assert other.try_wait() is None  # still running: no error yet
         with pytest.raises(ChildProcessError, match="PIDFD_INFO_EXIT"):
@@ -571,7 +603,7 @@ def test_setns_checks_flags(flags: object, exc: type) -> None:
 def test_waiters_racing_the_reaping_thread_get_its_status(monkeypatch: pytest.MonkeyPatch) -> None:
     """Before PIDFD_INFO_EXIT (simulated), a waiter that gets ECHILD because a
     sibling thread has just reaped must take that thread's status, not fail."""
-    monkeypatch.setattr(pidfd_module, "_exit_info_supported", lambda: False)
+    monkeypatch.setattr(child_module, "_exit_info_supported", lambda: False)
 
     def waiter(child: PidFd, results: list[WaitStatus], errors: list[BaseException]) -> None:
         try:

@@ -201,7 +201,10 @@ def test_a_failed_close_of_the_child_ends_is_raised_like_subprocess() -> None:
         Failing(["/bin/true"], stdout=subprocess.PIPE)
     assert info.value.errno == errno.EBADF
     assert not made[0]._closed_child_pipe_fds  # as subprocess leaves it
-    assert made[0].wait() == 0  # the child ran, and is reaped like any other
+    # The caller never got the Popen: its child was killed and reaped before
+    # the error reached it (subprocess would leave it running, unreachable).
+    assert made[0].returncode == -9
+    assert made[0]._pidfd is None or made[0]._pidfd.closed
 
 
 @pytest.mark.skipif(

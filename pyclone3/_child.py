@@ -1,0 +1,415 @@
+"""The one owner of a process's life as pyclone3 sees it: :class:`ChildState`.
+
+A process behind a pidfd is *running* until someone observes its end, then
+*ended* with a :class:`~pyclone3.WaitStatus`, for ever. Whoever observes it
+first (a blocking wait, a timed wait, ``poll()``, a ``wait_all`` sweep, the
+asyncio reader, a foreign reaper seen through ``PIDFD_INFO_EXIT``, or a
+``Popen.returncode`` set from outside) hands the status to
+:meth:`ChildState.settle`, the one code path that moves the state. It keeps
+the first status, closes the pidfd if the owner asked for that
+(:attr:`ChildState.close_on_exit`, a ``Popen`` does), and runs the owner's
+exit callback once. Everyone else reads :attr:`ChildState.status`.
+
+::
+
+    running ──settle(status)──▶ ended(status)       (first status wins)
+    fd: open ──close()──▶ closing ──last user leaves──▶ closed
+    ended + close_on_exit ⇒ close()
+
+The fd itself is shared through an :class:`~pyclone3._fdref.FdRef`.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import select
+import threading
+import time
+from typing import Callable
+
+from . import syscalls
+from ._clone3 import lib
+from ._fdref import FdRef
+from ._features import features
+from ._waiting import WaitTimeout, poll_fd
+from .flags import IdType, PidfdInfoFlag, WaitFlag
+from .status import WaitStatus
+
+__all__ = ["ChildState", "sweeps"]
+
+_P_PIDFD = int(IdType.P_PIDFD)
+# __WALL: a child spawned with an exit signal other than SIGCHLD (or none) is
+# a "clone" child, which waitid only reports with __WCLONE or __WALL.
+WEXITED = int(WaitFlag.WEXITED | WaitFlag["__WALL"])
+WEXITED_WNOHANG = int(WaitFlag.WEXITED | WaitFlag.WNOHANG | WaitFlag["__WALL"])
+#: While a non-child's zombie waits for its own parent to reap it, re-check
+#: at least this often in case the kernel does not wake pollers on reap.
+_REAP_RECHECK_MS = 100
+#: Longest pause after a spurious wake-up (readable pidfd, nothing to reap).
+_SPURIOUS_MAX_S = 0.05
+
+OnExit = Callable[[WaitStatus], None]
+
+
+class _SweepCount:
+    """How many sweeps (``wait_all``, ``iter_exits``) are reaping now.
+
+    A sweep reaps in C, outside the states' locks, and settles the statuses
+    afterwards. A thread whose ``waitid`` gets ``ECHILD`` while one runs may
+    have lost the child to it, so it waits for the sweep to finish before
+    taking the process for a non-child.
+    """
+
+    __slots__ = ("_lock", "active")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.active = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.active += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self.active -= 1
+
+
+sweeps = _SweepCount()
+
+
+def _exit_info_supported() -> bool:
+    return features().pidfd_info_exit
+
+
+class ChildState:
+    """What is known of one process: its pidfd, whether and how it ended.
+
+    *pid* is for messages and the ``kill(2)`` fallbacks; the pidfd *fd* is
+    owned from now on (closed by :meth:`close`, or by :meth:`settle` when
+    :attr:`close_on_exit` is set).
+    """
+
+    __slots__ = (
+        "_foreign",
+        "_on_exit",
+        "_reaping",
+        "_status",
+        "abandon_on_drop",
+        "close_on_exit",
+        "fd",
+        "lock",
+        "pid",
+    )
+
+    def __init__(self, fd: int, pid: int) -> None:
+        self.lock = threading.Lock()
+        self.fd = FdRef(fd, self.lock)
+        self.pid = pid
+        self._status: WaitStatus | None = None
+        self._foreign = False  # not ours to reap: waitid said ECHILD
+        self._reaping = 0  # threads inside a blocking waitid (see _echild)
+        #: Close the pidfd as soon as the exit is recorded (an owner done with it then).
+        self.close_on_exit = False
+        #: A spawned child not yet handed to the caller of Popen()/spawn(): if
+        #: its PidFd is dropped, the child is killed and reaped, never lost.
+        self.abandon_on_drop = False
+        self._on_exit: OnExit | None = None
+
+    # ---- what is known ---------------------------------------------------------
+
+    @property
+    def status(self) -> WaitStatus | None:
+        """The recorded exit, or ``None`` while none was observed. No syscall."""
+        return self._status
+
+    @property
+    def foreign(self) -> bool:
+        """Whether the process turned out not to be ours to reap."""
+        return self._foreign
+
+    def on_exit(self, callback: OnExit | None) -> None:
+        """Call *callback(status)* once, when the exit is recorded (now, if it is already)."""
+        with self.lock:
+            status = self._status
+            if status is None:
+                self._on_exit = callback
+                return
+        if callback is not None:
+            callback(status)
+
+    # ---- the one transition ------------------------------------------------------
+
+    def _settle_locked(self, status: WaitStatus) -> tuple[WaitStatus, OnExit | None]:
+        callback = None
+        if self._status is None:
+            self._status = status
+            callback, self._on_exit = self._on_exit, None
+        if self.close_on_exit:
+            self.fd.close_locked()
+        return self._status, callback
+
+    def settle(self, status: WaitStatus) -> WaitStatus:
+        """Record the process's end, whoever saw it; return the status kept (the first).
+
+        The pidfd is closed with it when :attr:`close_on_exit` is set, and
+        the exit callback runs once, after the lock is let go of.
+        """
+        with self.lock:
+            status, callback = self._settle_locked(status)
+        if callback is not None:
+            callback(status)
+        return status
+
+    def settle_held(self, status: WaitStatus) -> WaitStatus:
+        """:meth:`settle` for a reap made with the fd held (:meth:`hold`): lets go of it too."""
+        with self.lock:
+            self.fd.release_locked()
+            status, callback = self._settle_locked(status)
+        if callback is not None:
+            callback(status)
+        return status
+
+    # ---- holding the fd over a long use (a sweep, an event loop's reader) -----
+
+    def hold(self) -> int:
+        """Hold the pidfd open (a close waits for :meth:`release`); -1 if closed."""
+        with self.lock:
+            return self.fd.hold_if_open_locked()
+
+    def release(self) -> None:
+        self.fd.release()
+
+    def close(self) -> None:
+        self.fd.close()
+
+    def wake_fd(self) -> int:
+        """An fd that turns readable when the pidfd is closed; ``ValueError`` if it is."""
+        with self.lock:
+            return self.fd.wake_fd_locked()
+
+    def abandon(self) -> None:
+        """Kill and reap a child that will never reach its caller, and close the pidfd.
+
+        For a spawn interrupted (a signal handler raised) after the child
+        was created: SIGKILL and the reap are one call into C, so no second
+        interruption can come between them.
+        """
+        with self.lock:
+            if self._status is None and not self.fd.closed:
+                wstatus = lib.pyclone3_kill_and_reap(self.fd.number, self.pid, 1)
+                if wstatus >= 0:
+                    self._settle_locked(WaitStatus.from_wait_status(self.pid, wstatus))
+            self.abandon_on_drop = False
+            self.fd.close_locked()
+
+    def kill_on_drop(self) -> None:
+        """The finaliser's part of :meth:`abandon`: no lock (nobody else holds the object)."""
+        fd = self.fd.number
+        if fd >= 0 and self._status is None:
+            lib.pyclone3_kill_and_reap(fd, self.pid, 1)
+        self.abandon_on_drop = False
+        self.fd.close_locked()
+
+    # ---- reaping -------------------------------------------------------------------
+
+    def try_reap(self) -> WaitStatus | None:
+        """One look, never blocking: the status if the process has ended, else ``None``.
+
+        A child of ours is reaped (``waitid(P_PIDFD, WEXITED|WNOHANG|__WALL)``);
+        for another process the status comes from ``PIDFD_INFO_EXIT``
+        (Linux 6.15+) once its parent reaped it. ``ValueError`` if the pidfd
+        is closed and nothing was recorded; ``OSError`` ``ENOSYS``/``EINVAL``
+        where ``waitid(P_PIDFD)`` is missing.
+        """
+        with self.lock:
+            status = self._status
+            if status is not None:
+                return status
+            fd = self.fd.fileno_locked()
+            if not self._foreign:
+                try:
+                    status = syscalls.waitid_with(
+                        _P_PIDFD, fd, WEXITED_WNOHANG, syscalls.WaitBuffers()
+                    )
+                except ChildProcessError:
+                    pass  # decided by _echild, outside the lock
+                else:
+                    if status is None:
+                        return None
+                    status, callback = self._settle_locked(status)
+                    if callback is None:
+                        return status
+        if status is not None:
+            callback(status)  # type: ignore[misc]  # set with the status above
+            return status
+        if not self._foreign:
+            status = self._echild()
+            if status is not None:
+                return status
+        return self._foreign_status()
+
+    def _echild(self) -> WaitStatus | None:
+        """waitid said ECHILD: another thread of ours reaped it, or it is not ours.
+
+        A thread in a blocking waitid, or a sweep, may have reaped the child
+        and not yet recorded the status: wait for it (microseconds) before
+        concluding that the process is foreign.
+        """
+        while True:
+            with self.lock:
+                if self._status is not None:
+                    return self._status
+                if self._reaping == 0 and not sweeps.active:
+                    self._foreign = True
+                    return None
+            time.sleep(0.0001)
+
+    def _foreign_status(self) -> WaitStatus | None:
+        """Status of a process we cannot reap: PIDFD_INFO_EXIT, or an error."""
+        with self.lock:
+            if self._status is not None:
+                return self._status
+            fd = self.fd.fileno_locked()
+            if _exit_info_supported():
+                try:
+                    info = syscalls.pidfd_get_info(fd, PidfdInfoFlag.PIDFD_INFO_EXIT)
+                except ProcessLookupError:
+                    return None
+                if info.exit_code is None:
+                    return None  # still running, or a zombie its parent has not reaped
+                found = WaitStatus.from_wait_status(self.pid, info.exit_code)
+                status, callback = self._settle_locked(found)
+            else:
+                if poll_fd(fd, select.POLLIN, 0.0) == 0:
+                    return None
+                raise ChildProcessError(
+                    errno.ECHILD,
+                    f"process {self.pid} has exited, but it is not a child of this process "
+                    "(or was reaped elsewhere) and this kernel cannot report its status "
+                    "(PIDFD_INFO_EXIT needs Linux 6.15)",
+                )
+        if callback is not None:
+            callback(status)
+        return status
+
+    def wait(self, timeout: float | None, when: float | None) -> WaitStatus:
+        """Wait until the process ends (or the deadline *when*); see :meth:`PidFd.wait`.
+
+        Without a deadline, a child of ours costs one blocking ``waitid``.
+        Otherwise the wait sleeps in ``poll`` on the pidfd and on a wake fd
+        that a ``close()`` from another thread makes readable: the wait then
+        returns the status if one was recorded meanwhile (a sweep reaped
+        the child and its owner closed the pidfd), else raises ``ValueError``.
+        """
+        status = self._status
+        if status is not None:
+            return status
+        if when is None and not self._foreign:
+            status = self._blocking_reap()
+            if status is not None:
+                return status
+        return self._poll_wait(timeout, when)
+
+    def _blocking_reap(self) -> WaitStatus | None:
+        """One blocking ``waitid(P_PIDFD, WEXITED|__WALL)``: the whole wait for a child.
+
+        It returns when the child is reapable, and at once with ``ECHILD``
+        for a process that is not (or no longer) ours to reap, which then
+        takes the polling path. Signals run their handlers and the call is
+        retried (PEP 475). ``None`` also for a ``PIDFD_NONBLOCK`` pidfd.
+        """
+        bufs = syscalls.WaitBuffers()  # allocated before sleeping, not after waking
+        fd = -1
+        status = None
+        echild = False
+        try:
+            with self.lock:
+                if self._status is not None:
+                    return self._status
+                fd = self.fd.hold_locked()
+                self._reaping += 1
+            try:
+                status = syscalls.waitid_with(_P_PIDFD, fd, WEXITED, bufs)
+            except ChildProcessError:
+                echild = True
+        finally:
+            callback = None
+            if fd >= 0:
+                with self.lock:
+                    self._reaping -= 1
+                    self.fd.release_locked()
+                    if status is not None:
+                        status, callback = self._settle_locked(status)
+        if callback is not None:
+            callback(status)  # type: ignore[arg-type]  # set with the callback
+        if echild:
+            return self._echild()
+        return status
+
+    def _poll_wait(self, timeout: float | None, when: float | None) -> WaitStatus:
+        fd = -1
+        try:
+            with self.lock:
+                if self._status is not None:
+                    return self._status
+                wake = self.fd.wake_fd_locked()
+                fd = self.fd.hold_locked()
+            return self._poll_loop(fd, wake, timeout, when)
+        finally:
+            if fd >= 0:
+                self.fd.release()
+
+    def _poll_loop(
+        self, fd: int, wake: int, timeout: float | None, when: float | None
+    ) -> WaitStatus:
+        if not self._foreign:
+            # One WNOHANG reap first, as subprocess does: an exited child
+            # costs one syscall, a running one a single extra.
+            status = self._try_reap_held()
+            if status is not None:
+                return status
+        spurious = 0
+        while when is None or when > time.monotonic():
+            if self._foreign and _exit_info_supported() and poll_fd(fd, select.POLLIN, 0.0):
+                # An exited non-child's status appears when its parent reaps
+                # it, which the kernel reports as POLLHUP (polled for with no
+                # events); re-check now and then in case a kernel does not
+                # wake pollers on reap.
+                ready = poll_fd(fd, 0, when, _REAP_RECHECK_MS, wake)
+                spurious = 0
+            else:
+                ready = poll_fd(fd, select.POLLIN, when, wake=wake)
+            if ready < 0:  # closed under us: by an owner that recorded the exit?
+                status = self._status
+                if status is not None:
+                    return status
+                raise ValueError("the PidFd was closed while waiting")
+            status = self._try_reap_held()
+            if status is not None:
+                return status
+            now = time.monotonic()
+            if when is not None and now >= when:
+                break
+            if ready and not self._foreign:
+                spurious += 1
+                pause = min(0.001 * 2**spurious, _SPURIOUS_MAX_S)
+                if when is not None:
+                    pause = min(pause, when - now)
+                time.sleep(pause)
+        else:
+            status = self._try_reap_held()
+            if status is not None:
+                return status
+        raise WaitTimeout(self.pid, timeout if timeout is not None else math.inf)
+
+    def _try_reap_held(self) -> WaitStatus | None:
+        """:meth:`try_reap` while this thread holds the fd (it may be closing meanwhile)."""
+        try:
+            return self.try_reap()
+        except ValueError:
+            status = self._status
+            if status is not None:
+                return status
+            raise

@@ -1,0 +1,138 @@
+"""A file descriptor shared between threads: :class:`FdRef`.
+
+A pidfd is used by several threads at once (one waits in ``poll``, another
+signals, a third closes it). Closing an fd that another thread is about to
+pass to a syscall could make that syscall hit whatever file reuses the
+number. So, as Go's ``os`` does for its process handle, every use of the fd
+that can outlast a lock round is counted, and ``close`` only marks the fd:
+the real ``close(2)`` happens when the last user lets go.
+
+Short uses (a ``waitid(WNOHANG)``, a ``pidfd_send_signal``) simply hold the
+lock; long ones (a sleep in ``poll``) take a count with :meth:`FdRef.hold_locked`
+and give it back with :meth:`FdRef.release_locked`. A waiter that sleeps in
+``poll`` can also watch :meth:`FdRef.wake_fd`, which turns readable when the fd
+is closed under it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+
+__all__ = ["FdRef"]
+
+_eventfd = getattr(os, "eventfd", None)  # Python 3.10+
+_EFD_FLAGS = getattr(os, "EFD_CLOEXEC", 0) | getattr(os, "EFD_NONBLOCK", 0)
+_ONE = (1).to_bytes(8, sys.byteorder)  # an eventfd takes an 8-byte count; a pipe, any bytes
+
+
+class FdRef:
+    """One owned fd, closed once: when :meth:`close` was called and no user is left.
+
+    *lock* guards the fields and is shared with the owner (the child's
+    state), so that the owner can change its own state and the fd's in one
+    lock round. Methods named ``*_locked`` expect the caller to hold it.
+    """
+
+    __slots__ = ("_closing", "_fd", "_users", "_wake", "lock")
+
+    def __init__(self, fd: int, lock: threading.Lock) -> None:
+        self.lock = lock
+        self._fd = fd
+        self._users = 0
+        self._closing = fd < 0
+        self._wake: tuple[int, int] | None = None
+
+    @property
+    def closed(self) -> bool:
+        """``True`` once :meth:`close` or :meth:`detach` was called."""
+        return self._closing
+
+    @property
+    def users(self) -> int:
+        """How many long uses hold the fd now (for tests and debugging)."""
+        return self._users
+
+    @property
+    def number(self) -> int:
+        """The fd's number now, or -1 once really closed; for display only."""
+        return self._fd
+
+    def fileno_locked(self) -> int:
+        """The fd, for a use that ends before the lock is let go of; ``ValueError`` if closed."""
+        if self._closing:
+            raise ValueError("I/O operation on closed PidFd")
+        return self._fd
+
+    def hold_locked(self) -> int:
+        """Count one more user and return the fd; ``ValueError`` if closed."""
+        if self._closing:
+            raise ValueError("I/O operation on closed PidFd")
+        self._users += 1
+        return self._fd
+
+    def hold_if_open_locked(self) -> int:
+        """Like :meth:`hold_locked`, but -1 (and nothing held) if closed."""
+        if self._closing:
+            return -1
+        self._users += 1
+        return self._fd
+
+    def release_locked(self) -> None:
+        """One user is done; the last one out closes a closed fd."""
+        self._users -= 1
+        if self._closing:
+            self._close_if_unused_locked()
+
+    def release(self) -> None:
+        with self.lock:
+            self.release_locked()
+
+    def close_locked(self) -> None:
+        """Mark the fd closed; close it now if nobody uses it, else when the last user leaves."""
+        if not self._closing:
+            self._closing = True
+            if self._wake is not None and self._users > 0:
+                with contextlib.suppress(BlockingIOError):  # a count is pending already
+                    os.write(self._wake[1], _ONE)
+        self._close_if_unused_locked()
+
+    def close(self) -> None:
+        with self.lock:
+            self.close_locked()
+
+    def detach(self) -> int:
+        """Give up the fd without closing it; users still inside keep using the number."""
+        with self.lock:
+            fd = self.fileno_locked()
+            self._fd = -1  # taken away first: nothing below can close it
+            self.close_locked()
+            return fd
+
+    def _close_if_unused_locked(self) -> None:
+        # The one place the fd and the wake fd are closed: each field is
+        # cleared before its close(2), so no path can close a number twice.
+        if self._users > 0:
+            return
+        fd, self._fd = self._fd, -1
+        wake, self._wake = self._wake, None
+        if fd >= 0:
+            os.close(fd)
+        if wake is not None:
+            for end in set(wake):  # one fd for an eventfd, two for a pipe
+                os.close(end)
+
+    def wake_fd_locked(self) -> int:
+        """An fd that turns readable when the fd is closed under a user (made on first need)."""
+        self.fileno_locked()
+        if self._wake is None:
+            if _eventfd is not None:
+                efd = _eventfd(0, _EFD_FLAGS)
+                self._wake = (efd, efd)
+            else:  # pragma: no cover - Python 3.9
+                r, w = os.pipe()
+                os.set_blocking(w, False)
+                self._wake = (r, w)
+        return self._wake[0]
