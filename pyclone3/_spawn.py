@@ -35,7 +35,6 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import socket
 import struct
 import sys
 import threading
@@ -73,6 +72,9 @@ class _ThreadBuffers(threading.local):
     def __init__(self) -> None:
         self.stack = _new_uncleared("char[]", _STACK_SIZE)
         self.pidfd = ffi.new("int *", -1)
+        #: The spawn's own fds (error pipe, sync pipe, socket pair), born and
+        #: closed in C cells so that no interruption can lose one.
+        self.temp = ffi.new("int[6]", [-1] * 6)
 
 
 _buffers = _ThreadBuffers()
@@ -373,17 +375,19 @@ def _spawn_vm(plan: _Plan, path: str) -> SpawnedChild:
     elif path == "vfork":
         pid = lib.pyclone3_spawn(s, lib.SPAWN_VFORK, 0, ffi.NULL, 0, ffi.NULL)
     else:  # vfork_pidfd
-        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        socks = bufs.temp  # [parent end, child end], closed from the cells
         try:
-            s.pidfd_sock = child_end.fileno()
+            if lib.pyclone3_socketpair_cells(socks) < 0:
+                err = ffi.errno
+                raise OSError(err, os.strerror(err))
+            s.pidfd_sock = socks[1]
             pid = lib.pyclone3_spawn(s, lib.SPAWN_VFORK, 0, ffi.NULL, 0, ffi.NULL)
             err = ffi.errno
             if pid > 0:
-                pidfd_out[0] = lib.pyclone3_recv_pidfd(parent_end.fileno())
+                lib.pyclone3_recv_pidfd_into(socks[0], pidfd_out)
         finally:
+            lib.pyclone3_close_cells(socks, 2)
             s.pidfd_sock = -1
-            parent_end.close()
-            child_end.close()
         if pid < 0:
             raise OSError(err, os.strerror(err))
         return _finish(plan, pid, path)
@@ -404,14 +408,17 @@ def _spawn_forked(plan: _Plan, path: str, preexec_fn: Callable[[], Any]) -> Spaw
     """The preexec_fn path: fork(), the child sends its own pidfd unless path is vfork."""
     s = plan.s
     want_pidfd = path != "vfork" and features().pidfd_open
-    errpipe_r, errpipe_w = _error_pipe()
-    parent_end = child_end = None
+    cells = _buffers.temp  # [errpipe r, errpipe w, parent end, child end]
     try:
-        if want_pidfd:
-            parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if lib.pyclone3_error_pipe(cells) < 0 or (
+            want_pidfd and lib.pyclone3_socketpair_cells(cells + 2) < 0
+        ):
+            err = ffi.errno
+            raise OSError(err, os.strerror(err))
+        errpipe_w = cells[1]
         plan._set_keep(sorted({*plan.pass_fds, errpipe_w}))
         s.errpipe = errpipe_w
-        s.pidfd_sock = child_end.fileno() if child_end is not None else -1
+        s.pidfd_sock = cells[3]
         s.reset_handlers = 0
         s.restore_mask = 0
         s.err_step = lib.SPAWN_ERR_NONE
@@ -431,43 +438,20 @@ def _spawn_forked(plan: _Plan, path: str, preexec_fn: Callable[[], Any]) -> Spaw
                 lib.pyclone3_child_exec(s)
             finally:
                 os._exit(255)
-        # Each fd is forgotten before it is closed: an exception from a
-        # signal handler between the two must not make the finally close it
-        # again (by then the number may be another thread's).
-        fd, errpipe_w = errpipe_w, -1
-        os.close(fd)
-        if child_end is not None:
-            end, child_end = child_end, None
-            end.close()
-        report = _read_report(errpipe_r)
-        if parent_end is not None:
-            _buffers.pidfd[0] = lib.pyclone3_recv_pidfd(parent_end.fileno())
+        lib.pyclone3_close_cells(cells + 1, 1)  # our copy of the write end
+        lib.pyclone3_close_cells(cells + 3, 1)  # and of the child's socket end
+        report = _read_report(cells[0])
+        if cells[2] >= 0:
+            lib.pyclone3_recv_pidfd_into(cells[2], _buffers.pidfd)
         failure = parse_report(report)
         if failure is not None:
             plan.s.err_step, plan.s.err_errno = failure
         return _finish(plan, pid, path)
     finally:
+        lib.pyclone3_close_cells(cells, 4)
         s.errpipe = -1
         s.pidfd_sock = -1
         plan._set_keep(plan.pass_fds)
-        for fd in (errpipe_r, errpipe_w):
-            if fd >= 0:
-                os.close(fd)
-        for sock in (parent_end, child_end):
-            if sock is not None:
-                sock.close()
-
-
-def _error_pipe() -> tuple[int, int]:
-    """A pipe for a child's error report, its write end clear of the child's 0..2."""
-    errpipe_r, errpipe_w = os.pipe()
-    low = []
-    while errpipe_w < 3:
-        low.append(errpipe_w)
-        errpipe_w = os.dup(errpipe_w)
-    for fd in low:
-        os.close(fd)
-    return errpipe_r, errpipe_w
 
 
 def _read_report(errpipe_r: int) -> bytes:
@@ -482,7 +466,11 @@ def _read_report(errpipe_r: int) -> bytes:
 
 
 def _write_id_maps(pid: int, opts: CloneOptions) -> None:
-    """Write the waiting child's setgroups, uid_map and gid_map, in the order the kernel needs."""
+    """Write the waiting child's setgroups, uid_map and gid_map, in the order the kernel needs.
+
+    Each file is opened, written and closed in one call into C, so that no
+    interruption can leave one open.
+    """
     for name, data in (
         ("setgroups", None if opts.setgroups is None else b"allow" if opts.setgroups else b"deny"),
         ("uid_map", opts.uid_map),
@@ -491,16 +479,9 @@ def _write_id_maps(pid: int, opts: CloneOptions) -> None:
         if data is None:
             continue
         path = f"/proc/{pid}/{name}"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise OSError(exc.errno, exc.strerror, path) from None
-        try:
-            os.write(fd, data)
-        except OSError as exc:
-            raise OSError(exc.errno, exc.strerror, path) from None
-        finally:
-            os.close(fd)
+        err = lib.pyclone3_write_file(path.encode(), data, len(data))
+        if err:
+            raise OSError(err, os.strerror(err), path)
 
 
 def _spawn_unshared(plan: _Plan, path: str, opts: CloneOptions) -> SpawnedChild:
@@ -509,45 +490,41 @@ def _spawn_unshared(plan: _Plan, path: str, opts: CloneOptions) -> SpawnedChild:
     waits = opts.uid_map is not None or opts.gid_map is not None or opts.setgroups is not None
     pidfd_out = _buffers.pidfd
     pidfd_out[0] = -1
-    errpipe_r, errpipe_w = _error_pipe()
-    sync_r = sync_w = -1
+    cells = _buffers.temp  # [errpipe r, errpipe w, sync r, sync w]
     try:
-        if waits:
-            sync_r, sync_w = os.pipe()
-            s.sync_fd, s.sync_wfd = sync_r, sync_w
-        plan._set_keep(sorted({*plan.pass_fds, errpipe_w}))
-        s.errpipe = errpipe_w
+        if lib.pyclone3_error_pipe(cells) < 0 or (
+            waits and lib.pyclone3_pipe_cells(cells + 2) < 0
+        ):
+            err = ffi.errno
+            raise OSError(err, os.strerror(err))
+        s.sync_fd, s.sync_wfd = cells[2], cells[3]
+        plan._set_keep(sorted({*plan.pass_fds, cells[1]}))
+        s.errpipe = cells[1]
         method = lib.SPAWN_CLONE3_FORK if path == "clone3" else lib.SPAWN_CLONE_FORK
         clear = 1 if path == "clone3" and _clear_sighand else 0
         pid = lib.pyclone3_spawn(s, method, clear, ffi.NULL, 0, pidfd_out)
         if pid < 0:
             err = ffi.errno
             raise OSError(err, os.strerror(err))
-        # Each fd is forgotten before it is closed (see _spawn_forked).
-        fd, errpipe_w = errpipe_w, -1
-        os.close(fd)
+        lib.pyclone3_close_cells(cells + 1, 1)  # our copy of the error pipe's write end
         if waits:
-            fd, sync_r = sync_r, -1
-            os.close(fd)
+            lib.pyclone3_close_cells(cells + 2, 1)  # and of the sync pipe's read end
             try:
                 _write_id_maps(pid, opts)
-                os.write(sync_w, b"g")
+                os.write(cells[3], b"g")
             except BaseException:
-                fd, sync_w = sync_w, -1
-                os.close(fd)  # the child sees EOF and exits
+                lib.pyclone3_close_cells(cells + 3, 1)  # the child sees EOF and exits
                 lib.pyclone3_reap_cell(s, pidfd_out, 0)
                 raise
-        report = _read_report(errpipe_r)
+        report = _read_report(cells[0])
         failure = parse_report(report)
         if failure is not None:
             s.err_step, s.err_errno = failure
         return _finish(plan, pid, path)
     finally:
+        lib.pyclone3_close_cells(cells, 4)
         s.errpipe = s.sync_fd = s.sync_wfd = -1
         plan._set_keep(plan.pass_fds)
-        for fd in (errpipe_r, errpipe_w, sync_r, sync_w):
-            if fd >= 0:
-                os.close(fd)
 
 
 def _option_paths(opts: CloneOptions, forced: str | None) -> tuple[str, ...]:

@@ -572,6 +572,80 @@ int pyclone3_reap_cell(struct pyclone3_spawn *s, int *pidfd, int kill_first)
     return wstatus;
 }
 
+/* Fds a spawn makes for itself live in C cells from birth to close, so that
+ * an exception raised by a signal handler as a call returns cannot lose one:
+ * whatever is still in a cell is closed by pyclone3_close_cells. */
+int pyclone3_error_pipe(int *cells)
+{
+    int fds[2], w;
+
+    if (pipe2(fds, O_CLOEXEC) < 0)
+        return -1;
+    /* the write end clear of the child's 0..2, which it is about to set */
+    w = fds[1] >= 3 ? fds[1] : fcntl(fds[1], F_DUPFD_CLOEXEC, 3);
+    if (w < 0) {
+        int err = errno;
+        close(fds[0]);
+        close(fds[1]);
+        errno = err;
+        return -1;
+    }
+    if (w != fds[1])
+        close(fds[1]);
+    cells[0] = fds[0];
+    cells[1] = w;
+    return 0;
+}
+
+int pyclone3_pipe_cells(int *cells)
+{
+    return pipe2(cells, O_CLOEXEC);
+}
+
+int pyclone3_socketpair_cells(int *cells)
+{
+    return socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, cells);
+}
+
+void pyclone3_close_cells(int *cells, int n)
+{
+    int i, fd;
+
+    for (i = 0; i < n; i++) {
+        fd = cells[i];
+        cells[i] = -1;
+        if (fd >= 0)
+            close(fd);
+    }
+}
+
+int pyclone3_write_file(const char *path, const char *data, size_t len)
+{
+    int fd, err = 0;
+    ssize_t n;
+
+    do
+        fd = open(path, O_WRONLY | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0)
+        return errno;
+    do
+        n = write(fd, data, len);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        err = errno;
+    else if ((size_t)n != len)
+        err = EIO;
+    close(fd);
+    return err;
+}
+
+int pyclone3_recv_pidfd_into(int sock, int *cell)
+{
+    cell[0] = pyclone3_recv_pidfd(sock);
+    return cell[0];
+}
+
 /* Receive the pidfd a child sent over `sock` (MSG_CMSG_CLOEXEC); -1 if none. */
 int pyclone3_recv_pidfd(int sock)
 {

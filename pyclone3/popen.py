@@ -151,11 +151,13 @@ class CommandExt:
             pidfd = self._pidfd
             if pidfd is not None:
                 state_of(pidfd).abandon()
-            elif self.__dict__.get("_child_created") and self.returncode is None:
+            elif self.__dict__.get("_child_created") and (
+                self.__dict__.get("_pyclone3_returncode") is None
+            ):
                 # No pidfd (the vfork path): unreaped, so its PID is still its own.
                 wstatus = lib.pyclone3_kill_and_reap(-1, self.pid, 1)
                 if wstatus >= 0:
-                    self.returncode = os.waitstatus_to_exitcode(wstatus)
+                    self.__dict__["_pyclone3_returncode"] = os.waitstatus_to_exitcode(wstatus)
             raise
         pidfd = self._pidfd
         if pidfd is not None:

@@ -40,12 +40,17 @@ _JEQ_K = 0x15
 _JSET_K = 0x45
 _CLONE_PIDFD = 0x1000
 _CLONE_ARGS_SIZE_VER2 = 88
+_P_PIDFD = 3
 _RET_K = 0x06
 _RET_ALLOW = 0x7FFF0000
 _RET_ERRNO = 0x00050000
 _PR_SET_NO_NEW_PRIVS = 38
 _PR_SET_SECCOMP = 22
 _SECCOMP_MODE_FILTER = 2
+
+
+# Pseudo-names that match a syscall's arguments, not only its number.
+_ARGUMENT_RULES = ("clone_pidfd", "clone3_cgroup", "waitid_pidfd")
 
 
 def supported() -> bool:
@@ -59,6 +64,8 @@ def deny(rules: dict[str, int]) -> None:
     flags include CLONE_PIDFD, as qemu-user does; plain fork() still works.
     ``clone3_cgroup`` fails only clone3 calls whose struct is the 88-byte
     one that carries a cgroup, as a kernel before 5.7 does (``E2BIG``).
+    ``waitid_pidfd`` fails only waitid(P_PIDFD, ...), as Linux 5.3 does
+    (``EINVAL``: pidfds, but no P_PIDFD); waitid(P_PID/P_ALL) still works.
     """
     machine = platform.machine()
     numbers = _NUMBERS[machine]
@@ -69,7 +76,7 @@ def deny(rules: dict[str, int]) -> None:
         (_LD_W_ABS, 0, 0, 0),  # seccomp_data.nr
     ]
     for name, err in rules.items():
-        if name in ("clone_pidfd", "clone3_cgroup"):
+        if name in _ARGUMENT_RULES:
             continue
         insns.append((_JEQ_K, 0, 1, numbers[name]))
         insns.append((_RET_K, 0, 0, _RET_ERRNO | err))
@@ -87,6 +94,12 @@ def deny(rules: dict[str, int]) -> None:
         insns.append((_LD_W_ABS, 0, 0, 24))  # low word of seccomp_data.args[1], the size
         insns.append((_JEQ_K, 0, 1, _CLONE_ARGS_SIZE_VER2))
         insns.append((_RET_K, 0, 0, _RET_ERRNO | rules["clone3_cgroup"]))
+    if "waitid_pidfd" in rules:
+        insns.append((_LD_W_ABS, 0, 0, 0))
+        insns.append((_JEQ_K, 0, 3, numbers["waitid"]))
+        insns.append((_LD_W_ABS, 0, 0, 16))  # low word of seccomp_data.args[0], the idtype
+        insns.append((_JEQ_K, 0, 1, _P_PIDFD))
+        insns.append((_RET_K, 0, 0, _RET_ERRNO | rules["waitid_pidfd"]))
     insns.append((_RET_K, 0, 0, _RET_ALLOW))
     code = b"".join(struct.pack("HBBI", *insn) for insn in insns)
     buf = ctypes.create_string_buffer(code)

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
+import signal
 import subprocess
 import textwrap
+import time
+from typing import Any
 
 import pytest
 import seccomp
@@ -195,6 +199,216 @@ def test_no_pidfds_at_all_still_spawns() -> None:
     assert out["paths"] == ["vfork"] * 3 and out["pidfd"] is None
 
 
+# ---- Popen where waitid(P_PIDFD) or pidfd_send_signal is refused ------------------
+
+POPEN_CASE = textwrap.dedent(
+    """
+    import contextlib, json, os, signal, subprocess, sys, threading, time
+    import pyclone3
+    from pyclone3 import Popen
+
+    case = sys.argv[1]
+    out = {"features": pyclone3.features().as_dict()}
+    keep = []  # every Popen lives until its children are counted: no __del__ reaps
+
+
+    def children():
+        # [pid, state] of each child of ours, running or zombie ("Z").
+        me, found = os.getpid(), []
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read().decode("ascii", "replace")
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[1]) == me:
+                found.append([int(name), fields[0]])
+        return sorted(found)
+
+
+    def report(result):
+        out["result"] = result
+        out["children"] = children()
+        print(json.dumps(out), flush=True)
+        for pid, _ in out["children"]:  # unreaped children of ours: their PIDs are safe
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        os._exit(0)
+
+
+    def hung():
+        report(f"hung: {case} had not returned after 10 s")
+
+
+    def popen(*args, **kwargs):
+        p = Popen(*args, **kwargs)
+        keep.append(p)
+        return p
+
+
+    def run_case():
+        if case == "wait":
+            return popen(["/bin/sh", "-c", "exit 3"]).wait()
+        if case == "wait_timeout":
+            return popen(["/bin/sh", "-c", "exit 4"]).wait(timeout=10)
+        if case == "wait_expires":
+            p = popen(["/bin/sleep", "30"])
+            try:
+                p.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                expired = True
+            else:
+                expired = False
+            p.kill()
+            return [expired, p.wait()]
+        if case == "poll":
+            p = popen(["/bin/sh", "-c", "sleep 0.3; exit 5"])
+            seen_running = p.poll() is None
+            deadline = time.monotonic() + 10
+            while p.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return [seen_running, p.poll()]
+        if case == "communicate":
+            p = popen(["/bin/sh", "-c", "echo out; exit 6"], stdout=subprocess.PIPE)
+            stdout, _ = p.communicate()
+            return [stdout.decode(), p.returncode]
+        if case == "communicate_timeout":
+            p = popen(["/bin/sh", "-c", "echo out; exit 6"], stdout=subprocess.PIPE)
+            stdout, _ = p.communicate(timeout=10)
+            return [stdout.decode(), p.returncode]
+        if case == "run":
+            r = pyclone3.run(["/bin/sh", "-c", "echo out; exit 7"], capture_output=True)
+            return [r.stdout.decode(), r.returncode]
+        if case in ("terminate", "kill"):
+            p = popen(["/bin/sleep", "30"])
+            getattr(p, case)()
+            return p.wait(timeout=5)
+        if case == "run_timeout":
+            started = time.monotonic()
+            try:
+                pyclone3.run(["/bin/sleep", "30"], timeout=0.5)
+            except subprocess.TimeoutExpired:
+                return ["TimeoutExpired", time.monotonic() - started < 5]
+            return "no TimeoutExpired"
+        raise AssertionError(case)
+
+
+    watchdog = threading.Timer(10, hung)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        result = run_case()
+    except BaseException as exc:
+        result = f"{type(exc).__name__}: {exc}"
+    watchdog.cancel()
+    report(result)
+    """
+)
+
+
+def run_popen_case(rule: str, case: str) -> dict[str, Any]:
+    """Run one Popen *case* in a fresh process under *rule*: the first call to
+    meet the refusal is that case's own (a fallback, once found, is remembered)."""
+    result = subprocess.run(
+        [PYTHON, os.path.join(HERE, "seccomp.py"), rule, "--", PYTHON, "-c", POPEN_CASE, case],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    out: dict[str, Any] = json.loads(result.stdout)
+    return out
+
+
+WAITID_EINVAL_CASES = {
+    "wait": 3,
+    "wait_timeout": 4,
+    "wait_expires": [True, -9],
+    "poll": [True, 5],
+    "communicate": ["out\n", 6],
+    "communicate_timeout": ["out\n", 6],
+    "run": ["out\n", 7],
+}
+
+
+@pytest.mark.parametrize("case", list(WAITID_EINVAL_CASES))
+def test_waitid_pidfd_einval_popen_reaps_with_waitpid(case: str) -> None:
+    """Linux 5.3: pidfds, but waitid(P_PIDFD) says EINVAL. features() knows;
+    Popen must reap as subprocess does, as it does for ENOSYS."""
+    out = run_popen_case("waitid_pidfd=EINVAL", case)
+    f = out["features"]
+    assert f["waitid_pidfd"] is False and f["notes"]["waitid_pidfd"] == "EINVAL"
+    assert f["pidfd_open"] and f["pidfd_send_signal"]
+    left = f"children left behind ([pid, state], Z: a zombie): {out['children']}"
+    assert out["result"] == WAITID_EINVAL_CASES[case], left
+    assert out["children"] == [], left
+
+
+PIDFD_SEND_SIGNAL_EPERM_CASES = {
+    "terminate": -15,
+    "kill": -9,
+    "run_timeout": ["TimeoutExpired", True],
+}
+
+
+@pytest.mark.parametrize("case", list(PIDFD_SEND_SIGNAL_EPERM_CASES))
+def test_pidfd_send_signal_eperm_popen_falls_back_to_kill(case: str) -> None:
+    """A default-deny sandbox refuses pidfd_send_signal with EPERM: Popen must
+    still signal its (unreaped) child with kill(2), as it does for ENOSYS."""
+    out = run_popen_case("pidfd_send_signal=EPERM", case)
+    f = out["features"]
+    assert f["pidfd_send_signal"] is False and f["notes"]["pidfd_send_signal"] == "EPERM"
+    assert f["waitid_pidfd"] is True
+    left = f"children left behind ([pid, state], Z: a zombie): {out['children']}"
+    assert out["result"] == PIDFD_SEND_SIGNAL_EPERM_CASES[case], left
+    assert out["children"] == [], left
+
+
+def processes_running(argv: list[str]) -> list[int]:
+    """PIDs of the processes, anyone's, whose command line is *argv*."""
+    want = "\0".join(argv).encode() + b"\0"
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if f.read() == want:
+                    found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.parametrize("rule", ["pidfd_send_signal=EPERM", "waitid_pidfd=EINVAL"])
+def test_cli_run_timeout_under_a_sandbox(rule: str, tmp_path: pathlib.Path) -> None:
+    """`pyclone3 run --timeout` under a sandbox: 124, no traceback, no orphan."""
+    command = ["sleep", f"31.{os.getpid()}"]  # a command line no one else runs
+    cli = [PYTHON, "-m", "pyclone3", "run", "--timeout", "0.5", "--", *command]
+    stdout, stderr = tmp_path / "stdout", tmp_path / "stderr"
+    # Files, not pipes: an orphaned command would hold a pipe open for 31 s.
+    with open(stdout, "wb") as out, open(stderr, "wb") as err:
+        result = subprocess.run(
+            [PYTHON, os.path.join(HERE, "seccomp.py"), rule, "--", *cli],
+            stdout=out,
+            stderr=err,
+            timeout=60,
+        )
+    time.sleep(0.1)  # a command that was killed may take a moment to leave /proc
+    left = processes_running(command)
+    for pid in left:  # clean up after a failure: no one else runs this command line
+        os.kill(pid, signal.SIGKILL)
+    messages = stderr.read_text()
+    traceback = "Traceback" in messages or "Exception ignored" in messages
+    # (exit status, a traceback on stderr, the command's PIDs left running)
+    assert (result.returncode, traceback, left) == (124, False, []), messages[-1500:]
+
+
 # ---- the spawn and PidFd suites, whole, under each profile -------------------------
 
 SUITES = [
@@ -212,6 +426,9 @@ PROFILES = {
     "no-pidfd_open": ["pidfd_open=ENOSYS"],
     "no-pidfd_send_signal": ["pidfd_send_signal=ENOSYS"],
     "no-waitid": ["waitid=ENOSYS"],
+    # Linux 5.3 has pidfds but not P_PIDFD; waitid(P_PID/P_ALL) still works.
+    "waitid-einval": ["waitid_pidfd=EINVAL"],
+    "pidfd_send_signal-eperm": ["pidfd_send_signal=EPERM"],  # a default-deny sandbox
     "no-pidfds": ["clone3=ENOSYS", "clone_pidfd=EINVAL", "pidfd_open=ENOSYS"],
 }
 
