@@ -102,7 +102,9 @@ def features(*, refresh: bool = False) -> Features:
     sends it signal 0, and creates one short-lived child with ``clone3``
     that exits at once (with no exit signal, so no ``SIGCHLD`` handler
     sees it) and is reaped before this returns. It costs well under a
-    millisecond on a small process.
+    millisecond on a small process. It asks nothing of the parent process,
+    so it works as well in PID 1 of a PID namespace (a container's init),
+    whose parent is outside the namespace (``getppid()`` is 0).
 
     A refusal (``ENOSYS``, ``EPERM`` from a seccomp filter, ``EINVAL`` for an
     unknown flag, ``ENOTTY`` for an unknown ioctl) makes the feature
@@ -228,10 +230,10 @@ def _probe_with(p: _Prober) -> Features:
         ):
             p.notes[name] = "needs pidfd_open"
 
-    clone3, clone_pidfd, info_exit = _probe_clone3(p, get_info)
+    clone3, clone_pidfd, info_exit, other = _probe_clone3(p, get_info)
     if own is None and clone_pidfd:
         send, waitid_pidfd = _probe_with_a_child_pidfd(p)
-    identity = _probe_identity(p, own)
+    identity = _probe_identity(p, own, other)
     mount, cgroup = _cgroup2()
     return Features(
         kernel=os.uname().release,
@@ -282,22 +284,47 @@ def _probe_with_a_child_pidfd(p: _Prober) -> tuple[bool, bool]:
         os.close(fd)
 
 
-def _probe_identity(p: _Prober, own: int | None) -> bool:
-    """pidfs (6.9+) gives each process its own inode; before, all share one anon inode."""
+def _probe_identity(p: _Prober, own: int | None, other: int | None) -> bool:
+    """pidfs (6.9+) gives each process its own inode; before, all share one anon inode.
+
+    *own* is a pidfd of this process, *other* one of another process (the
+    reaped probe child) or None, when the parent's or a spawned `true`'s is
+    taken instead.
+    """
     if own is None:
         p.notes["pidfd_identity"] = "needs pidfd_open"
         return False
-    parent = p.keep(p.attempt("pidfd_identity", syscalls.pidfd_open, os.getppid()))
-    if parent is None:
-        return False
+    if other is None:
+        other = _other_pidfd(p)
+        if other is None:
+            return False
     again = p.keep(p.attempt("pidfd_identity", syscalls.pidfd_open, os.getpid()))
     if again is None:
         return False
-    mine, theirs, same = os.fstat(own), os.fstat(parent), os.fstat(again)
+    mine, theirs, same = os.fstat(own), os.fstat(other), os.fstat(again)
     if (mine.st_dev, mine.st_ino) == (same.st_dev, same.st_ino) and mine.st_ino != theirs.st_ino:
         return True
     p.notes["pidfd_identity"] = "pidfds share one anonymous inode (before Linux 6.9)"
     return False
+
+
+def _other_pidfd(p: _Prober) -> int | None:
+    """A pidfd of a process other than this one, when there is no probe child's.
+
+    The parent's, if it is in our PID namespace (``getppid()`` is 0 in PID 1
+    of a namespace, or after a ``setns`` into one) and still there, else a
+    spawned `true`'s, reaped.
+    """
+    ppid = os.getppid()
+    if ppid > 0:
+        try:
+            return p.keep(syscalls.pidfd_open(ppid))
+        except ProcessLookupError:
+            pass  # the parent exited meanwhile: not a refusal
+        except OSError as exc:
+            p.refused("pidfd_identity", exc)
+            return None
+    return _spawned_pidfd(p, "pidfd_identity")
 
 
 def _clone3_child(flags: int) -> tuple[int, int]:
@@ -323,8 +350,11 @@ def _reap(pid: int, pidfd: int) -> None:
         os.waitpid(pid, lib.__WALL)
 
 
-def _probe_clone3(p: _Prober, get_info: bool) -> tuple[bool, bool, bool]:
-    """Return (clone3, clone_pidfd, pidfd_info_exit)."""
+def _probe_clone3(p: _Prober, get_info: bool) -> tuple[bool, bool, bool, int | None]:
+    """Return (clone3, clone_pidfd, pidfd_info_exit, a pidfd of the reaped child or None).
+
+    The pidfd is kept open (in *p*) for :func:`_probe_identity`.
+    """
     clone3 = clone_pidfd = False
     child: tuple[int, int] | None = None
     try:
@@ -340,24 +370,23 @@ def _probe_clone3(p: _Prober, get_info: bool) -> tuple[bool, bool, bool]:
             p.notes["clone3"] = p.notes["clone_pidfd"]
     if child is None:
         if get_info:
-            return clone3, clone_pidfd, _probe_info_exit_spawned(p)
+            info_exit, spawned = _probe_info_exit_spawned(p)
+            return clone3, clone_pidfd, info_exit, spawned
         p.notes["pidfd_info_exit"] = "needs PIDFD_GET_INFO"
-        return clone3, clone_pidfd, False
+        return clone3, clone_pidfd, False, None
     pid, pidfd = child
-    try:
-        if pidfd < 0:
-            opened = p.keep(p.attempt("pidfd_info_exit", syscalls.pidfd_open, pid))
-            pidfd = -1 if opened is None else opened
-        _reap(pid, pidfd)
-        info_exit = False
-        if pidfd >= 0 and get_info:
-            info_exit = _has_exit_info(p, pidfd)
-        elif not get_info:
-            p.notes["pidfd_info_exit"] = "needs PIDFD_GET_INFO"
-        return clone3, clone_pidfd, info_exit
-    finally:
-        if pidfd >= 0 and pidfd not in p.fds:
-            os.close(pidfd)
+    if pidfd >= 0:
+        p.keep(pidfd)  # closed with the prober's fds
+    else:
+        opened = p.keep(p.attempt("pidfd_info_exit", syscalls.pidfd_open, pid))
+        pidfd = -1 if opened is None else opened
+    _reap(pid, pidfd)
+    info_exit = False
+    if pidfd >= 0 and get_info:
+        info_exit = _has_exit_info(p, pidfd)
+    elif not get_info:
+        p.notes["pidfd_info_exit"] = "needs PIDFD_GET_INFO"
+    return clone3, clone_pidfd, info_exit, (pidfd if pidfd >= 0 else None)
 
 
 def _has_exit_info(p: _Prober, pidfd: int) -> bool:
@@ -370,20 +399,33 @@ def _has_exit_info(p: _Prober, pidfd: int) -> bool:
     return False
 
 
-def _probe_info_exit_spawned(p: _Prober) -> bool:
-    """PIDFD_INFO_EXIT without clone3: reap a posix_spawn'ed `true` and ask."""
+def _probe_info_exit_spawned(p: _Prober) -> tuple[bool, int | None]:
+    """PIDFD_INFO_EXIT without clone3: reap a posix_spawn'ed `true` and ask.
+
+    Returns (pidfd_info_exit, the reaped child's pidfd, kept in *p*, or None).
+    """
+    pidfd = _spawned_pidfd(p, "pidfd_info_exit")
+    if pidfd is None:
+        return False, None
+    return _has_exit_info(p, pidfd), pidfd
+
+
+def _spawned_pidfd(p: _Prober, name: str) -> int | None:
+    """posix_spawn `true`, open its pidfd (kept in *p*), reap it; None, noted as *name*, if not."""
     true = shutil.which("true") or "/bin/true"
     try:
         pid = os.posix_spawn(true, [true], {})
     except OSError as exc:
-        p.notes["pidfd_info_exit"] = f"not probed ({exc.strerror})"
-        return False
-    pidfd = p.keep(p.attempt("pidfd_info_exit", syscalls.pidfd_open, pid))
-    with contextlib.suppress(ChildProcessError):  # a SIGCHLD handler won: fine
-        os.waitpid(pid, 0)
-    if pidfd is None:
-        return False
-    return _has_exit_info(p, pidfd)
+        if exc.errno in TRANSIENT_ERRNOS:
+            raise
+        p.notes[name] = f"not probed ({exc.strerror})"
+        return None
+    try:
+        pidfd = p.keep(p.attempt(name, syscalls.pidfd_open, pid))
+    finally:
+        with contextlib.suppress(ChildProcessError):  # a SIGCHLD handler won: fine
+            os.waitpid(pid, 0)
+    return pidfd
 
 
 def _cgroup2() -> tuple[str | None, str | None]:

@@ -15,6 +15,18 @@ where its orphans land when we are a subreaper. A descendant that left both
 (a daemon that called ``setsid`` and whose parent is gone, before this
 process became a subreaper) is out of reach: a cgroup (``cgroup=``, then
 ``cgroup.kill``) is the complete answer to that.
+
+The tree is found in ``/proc``, which names processes by PID, and a PID
+names someone else once its process has been reaped. So nothing here acts
+on what ``/proc`` says without proof, through a pidfd, that the PID still
+belongs to the process meant: a process keeps its PID until it is reaped,
+and its pidfd tells whether it has been (``PIDFD_GET_INFO`` fails with
+``ESRCH`` from Linux 6.13; ``/proc/self/fdinfo`` shows ``Pid: -1`` before).
+The child is checked before and after each read of the process table, and
+each member after its pidfd is opened and its ``/proc`` entry read, along
+with the parent (or session leader) that entry names. Once the child has
+been reaped, by anyone, its tree is not read at all: the table could
+describe a stranger that was given the same PID.
 """
 
 from __future__ import annotations
@@ -24,13 +36,14 @@ import errno
 import os
 import signal
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
+from . import syscalls
 from ._clone3 import ffi, lib
 from ._features import features
-from .flags import WaitFlag
+from ._signals import signal_or_kill
+from .flags import IdType, WaitFlag
 from .pidfd import PidFd
-from .syscalls import pidfd_open
 
 __all__ = [
     "descendants",
@@ -40,8 +53,11 @@ __all__ = [
     "set_child_subreaper",
 ]
 
+_P_PIDFD = int(IdType.P_PIDFD)
 _WEXITED_WNOHANG_WALL = int(WaitFlag.WEXITED | WaitFlag.WNOHANG | WaitFlag["__WALL"])
 _WALL = int(WaitFlag["__WALL"])
+#: PIDFD_GET_INFO missing (before 6.13) or refused (a seccomp filter).
+_NO_GET_INFO = frozenset({errno.ENOTTY, errno.EINVAL, errno.ENOSYS, errno.EPERM})
 
 
 def set_child_subreaper(on: bool = True) -> None:
@@ -62,6 +78,47 @@ def is_child_subreaper() -> bool:
         err = ffi.errno
         raise OSError(err, os.strerror(err))
     return bool(value)
+
+
+def _pid_now(pidfd: PidFd) -> int:
+    """The PID the process behind *pidfd* holds now, as seen here.
+
+    -1 once it has been reaped (by anyone: its PID may then be another's),
+    or when that cannot be known and the process has exited; 0 if it is
+    not visible from this PID namespace. ``ValueError`` if *pidfd* is closed.
+    """
+    if features().pidfd_get_info:
+        try:
+            info = pidfd.info()
+        except ProcessLookupError:
+            return -1
+        except OSError as exc:
+            if exc.errno not in _NO_GET_INFO:
+                raise
+        else:
+            return info.pid if info.pid is not None else -1
+    fd = pidfd.fileno()
+    try:
+        with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Pid:"):
+                    return int(line.split()[1])
+    except FileNotFoundError:
+        raise ValueError(f"fd {fd} of {pidfd!r} is not open") from None
+    except OSError:
+        pass
+    # No way to ask (an old kernel, no /proc): a running process is unreaped.
+    return pidfd.pid if pidfd.is_alive() else -1
+
+
+def _holds_pid(pidfd: PidFd) -> bool:
+    """Whether *pidfd*'s process still holds the PID it was known by (is unreaped).
+
+    While it does, that number names it and no one else; checked on both
+    sides of a read of ``/proc``, it proves the read was about it.
+    """
+    pid = pidfd.pid
+    return pid > 0 and _pid_now(pidfd) == pid
 
 
 def _stat(pid: int | str) -> tuple[bytes, int, int] | None:
@@ -86,7 +143,21 @@ def _process_table() -> dict[int, tuple[int, int, bytes]]:
     return table
 
 
-def _members(root: int, table: dict[int, tuple[int, int, bytes]]) -> list[int]:
+def _table_for(root: PidFd) -> dict[int, tuple[int, int, bytes]] | None:
+    """The process table, read while *root* provably held its PID; None if it did not.
+
+    Checked before and after the read: a process is reaped once, so if it
+    holds its PID at both ends it held it throughout, and every ``ppid`` or
+    session id in the table equal to that PID means *root*. Otherwise
+    (reaped, by anyone) the table may describe a stranger given its PID.
+    """
+    if not _holds_pid(root):
+        return None
+    table = _process_table()
+    return table if _holds_pid(root) else None
+
+
+def _members(root: int, table: Mapping[int, tuple[int, int, bytes]]) -> list[int]:
     """The PIDs of root's tree (root excluded), parents before children."""
     children: dict[int, list[int]] = {}
     for pid, (ppid, _, _) in table.items():
@@ -109,57 +180,90 @@ def _members(root: int, table: dict[int, tuple[int, int, bytes]]) -> list[int]:
     return found
 
 
-def _open_member(pid: int, parent: int) -> PidFd | None:
-    """A pidfd for *pid*, if it still is *parent*'s child once opened."""
+def _open_member(pid: int, parent: int, root: PidFd, held: Mapping[int, PidFd]) -> PidFd | None:
+    """A pidfd for *pid*, if it is still the tree's member that *parent*'s child was.
+
+    *held* maps the PIDs of members already opened to their pidfds. The
+    PID may have been reused between the listing and ``pidfd_open``: a
+    process with the same parent is still one of the tree. The proof, after
+    ``/proc/PID/stat`` is read: the new pidfd still holds *pid* (so the
+    entry described it), and the parent the entry names holds its PID too
+    (*root*, a held member, or this process; for this process, the entry's
+    session must be *root*'s, as :func:`_members` chose it).
+    """
     try:
-        fd = pidfd_open(pid)
+        fd = syscalls.pidfd_open(pid)
     except ProcessLookupError:
         return None
-    pidfd = PidFd._adopt(fd, pid)
-    # The PID may have been reused between the listing and pidfd_open; a
-    # process with the same parent is still one of the tree.
-    if _parent_of(pid) == parent:
-        return pidfd
-    pidfd.close()
+    member = PidFd(fd, pid=pid)
+    try:
+        if _is_member(member, parent, root, held):
+            return member
+    except BaseException:
+        member.close()
+        raise
+    member.close()
     return None
+
+
+def _is_member(member: PidFd, parent: int, root: PidFd, held: Mapping[int, PidFd]) -> bool:
+    stat = _stat(member.pid)
+    if stat is None or stat[1] != parent or not _holds_pid(member):
+        return False
+    if parent == os.getpid():  # an orphan of the session root leads, now ours
+        return stat[2] == root.pid and _holds_pid(root)
+    holder = root if parent == root.pid else held.get(parent)
+    return holder is not None and _holds_pid(holder)
 
 
 def descendants(pidfd: PidFd) -> list[PidFd]:
     """Pidfds of the process's descendants now (see the module's notes); the caller closes them.
 
     The tree may change while it is read; :func:`kill_tree` stops it first.
+    Once the process has been reaped (by anyone) its PID may name a
+    stranger, so its tree is not read and the list is empty. Raises
+    ``ValueError`` if *pidfd* is closed.
     """
-    table = _process_table()
-    out = []
-    for pid in _members(pidfd.pid, table):
-        member = _open_member(pid, table[pid][0])
-        if member is not None:
-            out.append(member)
-    return out
+    table = _table_for(pidfd)
+    if table is None:
+        return []
+    held: dict[int, PidFd] = {}
+    try:
+        for pid in _members(pidfd.pid, table):
+            member = _open_member(pid, table[pid][0], pidfd, held)
+            if member is not None:
+                held[pid] = member
+    except BaseException:
+        for member in held.values():
+            member.close()
+        raise
+    return list(held.values())
 
 
 def _signal(pidfd: PidFd, sig: int) -> bool:
     try:
-        pidfd._send_signal_or_kill(sig)
+        signal_or_kill(pidfd, sig)
     except (ProcessLookupError, ValueError):
         return False
     return True
 
 
-def _reap_ours(pidfd: PidFd) -> bool:
-    """Reap *pidfd*'s process if it is our exited child; True once it needs nothing more."""
-    info = ffi.new("struct pyclone3_waitinfo *")
-    if lib.sys_waitid(lib.P_PIDFD, pidfd.fileno(), info, _WEXITED_WNOHANG_WALL, ffi.NULL) < 0:
-        if ffi.errno != errno.ENOSYS:
-            return bool(ffi.errno == errno.ECHILD)  # not ours: its own parent reaps it
-        # No waitid(P_PIDFD) (before 5.4): by PID, if it is our exited child.
-        if pidfd.is_alive() or _parent_of(pidfd.pid) != os.getpid():
-            return not pidfd.is_alive()
-        try:
-            return os.waitpid(pidfd.pid, os.WNOHANG | _WALL)[0] != 0
-        except ChildProcessError:
-            return True
-    return bool(info.pid != 0)
+def _reap_ours(member: PidFd) -> None:
+    """Reap *member*'s process if it is our exited child (through its pidfd)."""
+    if features().waitid_pidfd:
+        # ECHILD: not ours (its own parent reaps it), or reaped already.
+        with contextlib.suppress(ChildProcessError):
+            syscalls.waitid(_P_PIDFD, member, _WEXITED_WNOHANG_WALL)
+        return
+    # No waitid(P_PIDFD) (before 5.4): by PID, if it is our exited child.
+    # Holding its PID around the read of its parent proves the number is
+    # its; then only a reap by this very process could free it.
+    if member.is_alive() or not _holds_pid(member):
+        return
+    if _parent_of(member.pid) != os.getpid() or not _holds_pid(member):
+        return
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(member.pid, os.WNOHANG | _WALL)
 
 
 def _parent_of(pid: int) -> int:
@@ -172,18 +276,42 @@ def reap_orphans(session: int) -> int:
 
     Only zombies are reaped, so no status is taken from a child that some
     other part of the program is about to wait for while it still runs.
+    Each is reaped through a pidfd opened on it and checked (still our
+    zombie in *session*) after it was opened, where pidfds allow.
     """
+    return _reap_orphans(session, _process_table())
+
+
+def _reap_orphans(session: int, table: Mapping[int, tuple[int, int, bytes]]) -> int:
     me = os.getpid()
     count = 0
-    for pid, (ppid, sid, state) in _process_table().items():
+    for pid, (ppid, sid, state) in table.items():
         if ppid != me or sid != session or pid == session or state != b"Z":
             continue
-        try:
-            if os.waitpid(pid, os.WNOHANG | _WALL)[0] == pid:
-                count += 1
-        except ChildProcessError:
-            pass
+        count += _reap_zombie(pid, session)
     return count
+
+
+def _reap_zombie(pid: int, session: int) -> bool:
+    """Reap *pid* if it is still our zombie child in *session*; whether it was reaped."""
+    if not (features().pidfd_open and features().waitid_pidfd):
+        # Our zombie child's PID can be freed only by a reap in this process.
+        try:
+            return os.waitpid(pid, os.WNOHANG | _WALL)[0] == pid
+        except ChildProcessError:
+            return False
+    try:
+        fd = syscalls.pidfd_open(pid)
+    except ProcessLookupError:
+        return False
+    with PidFd(fd, pid=pid) as zombie:
+        stat = _stat(pid)
+        if stat is None or stat[:3] != (b"Z", os.getpid(), session) or not _holds_pid(zombie):
+            return False
+        try:
+            return syscalls.waitid(_P_PIDFD, zombie, _WEXITED_WNOHANG_WALL) is not None
+        except ChildProcessError:
+            return False
 
 
 def kill_tree(pidfd: PidFd, sig: int = signal.SIGKILL, *, timeout: float = 5.0) -> int:
@@ -199,10 +327,18 @@ def kill_tree(pidfd: PidFd, sig: int = signal.SIGKILL, *, timeout: float = 5.0) 
     (:func:`reap_orphans`) and later ones are left to a later call. The
     process itself is not reaped: it belongs to whoever spawned it.
 
+    Once the process has been reaped (by anyone), its PID may name a
+    stranger: its tree is not read, nothing is signalled and the count is
+    0. If it is reaped while its tree is being read, the reading stops
+    there: the members already held (found while it still held its PID,
+    and held by pidfd) are signalled, and no orphan is reaped.
+
     Without ``pidfd_open`` (before 5.3, or filtered), the members cannot be
     held: the process group the process leads, if it leads one, is
-    signalled instead (``killpg``; safe while the process is unreaped, as
-    its PID, the group's ID, cannot be reused), and the count is 1.
+    signalled instead (``killpg``, once the process is shown unreaped, so
+    that its PID, the group's ID, is its own; as with ``subprocess``, a
+    reap and a reuse between that check and the ``killpg`` cannot be
+    excluded), and the count is 1.
     """
     if isinstance(sig, bool) or not isinstance(sig, int):
         raise TypeError(f"sig must be an int, not {type(sig).__name__}")
@@ -213,13 +349,17 @@ def kill_tree(pidfd: PidFd, sig: int = signal.SIGKILL, *, timeout: float = 5.0) 
     try:
         if not features().pidfd_open:
             return _signal_group(pidfd, sig)
+        intact = True  # the process held its PID through every read
         for _ in range(1000):  # a fork bomb gets no more rounds than this
-            table = _process_table()
+            table = _table_for(pidfd)
+            if table is None:
+                intact = False
+                break
             new = [pid for pid in _members(pidfd.pid, table) if pid not in held]
             if not new:
                 break
             for pid in new:
-                member = _open_member(pid, table[pid][0])
+                member = _open_member(pid, table[pid][0], pidfd, held)
                 if member is not None:
                     held[pid] = member
                     _signal(member, signal.SIGSTOP)
@@ -241,7 +381,10 @@ def kill_tree(pidfd: PidFd, sig: int = signal.SIGKILL, *, timeout: float = 5.0) 
         else:
             _continue(pidfd, held.values())
             done = True
-            reap_orphans(pidfd.pid)
+            if intact:
+                table = _table_for(pidfd)
+                if table is not None:
+                    _reap_orphans(pidfd.pid, table)
         return count
     finally:
         if not done:
@@ -260,9 +403,13 @@ def _continue(pidfd: PidFd, members: Iterable[PidFd]) -> None:
 def _signal_group(pidfd: PidFd, sig: int) -> int:
     """The fallback without pidfd_open: the process group the process leads."""
     pid = pidfd.pid
+    if not _holds_pid(pidfd):
+        return 0
     try:
         leads = os.getpgid(pid) == pid
     except ProcessLookupError:
+        return 0
+    if not _holds_pid(pidfd):  # getpgid may have answered for a stranger
         return 0
     try:
         if leads:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
-from conftest import require
+from conftest import require, requires_root
 
 import pyclone3
 from pyclone3 import PidFd, syscalls, tree
@@ -193,3 +195,157 @@ def test_kill_tree_rejects_a_non_int_signal() -> None:
     finally:
         child.pidfd.wait()
         child.pidfd.close()
+
+
+def end(p: PidFd) -> None:
+    """Kill *p*'s process, let it exit, reap it if it is our child, close the pidfd."""
+    try:
+        with contextlib.suppress(ProcessLookupError):
+            p.kill()
+        deadline = time.monotonic() + 10
+        while p.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        with contextlib.suppress(ChildProcessError):  # not ours: its parent reaps it
+            p.try_wait()
+    finally:
+        p.close()
+
+
+def spawn_reporting(
+    stack: contextlib.ExitStack, argv: Sequence[str], **kw: object
+) -> tuple[PidFd, int]:
+    """Spawn *argv*, which prints a PID: its pidfd (ended by *stack*) and that PID."""
+    r, w = os.pipe()
+    try:
+        child = pyclone3.spawn(argv, stdout=w, **kw)  # type: ignore[arg-type]
+    except BaseException:
+        os.close(r)
+        raise
+    finally:
+        os.close(w)
+    with os.fdopen(r, "rb") as out:
+        if child.pidfd is None:  # pragma: no cover - the vfork path
+            os.kill(child.pid, signal.SIGKILL)
+            os.waitpid(child.pid, 0)
+            pytest.skip("this spawn path gives no pidfd")
+        stack.callback(end, child.pidfd)
+        line = out.readline()
+    return child.pidfd, int(line)
+
+
+def opened(stack: contextlib.ExitStack, pid: int) -> PidFd:
+    p = PidFd(syscalls.pidfd_open(pid), pid=pid)
+    stack.callback(end, p)
+    return p
+
+
+@contextlib.contextmanager
+def pid_reused_by_a_stranger() -> Iterator[tuple[PidFd, PidFd, PidFd]]:
+    """A child with a grandchild, reaped behind its pidfd's back (``waitpid``),
+    and its PID given (clone3's ``set_tid``) to a stranger that has a child.
+
+    Yields the reaped child's pidfd, the stranger's and the stranger's
+    child's; kills and reaps everything on the way out, failed or not.
+    """
+    with contextlib.ExitStack() as stack:
+        # Not a session or group leader: nothing keeps its PID once it is reaped.
+        root, grandchild = spawn_reporting(stack, ["/bin/sh", "-c", "sleep 100 & echo $!"])
+        opened(stack, grandchild)  # killed on the way out; init's orphan by then
+        pid = root.pid
+        assert os.waitpid(pid, 0)[0] == pid  # reaped elsewhere: the pidfd does not know
+        try:
+            stranger, its_child_pid = spawn_reporting(
+                stack, ["/bin/sh", "-c", "sleep 100 & echo $!; wait"], set_tid=[pid]
+            )
+        except PermissionError as exc:
+            pytest.skip(f"set_tid refused: {exc}")
+        except FileExistsError:  # pragma: no cover - someone took the PID first
+            pytest.skip(f"PID {pid} was taken before the stranger could have it")
+        assert stranger.pid == pid
+        its_child = opened(stack, its_child_pid)
+        with open(f"/proc/{its_child_pid}/stat", "rb") as f:  # the stranger's own child
+            assert int(f.read().rsplit(b")", 1)[1].split()[1]) == pid
+        yield root, stranger, its_child
+
+
+def untouched(p: PidFd) -> bool:
+    """*p*'s process still runs, is not stopped, and does not exit in the next 100 ms."""
+    deadline = time.monotonic() + 0.1
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{p.pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except FileNotFoundError:  # killed and reaped
+            return False
+        if not p.is_alive() or state in (b"T", b"t"):  # is_alive after: the read was p's
+            return False
+        time.sleep(0.005)
+    return True
+
+
+@requires_root
+@require("clone3")
+def test_descendants_of_a_child_reaped_elsewhere_are_not_the_strangers_given_its_pid() -> None:
+    with pid_reused_by_a_stranger() as (root, stranger, its_child):
+        found = tree.descendants(root)
+        for m in found:
+            m.close()
+        assert [m.pid for m in found] == []
+        assert untouched(stranger) and untouched(its_child)
+
+
+@requires_root
+@require("clone3")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_kill_tree_of_a_child_reaped_elsewhere_spares_the_stranger_given_its_pid(
+    sig: int,
+) -> None:
+    """The issue: kill_tree read the table by the reaped child's PID and killed
+    the stranger's child (and, by kill(2), the stranger where that fallback ran)."""
+    with pid_reused_by_a_stranger() as (root, stranger, its_child):
+        assert tree.kill_tree(root, sig) == 0
+        assert untouched(stranger), "the stranger was signalled"
+        assert untouched(its_child), "the stranger's child was signalled"
+
+
+@requires_root
+@require("clone3")
+def test_a_member_is_not_taken_through_a_parent_pid_now_a_strangers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The parent a member's /proc entry names must be proven too. The table
+    here was read while the root's child P and P's child C lived; then both
+    were reaped and their PIDs reused, C's by a child of the stranger that
+    took P's. C's entry still names P's PID as its parent, but not P."""
+    with contextlib.ExitStack() as stack, pid_reused_by_a_stranger() as (_, stranger, its_child):
+        root = pyclone3.spawn(["/bin/sleep", "100"]).pidfd
+        assert root is not None
+        stack.callback(end, root)
+        me = os.getpid()
+        stale = {
+            root.pid: (me, 0, b"S"),
+            stranger.pid: (root.pid, 0, b"S"),  # was P
+            its_child.pid: (stranger.pid, 0, b"S"),  # was C
+        }
+        monkeypatch.setattr(tree, "_process_table", lambda: dict(stale))
+        found = tree.descendants(root)
+        for m in found:
+            m.close()
+        assert [m.pid for m in found] == []
+
+
+def test_tree_touches_no_other_modules_private_names() -> None:
+    """House rule: public PidFd and syscalls API only; raw lib calls just for prctl."""
+    with open(tree.__file__, encoding="utf-8") as f:
+        module = ast.parse(f.read())
+    allowed_lib = {"pyclone3_set_child_subreaper", "pyclone3_get_child_subreaper"}
+    bad = []
+    for node in ast.walk(module):
+        if isinstance(node, ast.ImportFrom):
+            bad += [alias.name for alias in node.names if alias.name.startswith("_")]
+        elif isinstance(node, ast.Attribute):
+            private = node.attr.startswith("_") and not node.attr.startswith("__")
+            on_lib = isinstance(node.value, ast.Name) and node.value.id == "lib"
+            if private or (on_lib and node.attr not in allowed_lib):
+                bad.append(ast.unparse(node))
+    assert bad == []
