@@ -52,31 +52,28 @@ _SPURIOUS_MAX_S = 0.05
 OnExit = Callable[[WaitStatus], None]
 
 
-class _SweepCount:
-    """How many sweeps (``wait_all``, ``iter_exits``) are reaping now.
+class _Sweeps:
+    """The sweeps (``wait_all``, ``iter_exits``) reaping now, by number.
 
     A sweep reaps in C, outside the states' locks, and settles the statuses
     afterwards. A thread whose ``waitid`` gets ``ECHILD`` while one runs may
-    have lost the child to it, so it waits for the sweep to finish before
-    taking the process for a non-child.
+    have lost the child to it, so it waits for the sweeps that were running
+    *then* to finish (later ones cannot have reaped it) before taking the
+    process for a non-child: many threads sweeping all the time cannot
+    starve it. A sweep adds its number to :attr:`running` under
+    :attr:`lock` having recorded it first, so that an exception raised by a
+    signal handler cannot leave it there (see ``Sweep.__call__``).
     """
 
-    __slots__ = ("_lock", "active")
+    __slots__ = ("last", "lock", "running")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.active = 0
-
-    def __enter__(self) -> None:
-        with self._lock:
-            self.active += 1
-
-    def __exit__(self, *exc_info: object) -> None:
-        with self._lock:
-            self.active -= 1
+        self.lock = threading.Lock()
+        self.last = 0
+        self.running: set[int] = set()
 
 
-sweeps = _SweepCount()
+sweeps = _Sweeps()
 
 
 def _exit_info_supported() -> bool:
@@ -94,7 +91,7 @@ class ChildState:
     __slots__ = (
         "_foreign",
         "_on_exit",
-        "_reaping",
+        "_reapers",
         "_status",
         "abandon_on_drop",
         "close_on_exit",
@@ -109,7 +106,7 @@ class ChildState:
         self.pid = pid
         self._status: WaitStatus | None = None
         self._foreign = False  # not ours to reap: waitid said ECHILD
-        self._reaping = 0  # threads inside a blocking waitid (see _echild)
+        self._reapers: set[object] = set()  # inside a blocking waitid (see _echild)
         #: Close the pidfd as soon as the exit is recorded (an owner done with it then).
         self.close_on_exit = False
         #: A spawned child not yet handed to the caller of Popen()/spawn(): if
@@ -162,10 +159,11 @@ class ChildState:
             callback(status)
         return status
 
-    def settle_held(self, status: WaitStatus) -> WaitStatus:
-        """:meth:`settle` for a reap made with the fd held (:meth:`hold`): lets go of it too."""
+    def settle_held(self, status: WaitStatus, token: object) -> WaitStatus:
+        """:meth:`settle` for a reap made with the fd held by *token*: lets go of it too."""
+        self.fd.users.discard(token)
         with self.lock:
-            self.fd.release_locked()
+            self.fd.release_locked(token)
             status, callback = self._settle_locked(status)
         if callback is not None:
             callback(status)
@@ -173,13 +171,19 @@ class ChildState:
 
     # ---- holding the fd over a long use (a sweep, an event loop's reader) -----
 
-    def hold(self) -> int:
-        """Hold the pidfd open (a close waits for :meth:`release`); -1 if closed."""
-        with self.lock:
-            return self.fd.hold_if_open_locked()
+    def hold(self, token: object) -> int:
+        """Hold the pidfd open for the use *token* (a close waits for :meth:`release`).
 
-    def release(self) -> None:
-        self.fd.release()
+        Returns the fd, or -1 (nothing held) if it is closed. Release with
+        :meth:`release` in a ``finally`` whatever this returned or raised.
+        """
+        with self.lock:
+            if self.fd.closed:
+                return -1
+            return self.fd.hold_locked(token)
+
+    def release(self, token: object) -> None:
+        self.fd.release(token)
 
     def close(self) -> None:
         self.fd.close()
@@ -210,6 +214,7 @@ class ChildState:
         if fd >= 0 and self._status is None:
             lib.pyclone3_kill_and_reap(fd, self.pid, 1)
         self.abandon_on_drop = False
+        self.fd.users.clear()
         self.fd.close_locked()
 
     # ---- reaping -------------------------------------------------------------------
@@ -257,11 +262,13 @@ class ChildState:
         and not yet recorded the status: wait for it (microseconds) before
         concluding that the process is foreign.
         """
+        with sweeps.lock:
+            suspects = set(sweeps.running)
         while True:
             with self.lock:
                 if self._status is not None:
                     return self._status
-                if self._reaping == 0 and not sweeps.active:
+                if not self._reapers and suspects.isdisjoint(sweeps.running):
                     self._foreign = True
                     return None
             time.sleep(0.0001)
@@ -321,25 +328,27 @@ class ChildState:
         retried (PEP 475). ``None`` also for a ``PIDFD_NONBLOCK`` pidfd.
         """
         bufs = syscalls.WaitBuffers()  # allocated before sleeping, not after waking
-        fd = -1
+        token = object()
         status = None
         echild = False
         try:
             with self.lock:
                 if self._status is not None:
                     return self._status
-                fd = self.fd.hold_locked()
-                self._reaping += 1
+                self._reapers.add(token)
+                fd = self.fd.hold_locked(token)
             try:
                 status = syscalls.waitid_with(_P_PIDFD, fd, WEXITED, bufs)
             except ChildProcessError:
                 echild = True
         finally:
+            # Each a single call into C, done first: nothing can stop them.
+            self._reapers.discard(token)
+            self.fd.users.discard(token)
             callback = None
-            if fd >= 0:
+            if status is not None or self.fd.closed:
                 with self.lock:
-                    self._reaping -= 1
-                    self.fd.release_locked()
+                    self.fd.release_locked(token)
                     if status is not None:
                         status, callback = self._settle_locked(status)
         if callback is not None:
@@ -349,17 +358,17 @@ class ChildState:
         return status
 
     def _poll_wait(self, timeout: float | None, when: float | None) -> WaitStatus:
-        fd = -1
+        token = object()
         try:
             with self.lock:
                 if self._status is not None:
                     return self._status
                 wake = self.fd.wake_fd_locked()
-                fd = self.fd.hold_locked()
+                fd = self.fd.hold_locked(token)
             return self._poll_loop(fd, wake, timeout, when)
         finally:
-            if fd >= 0:
-                self.fd.release()
+            self.fd.users.discard(token)  # first, and one call into C: see FdRef
+            self.fd.release(token)
 
     def _poll_loop(
         self, fd: int, wake: int, timeout: float | None, when: float | None

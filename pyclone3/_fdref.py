@@ -8,8 +8,8 @@ that can outlast a lock round is counted, and ``close`` only marks the fd:
 the real ``close(2)`` happens when the last user lets go.
 
 Short uses (a ``waitid(WNOHANG)``, a ``pidfd_send_signal``) simply hold the
-lock; long ones (a sleep in ``poll``) take a count with :meth:`FdRef.hold_locked`
-and give it back with :meth:`FdRef.release_locked`. A waiter that sleeps in
+lock; long ones (a sleep in ``poll``) add a token with :meth:`FdRef.hold_locked`
+and take it out with :meth:`FdRef.release`. A waiter that sleeps in
 ``poll`` can also watch :meth:`FdRef.wake_fd`, which turns readable when the fd
 is closed under it.
 """
@@ -34,14 +34,23 @@ class FdRef:
     *lock* guards the fields and is shared with the owner (the child's
     state), so that the owner can change its own state and the fd's in one
     lock round. Methods named ``*_locked`` expect the caller to hold it.
+
+    A long use is a *token* in :attr:`users`, added under the lock and
+    taken out with :meth:`release`. ``set.add`` and ``set.discard`` are each
+    one call into C, so a holder that always discards its token in a
+    ``finally`` can never leave a count behind, even when a signal handler
+    raises as the add returns or a contended lock is being taken (a lock
+    acquire in the main thread is interruptible).
     """
 
-    __slots__ = ("_closing", "_fd", "_users", "_wake", "lock")
+    __slots__ = ("_closing", "_wake", "lock", "number", "users")
 
     def __init__(self, fd: int, lock: threading.Lock) -> None:
         self.lock = lock
-        self._fd = fd
-        self._users = 0
+        #: The fd's number, -1 once really closed. Read it under the lock.
+        self.number = fd
+        #: The long uses holding the fd now.
+        self.users: set[object] = set()
         self._closing = fd < 0
         self._wake: tuple[int, int] | None = None
 
@@ -50,51 +59,36 @@ class FdRef:
         """``True`` once :meth:`close` or :meth:`detach` was called."""
         return self._closing
 
-    @property
-    def users(self) -> int:
-        """How many long uses hold the fd now (for tests and debugging)."""
-        return self._users
-
-    @property
-    def number(self) -> int:
-        """The fd's number now, or -1 once really closed; for display only."""
-        return self._fd
-
     def fileno_locked(self) -> int:
         """The fd, for a use that ends before the lock is let go of; ``ValueError`` if closed."""
         if self._closing:
             raise ValueError("I/O operation on closed PidFd")
-        return self._fd
+        return self.number
 
-    def hold_locked(self) -> int:
-        """Count one more user and return the fd; ``ValueError`` if closed."""
+    def hold_locked(self, token: object) -> int:
+        """Add *token* to the users and return the fd; ``ValueError`` if closed."""
         if self._closing:
             raise ValueError("I/O operation on closed PidFd")
-        self._users += 1
-        return self._fd
+        self.users.add(token)
+        return self.number
 
-    def hold_if_open_locked(self) -> int:
-        """Like :meth:`hold_locked`, but -1 (and nothing held) if closed."""
-        if self._closing:
-            return -1
-        self._users += 1
-        return self._fd
+    def release(self, token: object) -> None:
+        """The use *token* is over (any number of times); the last one out closes a closed fd."""
+        self.users.discard(token)
+        if self._closing and not self.users:
+            with self.lock:
+                self._close_if_unused_locked()
 
-    def release_locked(self) -> None:
-        """One user is done; the last one out closes a closed fd."""
-        self._users -= 1
+    def release_locked(self, token: object) -> None:
+        self.users.discard(token)
         if self._closing:
             self._close_if_unused_locked()
-
-    def release(self) -> None:
-        with self.lock:
-            self.release_locked()
 
     def close_locked(self) -> None:
         """Mark the fd closed; close it now if nobody uses it, else when the last user leaves."""
         if not self._closing:
             self._closing = True
-            if self._wake is not None and self._users > 0:
+            if self._wake is not None and self.users:
                 with contextlib.suppress(BlockingIOError):  # a count is pending already
                     os.write(self._wake[1], _ONE)
         self._close_if_unused_locked()
@@ -107,16 +101,16 @@ class FdRef:
         """Give up the fd without closing it; users still inside keep using the number."""
         with self.lock:
             fd = self.fileno_locked()
-            self._fd = -1  # taken away first: nothing below can close it
+            self.number = -1  # taken away first: nothing below can close it
             self.close_locked()
             return fd
 
     def _close_if_unused_locked(self) -> None:
         # The one place the fd and the wake fd are closed: each field is
         # cleared before its close(2), so no path can close a number twice.
-        if self._users > 0:
+        if self.users:
             return
-        fd, self._fd = self._fd, -1
+        fd, self.number = self.number, -1
         wake, self._wake = self._wake, None
         if fd >= 0:
             os.close(fd)

@@ -40,8 +40,8 @@ class Sweep:
 
     def hold(self, i: int) -> int:
         """Hold child *i*'s pidfd; -1 if it is closed already."""
-        fd = self.held[i] = self.states[i].hold()
-        return fd
+        self.held[i] = self.states[i].hold((self, i))
+        return self.held[i]
 
     def watch(self, i: int, on: bool = True) -> None:
         """Have the next sweeps poll child *i* (held), or stop that."""
@@ -52,7 +52,12 @@ class Sweep:
 
     def __call__(self) -> list[int]:
         """Reap every watched child that has exited; settle each; return their indices."""
-        with sweeps:
+        token = 0
+        try:
+            with sweeps.lock:
+                sweeps.last += 1
+                token = sweeps.last  # recorded before it is added: the finally sees it
+                sweeps.running.add(token)
             count = lib.pyclone3_reap_exited(
                 self.fds,
                 len(self.states),
@@ -71,18 +76,23 @@ class Sweep:
                 one = info[i]
                 took(i, status_from_kernel(one.pid, one.code, one.status, one.uid, (rusage, i)))
             return reaped
+        finally:
+            if token:
+                with sweeps.lock:
+                    sweeps.running.discard(token)
 
     def took(self, i: int, status: WaitStatus) -> None:
         """Child *i* ended with *status* (seen by a sweep, or by the caller): settle it."""
         if self.held[i] >= 0:
             self.held[i] = -1
-            self.statuses[i] = self.states[i].settle_held(status)
+            self.statuses[i] = self.states[i].settle_held(status, (self, i))
         else:
             self.statuses[i] = self.states[i].settle(status)
 
     def release_all(self) -> None:
         """Let go of every fd still held."""
-        for i, fd in enumerate(self.held):
-            if fd >= 0:
-                self.held[i] = -1
-                self.states[i].release()
+        # Every child's token, held or not: a hold whose result never reached
+        # self.held (a signal handler raised as it returned) is let go of too.
+        for i, state in enumerate(self.states):
+            self.held[i] = -1
+            state.release((self, i))

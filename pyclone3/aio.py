@@ -52,7 +52,7 @@ class _ExitWatch:
         self._reading = False
         self._timer: asyncio.TimerHandle | None = None
         self._pause = 0.0005
-        self._fd = state.hold()
+        self._fd = state.hold(self)
         if self._fd < 0:
             raise ValueError("I/O operation on closed PidFd")
         self._stopped = False
@@ -102,7 +102,7 @@ class _ExitWatch:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._state.release()
+        self._state.release(self)
 
 
 async def wait_exit(child: Child) -> WaitStatus:

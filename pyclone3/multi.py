@@ -126,9 +126,11 @@ class ExitStream(Iterator[tuple[Child, WaitStatus]]):
     pidfds it holds.
     """
 
+    # Class defaults: close() and __del__ work even if __init__ never ran.
+    _ep: Any = None
+    _sweep: Sweep | None = None
+
     def __init__(self, children: Iterable[Child], timeout: float | None) -> None:
-        self._ep: Any = None
-        self._sweep: Sweep | None = None
         _, given = _unique(children)
         self._timeout = timeout
         self._when = deadline(timeout)

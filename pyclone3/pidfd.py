@@ -186,7 +186,14 @@ class PidFd:
 
     def __del__(self) -> None:
         child = getattr(self, "_child", None)
-        if child is None or child.fd.closed:
+        if child is None:
+            return
+        if child.fd.closed:
+            # Closed, but a use interrupted by a signal handler's exception
+            # may have kept its count: nobody is left to use the fd now.
+            if child.fd.number >= 0:
+                child.fd.users.clear()
+                child.fd.close_locked()
             return
         if child.abandon_on_drop:  # a spawn that never reached its caller
             child.kill_on_drop()

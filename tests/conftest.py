@@ -20,7 +20,7 @@ def users_of(pidfd: PidFd) -> int:
     """How many long uses (a wait, a sweep, an event loop's reader) hold *pidfd*'s fd."""
     from pyclone3.pidfd import state_of
 
-    return state_of(pidfd).fd.users
+    return len(state_of(pidfd).fd.users)
 
 
 def open_fds() -> set[int]:

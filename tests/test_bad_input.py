@@ -80,7 +80,8 @@ SETTINGS = settings(
 
 def _reap(child: pyclone3.SpawnedChild) -> None:
     if child.pidfd is not None:
-        child.pidfd.kill() if child.pidfd.is_alive() else None
+        with contextlib.suppress(ProcessLookupError):  # it may exit on its own first
+            child.pidfd.kill()
         child.pidfd.wait()
         child.pidfd.close()
     else:

@@ -123,27 +123,35 @@ def kill_and_reap(known: set[int]) -> None:
             os.waitpid(pid, _WALL)
 
 
+@dataclass
+class Guard:
+    before: set[int]  # the fds open before the test
+    known: set[int]  # the children there before the test
+    #: False once threads of the test hung inside the library: then its state
+    #: is not to be trusted with the drain of the standard library's _active.
+    drain: bool = True
+
+
 @contextlib.contextmanager
-def guarded() -> Iterator[tuple[set[int], set[int]]]:
-    """``(fds_before, children_before)``; on exit, every new child is killed and
-    reaped, every new fd closed.
+def guarded() -> Iterator[Guard]:
+    """On exit, every new child is killed and reaped, and every new fd closed.
 
     Keep no object that owns one of those fds alive past the block: it would
     close the fd again later.
     """
-    before = open_fds()
-    known = set(children())
+    guard = Guard(open_fds(), set(children()))
     try:
-        yield before, known
+        yield guard
     finally:
-        kill_and_reap(known)
-        # A Popen dropped with its child running waits in the standard library's
-        # _active list, polled by the next Popen's constructor: let it close its
-        # pidfd itself before the fds left over are closed here.
-        with pyclone3.Popen(["/bin/true"]) as p:
-            p.wait()
-        del p
-        for fd in new_fds(before):
+        if guard.drain:
+            # A Popen dropped with its child running waits in the standard
+            # library's _active list, polled by the next Popen's constructor:
+            # let it reap its (short-lived) child and close its pidfd itself.
+            with pyclone3.Popen(["/bin/true"]) as p:
+                p.wait()
+            del p
+        kill_and_reap(guard.known)
+        for fd in new_fds(guard.before):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -255,8 +263,8 @@ def test_popen_wait_racing_a_multi_wait_leaks_nothing(multi: str) -> None:
     zombie or child may be left over. On the buggy code a race could leave
     the Popen's pidfd marked closed while its fd stayed open.
     """
-    with guarded() as (before, known):
-        report = _races(MULTI_WAITS[multi], before, known)
+    with guarded() as g:
+        report = _races(MULTI_WAITS[multi], g.before, g.known)
     assert not report, f"Popen.wait() racing {multi}: {report}"
 
 
@@ -265,6 +273,10 @@ def test_popen_wait_racing_a_multi_wait_leaks_nothing(multi: str) -> None:
 
 class Interrupt(Exception):
     """What the storm's SIGALRM handler raises, wherever in the library it lands."""
+
+
+class Stuck(Exception):
+    """Raised by the storm's handler once :attr:`Storm.watchdog` has passed: a call hung."""
 
 
 class Storm:
@@ -294,6 +306,8 @@ class Storm:
     ) -> None:
         self.armed = False
         self.chance = chance
+        #: A monotonic time; past it, the handler raises :class:`Stuck` once, armed or not.
+        self.watchdog: float | None = None
         self.fired = 0
         self.raised = 0
         self.unraisable = 0
@@ -305,9 +319,12 @@ class Storm:
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         self.fired += 1
-        if not self.armed or os.getpid() != self._pid:
+        if os.getpid() != self._pid or (frame is not None and frame.f_code in self._safe):
             return
-        if frame is not None and frame.f_code in self._safe:
+        if self.watchdog is not None and time.monotonic() > self.watchdog:
+            self.watchdog = None
+            raise Stuck(f"still in this call {STUCK_S} s after the end")
+        if not self.armed:
             return
         if self.chance < 1.0 and random.random() >= self.chance:
             return
@@ -465,8 +482,8 @@ def run_storm(make: Callable[[], Any], finish: Callable[[Any], None], what: str)
     duration (at least 500 µs) after it starts: a third of the calls or so
     finish first, the others are interrupted somewhere along the way.
     """
-    with guarded() as (before, known):
-        report = _storm_report(make, finish, before, known)
+    with guarded() as g:
+        report = _storm_report(make, finish, g.before, g.known)
     summary = f"{what}: {report['summary']}"
     assert report["raised"] > 0, f"the storm never hit the library: {summary}"
     assert not report["other"], summary
@@ -548,7 +565,7 @@ def test_returncode_set_from_outside_closes_the_pidfd(program: list[str]) -> Non
     never reap through its pidfd again and must let go of it then, not at
     garbage collection (with a ResourceWarning), nor never.
     """
-    with guarded() as (before, known):
+    with guarded() as g:
         p = pyclone3.Popen(program)
         held = [p.pidfd]  # closed in the finally if the test fails, not left to the GC
         try:
@@ -567,7 +584,7 @@ def test_returncode_set_from_outside_closes_the_pidfd(program: list[str]) -> Non
                 del p
                 gc.collect()
             assert [str(w.message) for w in caught] == []
-            left = Leftovers.since(before, known)
+            left = Leftovers.since(g.before, g.known)
             assert not left, f"left behind: {left}"
         finally:
             for pidfd in held:
@@ -577,6 +594,8 @@ def test_returncode_set_from_outside_closes_the_pidfd(program: list[str]) -> Non
 # ---- 5. the stress test -----------------------------------------------------------------
 
 STRESS_THREADS = 16
+#: How long past its end the stress test waits for a thread before calling it hung.
+STUCK_S = 30.0
 #: The chance that a signal landing in a main-thread call raises: the threads
 #: hold the GIL most of the time, so each call takes many signals.
 STRESS_RAISE_CHANCE = 0.2
@@ -806,7 +825,18 @@ def finish_all(stress: Stress) -> None:
     stress.unfinished.clear()
 
 
-def _stress(seconds: float, before: set[int], known: set[int]) -> dict[str, Any]:
+def stacks(threads: list[threading.Thread]) -> str:
+    """Where each of *threads* is now, for a report."""
+    frames = sys._current_frames()
+    found = []
+    for thread in threads:
+        frame = frames.get(thread.ident or -1)
+        if frame is not None:
+            found.append(f"{thread.name}:\n" + "".join(traceback.format_stack(frame, limit=8)))
+    return "\n".join(found)
+
+
+def _stress(seconds: float, guard: Guard) -> dict[str, Any]:
     stress = Stress()
     workers = [
         threading.Thread(target=stress_worker, args=(stress,), daemon=True)
@@ -815,38 +845,54 @@ def _stress(seconds: float, before: set[int], known: set[int]) -> dict[str, Any]
     main_counts: dict[str, int] = {}
     try:
         with Storm(stress_main, chance=STRESS_RAISE_CHANCE) as storm:
+            storm.watchdog = time.monotonic() + seconds + STUCK_S
             for worker in workers:
                 worker.start()
             try:
                 main_counts = stress_main(stress, storm, time.monotonic() + seconds)
             finally:
+                storm.watchdog = None
                 stress.stop.set()
+                deadline = time.monotonic() + STUCK_S
                 for worker in workers:
-                    worker.join(30)
+                    worker.join(max(deadline - time.monotonic(), 0.0))
                 gc.collect()  # finalised inside the storm's warnings record
-        hung = sum(worker.is_alive() for worker in workers)
+        hung = [worker for worker in workers if worker.is_alive()]
+        where = stacks(hung[:2])
+        if not hung:
+            # The end, in a thread too: a wait that never returns is reported, not waited for.
+            finisher = threading.Thread(target=finish_all, args=(stress,), daemon=True)
+            finisher.start()
+            finisher.join(STUCK_S)
+            if finisher.is_alive():
+                hung = [finisher]
+                where = stacks(hung)
         if hung:
-            kill_and_reap(known)  # frees a waiter stuck on a child
-            for worker in workers:
-                worker.join(10)
-        finish_all(stress)
-        left = Leftovers.since(before, known)
+            guard.drain = False
+        else:
+            settle()  # the Popens lost to an interrupted constructor, in _active
+        left = Leftovers.since(guard.before, guard.known)
         return {
             "summary": (
                 f"{seconds} s, worker ops {stress.ops}, main thread {main_counts}, "
-                f"{storm.fired} signals, {storm.raised} raised, {hung} hung threads, "
+                f"{storm.fired} signals, {storm.raised} raised, {len(hung)} hung threads, "
                 f"{len(stress.errors)} errors; left behind: {left}; "
-                f"{len(storm.pidfd_warnings())} unclosed-PidFd warnings"
+                f"{len(storm.pidfd_warnings())} unclosed-PidFd warnings, "
+                f"{storm.still_running()} 'still running' warnings"
             ),
-            "hung": hung,
+            "hung": where if hung else "",
             "errors": list(stress.errors),
             "left": bool(left),
             "pidfd_warnings": storm.pidfd_warnings(),
         }
     finally:
         stress.stop.set()
-        stress.pool.clear()
-        stress.unfinished.clear()
+        # With hung threads the guard kills and reaps the children by PID and
+        # closes their fds: their Popens must never be polled again, so they stay
+        # in the pool, referenced by the hung threads for good.
+        if guard.drain:
+            stress.pool.clear()
+            stress.unfinished.clear()
 
 
 @pytest.mark.slow
@@ -860,11 +906,11 @@ def test_stress_threads_and_signal_storm() -> None:
     child's exit code (or -9 for a child that was killed).
     """
     seconds = float(os.environ.get("PYCLONE3_STRESS_SECONDS", "60"))
-    with guarded() as (before, known):
-        report = _stress(seconds, before, known)
+    with guarded() as g:
+        report = _stress(seconds, g)
     summary = report["summary"]
     errors = "\n".join(report["errors"][:10])
-    assert not report["hung"], summary
+    assert not report["hung"], f"{summary}\nhung in:\n{report['hung']}"
     assert not report["errors"], f"{summary}\nfirst errors:\n{errors}"
     assert not report["left"], summary
     assert not report["pidfd_warnings"], summary

@@ -309,12 +309,13 @@ def test_close_while_another_thread_waits_defers_the_real_close() -> None:
 
     def inside_a_call() -> None:  # a long use of the fd, as a wait or a sweep makes
         state = state_of(child)
-        fd = state.hold()
+        token = object()
+        fd = state.hold(token)
         try:
             entered.set()
             got.append(child_module.poll_fd(fd, select.POLLIN, None))
         finally:
-            state.release()
+            state.release(token)
 
     waiter = threading.Thread(target=inside_a_call)
     waiter.start()
