@@ -214,8 +214,7 @@ class ChildState:
         if fd >= 0 and self._status is None:
             lib.pyclone3_kill_and_reap(fd, self.pid, 1)
         self.abandon_on_drop = False
-        self.fd.users.clear()
-        self.fd.close_locked()
+        self.fd.finalize()
 
     # ---- reaping -------------------------------------------------------------------
 

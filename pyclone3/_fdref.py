@@ -20,12 +20,13 @@ import contextlib
 import os
 import sys
 import threading
+from typing import Any
+
+from ._clone3 import ffi, lib
 
 __all__ = ["FdRef"]
 
-_eventfd = getattr(os, "eventfd", None)  # Python 3.10+
-_EFD_FLAGS = getattr(os, "EFD_CLOEXEC", 0) | getattr(os, "EFD_NONBLOCK", 0)
-_ONE = (1).to_bytes(8, sys.byteorder)  # an eventfd takes an 8-byte count; a pipe, any bytes
+_ONE = (1).to_bytes(8, sys.byteorder)  # an eventfd takes an 8-byte count
 
 
 class FdRef:
@@ -52,7 +53,9 @@ class FdRef:
         #: The long uses holding the fd now.
         self.users: set[object] = set()
         self._closing = fd < 0
-        self._wake: tuple[int, int] | None = None
+        # The wake fd lives in a C cell from birth to close: an exception
+        # raised by a signal handler as it is made cannot lose it.
+        self._wake: Any = None
 
     @property
     def closed(self) -> bool:
@@ -88,9 +91,9 @@ class FdRef:
         """Mark the fd closed; close it now if nobody uses it, else when the last user leaves."""
         if not self._closing:
             self._closing = True
-            if self._wake is not None and self.users:
+            if self._wake is not None and self._wake[0] >= 0 and self.users:
                 with contextlib.suppress(BlockingIOError):  # a count is pending already
-                    os.write(self._wake[1], _ONE)
+                    os.write(self._wake[0], _ONE)
         self._close_if_unused_locked()
 
     def close(self) -> None:
@@ -110,23 +113,28 @@ class FdRef:
         # cleared before its close(2), so no path can close a number twice.
         if self.users:
             return
+        if self._wake is not None:  # first: one call into C closes and clears it
+            lib.pyclone3_close_cells(self._wake, 1)
         fd, self.number = self.number, -1
-        wake, self._wake = self._wake, None
         if fd >= 0:
             os.close(fd)
-        if wake is not None:
-            for end in set(wake):  # one fd for an eventfd, two for a pipe
-                os.close(end)
+
+    def finalize(self) -> None:
+        """For a finaliser, when nobody else can hold the object: close whatever is left.
+
+        A closing interrupted by a signal handler's exception may have left
+        the fd or the wake fd open, or a use's token behind.
+        """
+        self.users.clear()
+        self._closing = True
+        self._close_if_unused_locked()
 
     def wake_fd_locked(self) -> int:
         """An fd that turns readable when the fd is closed under a user (made on first need)."""
         self.fileno_locked()
         if self._wake is None:
-            if _eventfd is not None:
-                efd = _eventfd(0, _EFD_FLAGS)
-                self._wake = (efd, efd)
-            else:  # pragma: no cover - Python 3.9
-                r, w = os.pipe()
-                os.set_blocking(w, False)
-                self._wake = (r, w)
-        return self._wake[0]
+            self._wake = ffi.new("int[1]", [-1])
+        if self._wake[0] < 0 and lib.pyclone3_eventfd_cell(self._wake) < 0:
+            err = ffi.errno
+            raise OSError(err, os.strerror(err))
+        return int(self._wake[0])

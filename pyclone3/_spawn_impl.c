@@ -16,6 +16,7 @@
  * parent saves and restores its own around the spawn.
  */
 #include <sys/prctl.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
@@ -595,6 +596,12 @@ int pyclone3_error_pipe(int *cells)
     cells[0] = fds[0];
     cells[1] = w;
     return 0;
+}
+
+int pyclone3_eventfd_cell(int *cell)
+{
+    cell[0] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return cell[0];
 }
 
 int pyclone3_pipe_cells(int *cells)

@@ -189,14 +189,15 @@ class PidFd:
         if child is None:
             return
         if child.fd.closed:
-            # Closed, but a use interrupted by a signal handler's exception
-            # may have kept its count: nobody is left to use the fd now.
-            if child.fd.number >= 0:
-                child.fd.users.clear()
-                child.fd.close_locked()
+            child.fd.finalize()  # anything an interrupted close left open
             return
         if child.abandon_on_drop:  # a spawn that never reached its caller
             child.kill_on_drop()
+            return
+        if child.close_on_exit and child.status is not None:
+            # Its owner's close, cut short by a signal handler's exception:
+            # nothing was forgotten by the user, so no warning.
+            child.fd.finalize()
             return
         try:
             warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)

@@ -432,8 +432,13 @@ class ChildExt:
         self, _deadstate: int | None = None, *args: Any, **kwargs: Any
     ) -> int | None:
         code = self.returncode
-        if code is not None:
-            return code  # every Popen's __del__ comes here once
+        if code is not None:  # every Popen's __del__ comes here once
+            pidfd: PidFd | None = self.__dict__.get("_pidfd")
+            if pidfd is not None and not pidfd.closed:
+                owner = state_of(pidfd)
+                if owner.close_on_exit and owner.status is not None:
+                    pidfd.close()  # a close after the exit that was cut short
+            return code
         state = self._pidfd_for_reap()
         if state is None:
             return super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc, no-any-return]
