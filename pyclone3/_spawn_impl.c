@@ -259,9 +259,14 @@ int pyclone3_child_setup(struct pyclone3_spawn *s)
      * parent died before the prctl took effect, the signal will never come:
      * deliver it now, as the kernel would have. */
     if (s->pdeathsig > 0) {
+        long ppid;
+
         if (syscall(SYS_prctl, PR_SET_PDEATHSIG, s->pdeathsig, 0, 0, 0) < 0)
             child_fail(s, SPAWN_ERR_NOEXEC, errno);
-        if (syscall(SYS_getppid) != s->parent_pid)
+        ppid = syscall(SYS_getppid);
+        /* 0: a parent outside our PID namespace (setns into one), still alive;
+         * once it dies we are reparented to a reaper we can see. */
+        if (ppid != 0 && ppid != s->parent_pid)
             syscall(SYS_kill, syscall(SYS_getpid), s->pdeathsig);
     }
     return 0;

@@ -544,6 +544,29 @@ def test_setns_starts_the_child_in_another_process_namespaces(path: str) -> None
         target.pidfd.close()
 
 
+@needs_threads
+@requires_clone_options
+@requires_root
+def test_pdeathsig_in_another_pid_namespace_is_not_sent_at_once() -> None:
+    """A child born in another PID namespace sees no parent (getppid() is 0):
+    that is not its parent's death, and it must not get its pdeathsig."""
+    target = pyclone3.spawn(["/bin/sleep", "30"], clone_flags=CloneFlag.CLONE_NEWPID)
+    assert target.pidfd is not None
+    try:
+        child = pyclone3.spawn(
+            ["/bin/sh", "-c", "exit 7"],
+            setns=(target.pidfd, CloneFlag.CLONE_NEWPID),
+            pdeathsig=signal.SIGTERM,
+        )
+        assert child.pidfd is not None
+        with child.pidfd:
+            assert child.pidfd.wait(timeout=10).returncode == 7
+    finally:
+        target.pidfd.kill()
+        target.pidfd.wait()
+        target.pidfd.close()
+
+
 @require("pidfd_send_signal")
 def test_unprivileged_setns_is_a_clear_permission_error() -> None:
     target = sleeper()
