@@ -755,6 +755,13 @@ def spawn_for_popen(
             raise ValueError("[no-preexec] preexec_fn cannot be combined with clone options")
         if not create_pidfd:
             raise ValueError("[no-preexec] clone options need create_pidfd=True")
+        if pdeathsig and opts.setns is not None and opts.setns[1] & lib.CLONE_NEWPID:
+            # The child is spawned by a thread that enters the PID namespace
+            # and then ends: PR_SET_PDEATHSIG would fire at once.
+            raise ValueError(
+                "pdeathsig cannot be combined with setns into a PID namespace: the child "
+                "is spawned from a helper thread whose exit would send it the signal"
+            )
     plan = _Plan(
         args,
         executable,

@@ -198,7 +198,7 @@ def test_a_failed_close_of_the_child_ends_is_raised_like_subprocess() -> None:
             super()._close_pipe_fds(*fds)
 
     with pytest.raises(OSError) as info:
-        Failing(["/bin/true"], stdout=subprocess.PIPE)
+        Failing(["/bin/sleep", "30"], stdout=subprocess.PIPE)
     assert info.value.errno == errno.EBADF
     assert not made[0]._closed_child_pipe_fds  # as subprocess leaves it
     # The caller never got the Popen: its child was killed and reaped before
