@@ -29,12 +29,13 @@ import time
 from typing import Callable
 
 from . import syscalls
-from ._clone3 import lib
+from ._clone3 import ffi, lib
+from ._errors import raise_errno
 from ._fdref import FdRef
 from ._features import features
 from ._waiting import WaitTimeout, poll_fd
 from .flags import IdType, PidfdInfoFlag, WaitFlag
-from .status import WaitStatus
+from .status import WaitStatus, status_from_kernel
 
 __all__ = ["ChildState", "sweeps"]
 
@@ -92,19 +93,22 @@ class ChildState:
         "_foreign",
         "_on_exit",
         "_reapers",
-        "_status",
         "abandon_on_drop",
         "close_on_exit",
         "fd",
         "lock",
         "pid",
+        "returncode_sink",
+        "status",
     )
 
     def __init__(self, fd: int, pid: int) -> None:
         self.lock = threading.Lock()
         self.fd = FdRef(fd, self.lock)
         self.pid = pid
-        self._status: WaitStatus | None = None
+        #: The recorded exit, ``None`` until one was observed. Read it freely;
+        #: only :meth:`settle` and the reap paths here write it.
+        self.status: WaitStatus | None = None
         self._foreign = False  # not ours to reap: waitid said ECHILD
         self._reapers: set[object] = set()  # inside a blocking waitid (see _echild)
         #: Close the pidfd as soon as the exit is recorded (an owner done with it then).
@@ -113,13 +117,12 @@ class ChildState:
         #: its PidFd is dropped, the child is killed and reaped, never lost.
         self.abandon_on_drop = False
         self._on_exit: OnExit | None = None
+        #: A mapping (an owner's ``__dict__``) whose ``"returncode"``-like key
+        #: :meth:`settle` fills, in the same lock round, before the pidfd is
+        #: closed: ``(mapping, key)`` or ``None``.
+        self.returncode_sink: tuple[dict[str, object], str] | None = None
 
     # ---- what is known ---------------------------------------------------------
-
-    @property
-    def status(self) -> WaitStatus | None:
-        """The recorded exit, or ``None`` while none was observed. No syscall."""
-        return self._status
 
     @property
     def foreign(self) -> bool:
@@ -129,7 +132,7 @@ class ChildState:
     def on_exit(self, callback: OnExit | None) -> None:
         """Call *callback(status)* once, when the exit is recorded (now, if it is already)."""
         with self.lock:
-            status = self._status
+            status = self.status
             if status is None:
                 self._on_exit = callback
                 return
@@ -140,12 +143,16 @@ class ChildState:
 
     def _settle_locked(self, status: WaitStatus) -> tuple[WaitStatus, OnExit | None]:
         callback = None
-        if self._status is None:
-            self._status = status
+        if self.status is None:
+            self.status = status
             callback, self._on_exit = self._on_exit, None
+            sink = self.returncode_sink
+            if sink is not None:  # written once, then let go of (no cycle left)
+                self.returncode_sink = None
+                sink[0][sink[1]] = status.returncode
         if self.close_on_exit:
             self.fd.close_locked()
-        return self._status, callback
+        return self.status, callback
 
     def settle(self, status: WaitStatus) -> WaitStatus:
         """Record the process's end, whoever saw it; return the status kept (the first).
@@ -201,7 +208,7 @@ class ChildState:
         interruption can come between them.
         """
         with self.lock:
-            if self._status is None and not self.fd.closed:
+            if self.status is None and not self.fd.closed:
                 wstatus = lib.pyclone3_kill_and_reap(self.fd.number, self.pid, 1)
                 if wstatus >= 0:
                     self._settle_locked(WaitStatus.from_wait_status(self.pid, wstatus))
@@ -211,7 +218,7 @@ class ChildState:
     def kill_on_drop(self) -> None:
         """The finaliser's part of :meth:`abandon`: no lock (nobody else holds the object)."""
         fd = self.fd.number
-        if fd >= 0 and self._status is None:
+        if fd >= 0 and self.status is None:
             lib.pyclone3_kill_and_reap(fd, self.pid, 1)
         self.abandon_on_drop = False
         self.fd.finalize()
@@ -228,7 +235,7 @@ class ChildState:
         where ``waitid(P_PIDFD)`` is missing.
         """
         with self.lock:
-            status = self._status
+            status = self.status
             if status is not None:
                 return status
             fd = self.fd.fileno_locked()
@@ -265,8 +272,8 @@ class ChildState:
             suspects = set(sweeps.running)
         while True:
             with self.lock:
-                if self._status is not None:
-                    return self._status
+                if self.status is not None:
+                    return self.status
                 if not self._reapers and suspects.isdisjoint(sweeps.running):
                     self._foreign = True
                     return None
@@ -275,8 +282,8 @@ class ChildState:
     def _foreign_status(self) -> WaitStatus | None:
         """Status of a process we cannot reap: PIDFD_INFO_EXIT, or an error."""
         with self.lock:
-            if self._status is not None:
-                return self._status
+            if self.status is not None:
+                return self.status
             fd = self.fd.fileno_locked()
             if _exit_info_supported():
                 try:
@@ -309,16 +316,16 @@ class ChildState:
         returns the status if one was recorded meanwhile (a sweep reaped
         the child and its owner closed the pidfd), else raises ``ValueError``.
         """
-        status = self._status
+        status = self.status
         if status is not None:
             return status
         if when is None and not self._foreign:
-            status = self._blocking_reap()
+            status = self.reap_blocking()
             if status is not None:
                 return status
         return self._poll_wait(timeout, when)
 
-    def _blocking_reap(self) -> WaitStatus | None:
+    def reap_blocking(self) -> WaitStatus | None:
         """One blocking ``waitid(P_PIDFD, WEXITED|__WALL)``: the whole wait for a child.
 
         It returns when the child is reapable, and at once with ``ECHILD``
@@ -326,30 +333,45 @@ class ChildState:
         takes the polling path. Signals run their handlers and the call is
         retried (PEP 475). ``None`` also for a ``PIDFD_NONBLOCK`` pidfd.
         """
-        bufs = syscalls.WaitBuffers()  # allocated before sleeping, not after waking
-        token = object()
+        # The buffers, allocated before sleeping, not after waking; the info
+        # struct is also this wait's token as a user of the fd and a reaper.
+        info = ffi.new("struct pyclone3_waitinfo *")
+        ru = ffi.new("struct pyclone3_rusage *")
+        ref = self.fd
         status = None
         echild = False
         try:
             with self.lock:
-                if self._status is not None:
-                    return self._status
-                self._reapers.add(token)
-                fd = self.fd.hold_locked(token)
-            try:
-                status = syscalls.waitid_with(_P_PIDFD, fd, WEXITED, bufs)
-            except ChildProcessError:
-                echild = True
+                if self.status is not None:
+                    return self.status
+                if ref.closed:
+                    raise ValueError("I/O operation on closed PidFd")
+                self._reapers.add(info)
+                ref.users.add(info)
+                fd = ref.number
+            # The blocking waitid itself, inline: right after the wake-up the
+            # CPU is cold, and every step here adds to the exit's latency.
+            while lib.sys_waitid(_P_PIDFD, fd, info, WEXITED, ru) < 0:
+                err = ffi.errno
+                if err == errno.ECHILD:
+                    echild = True
+                    break
+                if err != errno.EINTR:  # EINTR: the next turn runs the handlers (PEP 475)
+                    raise_errno(err)
+            else:
+                if info.pid:
+                    status = status_from_kernel(info.pid, info.code, info.status, info.uid, ru)
         finally:
             # Each a single call into C, done first: nothing can stop them.
-            self._reapers.discard(token)
-            self.fd.users.discard(token)
+            self._reapers.discard(info)
+            ref.users.discard(info)
             callback = None
-            if status is not None or self.fd.closed:
+            if status is not None or ref.closed:
                 with self.lock:
-                    self.fd.release_locked(token)
                     if status is not None:
                         status, callback = self._settle_locked(status)
+                    if ref.closed and ref.number >= 0:
+                        ref.close_locked()  # the last user out closes it
         if callback is not None:
             callback(status)  # type: ignore[arg-type]  # set with the callback
         if echild:
@@ -360,8 +382,8 @@ class ChildState:
         token = object()
         try:
             with self.lock:
-                if self._status is not None:
-                    return self._status
+                if self.status is not None:
+                    return self.status
                 wake = self.fd.wake_fd_locked()
                 fd = self.fd.hold_locked(token)
             return self._poll_loop(fd, wake, timeout, when)
@@ -390,7 +412,7 @@ class ChildState:
             else:
                 ready = poll_fd(fd, select.POLLIN, when, wake=wake)
             if ready < 0:  # closed under us: by an owner that recorded the exit?
-                status = self._status
+                status = self.status
                 if status is not None:
                     return status
                 raise ValueError("the PidFd was closed while waiting")
@@ -417,7 +439,7 @@ class ChildState:
         try:
             return self.try_reap()
         except ValueError:
-            status = self._status
+            status = self.status
             if status is not None:
                 return status
             raise

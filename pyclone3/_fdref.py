@@ -44,7 +44,7 @@ class FdRef:
     acquire in the main thread is interruptible).
     """
 
-    __slots__ = ("_closing", "_wake", "lock", "number", "users")
+    __slots__ = ("_wake", "closed", "lock", "number", "users")
 
     def __init__(self, fd: int, lock: threading.Lock) -> None:
         self.lock = lock
@@ -52,25 +52,21 @@ class FdRef:
         self.number = fd
         #: The long uses holding the fd now.
         self.users: set[object] = set()
-        self._closing = fd < 0
+        #: True once close() or detach() was called (the fd may still be in use).
+        self.closed = fd < 0
         # The wake fd lives in a C cell from birth to close: an exception
         # raised by a signal handler as it is made cannot lose it.
         self._wake: Any = None
 
-    @property
-    def closed(self) -> bool:
-        """``True`` once :meth:`close` or :meth:`detach` was called."""
-        return self._closing
-
     def fileno_locked(self) -> int:
         """The fd, for a use that ends before the lock is let go of; ``ValueError`` if closed."""
-        if self._closing:
+        if self.closed:
             raise ValueError("I/O operation on closed PidFd")
         return self.number
 
     def hold_locked(self, token: object) -> int:
         """Add *token* to the users and return the fd; ``ValueError`` if closed."""
-        if self._closing:
+        if self.closed:
             raise ValueError("I/O operation on closed PidFd")
         self.users.add(token)
         return self.number
@@ -78,19 +74,19 @@ class FdRef:
     def release(self, token: object) -> None:
         """The use *token* is over (any number of times); the last one out closes a closed fd."""
         self.users.discard(token)
-        if self._closing and not self.users:
+        if self.closed and not self.users:
             with self.lock:
                 self._close_if_unused_locked()
 
     def release_locked(self, token: object) -> None:
         self.users.discard(token)
-        if self._closing:
+        if self.closed:
             self._close_if_unused_locked()
 
     def close_locked(self) -> None:
         """Mark the fd closed; close it now if nobody uses it, else when the last user leaves."""
-        if not self._closing:
-            self._closing = True
+        if not self.closed:
+            self.closed = True
             if self._wake is not None and self._wake[0] >= 0 and self.users:
                 with contextlib.suppress(BlockingIOError):  # a count is pending already
                     os.write(self._wake[0], _ONE)
@@ -126,7 +122,7 @@ class FdRef:
         the fd or the wake fd open, or a use's token behind.
         """
         self.users.clear()
-        self._closing = True
+        self.closed = True
         self._close_if_unused_locked()
 
     def wake_fd_locked(self) -> int:

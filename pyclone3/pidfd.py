@@ -188,8 +188,10 @@ class PidFd:
         child = getattr(self, "_child", None)
         if child is None:
             return
-        if child.fd.closed:
-            child.fd.finalize()  # anything an interrupted close left open
+        fd = child.fd
+        if fd.closed:
+            if fd.number >= 0 or fd.users:
+                fd.finalize()  # what a close interrupted by a raising handler left open
             return
         if child.abandon_on_drop:  # a spawn that never reached its caller
             child.kill_on_drop()

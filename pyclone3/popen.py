@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import operator
 import os
 import signal
 import subprocess
 import sys
 import types
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import tree
 from ._child import ChildState
@@ -159,9 +160,9 @@ class CommandExt:
                 if wstatus >= 0:
                     self.__dict__["_pyclone3_returncode"] = os.waitstatus_to_exitcode(wstatus)
             raise
-        pidfd = self._pidfd
-        if pidfd is not None:
-            state_of(pidfd).abandon_on_drop = False  # handed over
+        state = self.__dict__.get("_pyclone3_state")
+        if state is not None:
+            state.abandon_on_drop = False  # handed over
 
     def _execute_child(
         self,
@@ -244,6 +245,8 @@ class CommandExt:
         if pidfd is not None:
             state = state_of(pidfd)
             state.close_on_exit = True  # the Popen owns it: closed once the exit is known
+            state.returncode_sink = (self.__dict__, "_pyclone3_returncode")
+            self._pyclone3_state = state
             if self._pyclone3_kill_tree:  # the tree's orphans are reaped with the child
                 pid = child.pid
                 state.on_exit(lambda _status: _reap_orphans(pid))
@@ -342,28 +345,37 @@ class ChildExt:
     pid: int
     args: Any
 
-    # The returncode is a view of the pidfd's recorded exit; the value kept
-    # here serves only a child without a pidfd.
-    @property
-    def returncode(self) -> int | None:
-        """The child's exit code (``-N`` for signal N) once known, else ``None``."""
-        d = self.__dict__
-        pidfd: PidFd | None = d.get("_pidfd")
-        if pidfd is not None:
-            status = pidfd.status
-            if status is not None:
-                return status.returncode
-        return d.get("_pyclone3_returncode")
+    # The pidfd's owner writes the returncode here as it records the exit
+    # (ChildState.returncode_sink), before it closes the pidfd: reading it
+    # is one C-level attribute lookup, as subprocess's plain attribute was.
+    _pyclone3_returncode: int | None = None
 
-    @returncode.setter
-    def returncode(self, value: int | None) -> None:
+    def _set_returncode(self, value: int | None) -> None:
         d = self.__dict__
-        d["_pyclone3_returncode"] = value
-        pidfd = d.get("_pidfd")
-        if value is not None and pidfd is not None:
+        state: ChildState | None = d.get("_pyclone3_state")
+        if value is not None and state is not None:
             # Learnt elsewhere (subprocess's own waitpid, a child watcher):
-            # recorded by the pidfd's owner, which closes an owned pidfd.
-            state_of(pidfd).settle(WaitStatus.from_returncode(self.pid, value))
+            # recorded by the pidfd's owner, which closes an owned pidfd and
+            # writes the returncode of the status it keeps (the first).
+            state.settle(WaitStatus.from_returncode(self.pid, value))
+            if d.get("_pyclone3_returncode") is not None:
+                return
+        d["_pyclone3_returncode"] = value
+
+    if TYPE_CHECKING:
+
+        @property
+        def returncode(self) -> int | None: ...
+
+        @returncode.setter
+        def returncode(self, value: int | None) -> None: ...
+
+    else:
+        returncode = property(
+            operator.attrgetter("_pyclone3_returncode"),
+            _set_returncode,
+            doc="The child's exit code (``-N`` for signal N) once known, else ``None``.",
+        )
 
     @property
     def pidfd(self) -> PidFd:
@@ -390,10 +402,10 @@ class ChildExt:
 
     def _pidfd_for_reap(self) -> ChildState | None:
         """The pidfd's state, unless there is none, it is closed, or waitid(P_PIDFD) is missing."""
-        pidfd: PidFd | None = self.__dict__.get("_pidfd")
-        if pidfd is None or pidfd.closed or _no_waitid_pidfd:
+        state: ChildState | None = self.__dict__.get("_pyclone3_state")
+        if state is None or state.fd.closed or _no_waitid_pidfd:
             return None
-        return state_of(pidfd)
+        return state
 
     def _reap_tree(self) -> None:
         if self.__dict__.get("_pyclone3_kill_tree"):
@@ -433,11 +445,9 @@ class ChildExt:
     ) -> int | None:
         code = self.returncode
         if code is not None:  # every Popen's __del__ comes here once
-            pidfd: PidFd | None = self.__dict__.get("_pidfd")
-            if pidfd is not None and not pidfd.closed:
-                owner = state_of(pidfd)
-                if owner.close_on_exit and owner.status is not None:
-                    pidfd.close()  # a close after the exit that was cut short
+            owner: ChildState | None = self.__dict__.get("_pyclone3_state")
+            if owner is not None and not owner.fd.closed and owner.close_on_exit:
+                owner.close()  # a close after the exit that was cut short
             return code
         state = self._pidfd_for_reap()
         if state is None:
@@ -460,11 +470,15 @@ class ChildExt:
         code = self.returncode
         if code is not None:
             return code
-        state = self._pidfd_for_reap()
-        if state is None:
+        state: ChildState | None = self.__dict__.get("_pyclone3_state")
+        if state is None or state.fd.closed or _no_waitid_pidfd:
             return super()._wait(timeout)  # type: ignore[misc, no-any-return]
         when = None if timeout is None else deadline(timeout)  # a bad timeout raises here
         try:
+            if when is None:  # the common wait(): one blocking waitid, the lean way
+                status = state.reap_blocking()
+                if status is not None:
+                    return status.returncode
             state.wait(timeout, when)
         except WaitTimeout:
             raise subprocess.TimeoutExpired(self.args, timeout or 0.0) from None

@@ -61,27 +61,6 @@ class WaitStatus:
         return cls(pid, ChildCode.CLD_KILLED, -returncode)
 
     @classmethod
-    def _from_kernel(
-        cls, pid: int, code: int, status: int, uid: int, raw_rusage: Any
-    ) -> WaitStatus:
-        """Build one straight after a reap, doing as little work as possible.
-
-        The cffi ``struct rusage`` (or, from a :func:`pyclone3.wait_all`
-        sweep, an ``(array, index)`` pair naming one in a shared array) is
-        converted on first access to :attr:`rusage`: right after a wake-up
-        the CPU is cold, and every instruction there adds to the
-        exit-detection latency.
-        """
-        self = cls.__new__(cls)
-        self._pid = pid
-        self._code = code  # type: ignore[assignment]  # made a ChildCode on access
-        self._status = status
-        self._uid = uid
-        self._rusage = None
-        self._raw_rusage = raw_rusage
-        return self
-
-    @classmethod
     def from_wait_status(
         cls, pid: int, wstatus: int, *, rusage: resource.struct_rusage | None = None
     ) -> WaitStatus:
@@ -208,11 +187,22 @@ class WaitStatus:
 
 
 def status_from_kernel(pid: int, code: int, status: int, uid: int, raw_rusage: Any) -> WaitStatus:
-    """A :class:`WaitStatus` straight from a reap's ``siginfo`` (see ``WaitStatus._from_kernel``).
+    """A :class:`WaitStatus` straight from a reap's ``siginfo``, for pyclone3's own reap paths.
 
-    For pyclone3's own reap paths, which hand over the raw C buffers.
+    It does as little work as possible: right after a wake-up the CPU is
+    cold, and every instruction there adds to the exit-detection latency.
+    The cffi ``struct rusage`` (or, from a :func:`pyclone3.wait_all` sweep,
+    an ``(array, index)`` pair naming one in a shared array) is converted on
+    first access to :attr:`WaitStatus.rusage`.
     """
-    return WaitStatus._from_kernel(pid, code, status, uid, raw_rusage)
+    self = WaitStatus.__new__(WaitStatus)
+    self._pid = pid
+    self._code = code  # type: ignore[assignment]  # made a ChildCode on access
+    self._status = status
+    self._uid = uid
+    self._rusage = None
+    self._raw_rusage = raw_rusage
+    return self
 
 
 def _rusage_from_c(ru: Any) -> resource.struct_rusage:
