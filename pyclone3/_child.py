@@ -384,7 +384,10 @@ class ChildState:
             with self.lock:
                 if self.status is not None:
                     return self.status
-                wake = self.fd.wake_fd_locked()
+                # An owner that closes the pidfd once the exit is recorded (a
+                # Popen) closes it only after an exit, which makes the pidfd
+                # itself readable: no wake fd to make, nor two syscalls.
+                wake = -1 if self.close_on_exit else self.fd.wake_fd_locked()
                 fd = self.fd.hold_locked(token)
             return self._poll_loop(fd, wake, timeout, when)
         finally:
