@@ -27,10 +27,10 @@ def open_fds() -> set[int]:
     return {int(name) for name in os.listdir("/proc/self/fd")}
 
 
-def zombies() -> list[int]:
-    """PIDs of this process's children that are zombies."""
+def children() -> dict[int, str]:
+    """This process's children, zombies included: PID -> state letter."""
     me = os.getpid()
-    found = []
+    found = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
@@ -40,9 +40,14 @@ def zombies() -> list[int]:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] == "Z" and int(fields[1]) == me:
-            found.append(int(name))
+        if int(fields[1]) == me:
+            found[int(name)] = fields[0]
     return found
+
+
+def zombies() -> list[int]:
+    """PIDs of this process's children that are zombies."""
+    return [pid for pid, state in children().items() if state == "Z"]
 
 
 @contextlib.contextmanager

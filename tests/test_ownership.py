@@ -39,6 +39,7 @@ import pytest
 from conftest import (
     CLONE_PATHS,
     _path_unavailable,
+    children,
     needs_threads,
     open_fds,
     requires_root,
@@ -52,24 +53,6 @@ _WALL = 0x40000000  # __WALL: any child, whatever its exit signal
 
 
 # ---- bookkeeping --------------------------------------------------------------------
-
-
-def children() -> dict[int, str]:
-    """This process's children, zombies included: PID -> state letter."""
-    me = os.getpid()
-    found = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[1]) == me:
-            found[int(name)] = fields[0]
-    return found
 
 
 def new_fds(before: set[int]) -> dict[int, str]:
