@@ -144,12 +144,14 @@ class ChildState:
     def _settle_locked(self, status: WaitStatus) -> tuple[WaitStatus, OnExit | None]:
         callback = None
         if self.status is None:
-            self.status = status
-            callback, self._on_exit = self._on_exit, None
+            # The sink first: status is read without the lock, and whoever
+            # sees it set must find the returncode written too.
             sink = self.returncode_sink
             if sink is not None:  # written once, then let go of (no cycle left)
                 self.returncode_sink = None
                 sink[0][sink[1]] = status.returncode
+            self.status = status
+            callback, self._on_exit = self._on_exit, None
         if self.close_on_exit:
             self.fd.close_locked()
         return self.status, callback

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import operator
 import os
 import signal
 import subprocess
@@ -346,9 +345,20 @@ class ChildExt:
     args: Any
 
     # The pidfd's owner writes the returncode here as it records the exit
-    # (ChildState.returncode_sink), before it closes the pidfd: reading it
-    # is one C-level attribute lookup, as subprocess's plain attribute was.
+    # (ChildState.returncode_sink), before it closes the pidfd; the getter
+    # falls back to the owner's status, which is the truth, if it finds none.
     _pyclone3_returncode: int | None = None
+
+    def _get_returncode(self) -> int | None:
+        d = self.__dict__
+        code: int | None = d.get("_pyclone3_returncode")
+        if code is None:  # not written yet: the owner's status is the truth
+            state: ChildState | None = d.get("_pyclone3_state")
+            if state is not None:
+                status = state.status
+                if status is not None:
+                    code = d["_pyclone3_returncode"] = status.returncode
+        return code
 
     def _set_returncode(self, value: int | None) -> None:
         d = self.__dict__
@@ -372,7 +382,7 @@ class ChildExt:
 
     else:
         returncode = property(
-            operator.attrgetter("_pyclone3_returncode"),
+            _get_returncode,
             _set_returncode,
             doc="The child's exit code (``-N`` for signal N) once known, else ``None``.",
         )
