@@ -16,7 +16,7 @@ exit callback once. Everyone else reads :attr:`ChildState.status`.
     fd: open ──close()──▶ closing ──last user leaves──▶ closed
     ended + close_on_exit ⇒ close()
 
-The fd itself is shared through an :class:`~pyclone3._fdref.FdRef`.
+The fd itself is shared through an ``FdRef`` (``_fdref.py``).
 """
 
 from __future__ import annotations

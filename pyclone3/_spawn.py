@@ -264,7 +264,7 @@ class _Plan:
             (s.p2cread, s.p2cwrite, s.c2pread, s.c2pwrite, s.errread, s.errwrite) = fds
         if pass_fds:
             self.pass_fds = sorted({_c_int(fd, "pass_fds entry", 0, _INT_MAX) for fd in pass_fds})
-            self._set_keep(self.pass_fds)
+            self.set_keep(self.pass_fds)
         else:
             self.pass_fds = []
         if not close_fds:
@@ -328,7 +328,7 @@ class _Plan:
             os.close(self.cgroup_fd)
             self.cgroup_fd = -1
 
-    def _set_keep(self, fds: list[int]) -> None:
+    def set_keep(self, fds: list[int]) -> None:
         if fds:
             arr = ffi.new("int[]", fds)
             self._keep.append(arr)
@@ -416,7 +416,7 @@ def _spawn_forked(plan: _Plan, path: str, preexec_fn: Callable[[], Any]) -> Spaw
             err = ffi.errno
             raise OSError(err, os.strerror(err))
         errpipe_w = cells[1]
-        plan._set_keep(sorted({*plan.pass_fds, errpipe_w}))
+        plan.set_keep(sorted({*plan.pass_fds, errpipe_w}))
         s.errpipe = errpipe_w
         s.pidfd_sock = cells[3]
         s.reset_handlers = 0
@@ -451,7 +451,7 @@ def _spawn_forked(plan: _Plan, path: str, preexec_fn: Callable[[], Any]) -> Spaw
         lib.pyclone3_close_cells(cells, 4)
         s.errpipe = -1
         s.pidfd_sock = -1
-        plan._set_keep(plan.pass_fds)
+        plan.set_keep(plan.pass_fds)
 
 
 def _read_report(errpipe_r: int) -> bytes:
@@ -498,7 +498,7 @@ def _spawn_unshared(plan: _Plan, path: str, opts: CloneOptions) -> SpawnedChild:
             err = ffi.errno
             raise OSError(err, os.strerror(err))
         s.sync_fd, s.sync_wfd = cells[2], cells[3]
-        plan._set_keep(sorted({*plan.pass_fds, cells[1]}))
+        plan.set_keep(sorted({*plan.pass_fds, cells[1]}))
         s.errpipe = cells[1]
         method = lib.SPAWN_CLONE3_FORK if path == "clone3" else lib.SPAWN_CLONE_FORK
         clear = 1 if path == "clone3" and _clear_sighand else 0
@@ -524,7 +524,7 @@ def _spawn_unshared(plan: _Plan, path: str, opts: CloneOptions) -> SpawnedChild:
     finally:
         lib.pyclone3_close_cells(cells, 4)
         s.errpipe = s.sync_fd = s.sync_wfd = -1
-        plan._set_keep(plan.pass_fds)
+        plan.set_keep(plan.pass_fds)
 
 
 def _option_paths(opts: CloneOptions, forced: str | None) -> tuple[str, ...]:
@@ -748,7 +748,7 @@ def spawn_for_popen(
     pdeathsig: int = 0,
     options: CloneOptions | None = None,
 ) -> SpawnedChild:
-    """The spawn core as subprocess.Popen._execute_child needs it (see popen.py)."""
+    """The spawn core as ``Popen``'s ``_execute_child`` needs it (see popen.py)."""
     opts = options if options is not None and options.any else None
     if opts is not None:
         if preexec_fn is not None:

@@ -2,8 +2,8 @@
 
 Each child's pidfd is held (:meth:`ChildState.hold`) while it is watched, so
 that no ``close()`` can free the number under the C code; a reaped child's
-status goes to its :class:`~pyclone3._child.ChildState` through
-:meth:`~pyclone3._child.ChildState.settle_held`, the same transition every
+status goes to its ``ChildState`` (``_child.py``) through
+``ChildState.settle_held``, the same transition every
 other observer uses, which also lets go of the fd.
 """
 

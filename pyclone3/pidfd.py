@@ -1,6 +1,6 @@
 """An owned process handle: :class:`PidFd`.
 
-A ``PidFd`` is the public face of a :class:`~pyclone3._child.ChildState`, which
+A ``PidFd`` is the public face of a ``ChildState`` (``_child.py``), which
 owns what is known of the process (its pidfd, whether and how it ended);
 this module adds what a handle does: identity, signals, namespaces.
 """
@@ -76,7 +76,7 @@ def adopt_spawned(cell: Any, spawn: Any) -> PidFd:
 
 
 def state_of(pidfd: PidFd) -> ChildState:
-    """The :class:`~pyclone3._child.ChildState` behind *pidfd*: the owner of its process's life.
+    """The ``ChildState`` (``_child.py``) behind *pidfd*: the owner of its process's life.
 
     For pyclone3's own modules (``Popen``, the many-children waits, asyncio),
     which record and read the exit through it.
