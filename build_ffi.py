@@ -1,9 +1,11 @@
 """cffi out-of-line (API mode) builder for pyclone3's private module.
 
-The C declarations live in ``pyclone3/_clone3.cdef`` and the C definitions in
-``pyclone3/_clone3_impl.c`` (syscalls) and ``pyclone3/_spawn_impl.c`` (the
-spawn core); this script only reads and joins them, so
-editors and compilers see C as C. setuptools runs it through
+The C declarations for Python live in ``pyclone3/_clone3.cdef``; the C is
+three translation units sharing one header, ``pyclone3/_clone3.h``:
+``_syscalls.c`` (syscall wrappers), ``_spawn_child.c`` (what the child runs
+between clone and exec) and ``_spawn_parent.c`` (the parent's side of a
+spawn). cffi's generated module only includes the header, so each file
+compiles on its own and editors see C as C. setuptools runs it through
 ``cffi_modules`` (see ``setup.py``). ``python build_ffi.py`` compiles the
 module under ``build/ffi`` and copies it next to the sources, for working on
 the C code without reinstalling.
@@ -21,11 +23,14 @@ PKG = HERE / "pyclone3"
 
 ffibuilder = cffi.FFI()
 ffibuilder.cdef((PKG / "_clone3.cdef").read_text(encoding="utf-8"))
-C_SOURCES = ["_clone3_impl.c", "_spawn_impl.c"]
+C_SOURCES = ["_syscalls.c", "_spawn_child.c", "_spawn_parent.c"]
 
 ffibuilder.set_source(
     "pyclone3._clone3",
-    "\n".join((PKG / name).read_text(encoding="utf-8") for name in C_SOURCES),
+    '#include "_clone3.h"\n',
+    # setuptools wants source paths relative to the project root.
+    sources=[f"pyclone3/{name}" for name in C_SOURCES],
+    include_dirs=["pyclone3"],
     extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
 )
 

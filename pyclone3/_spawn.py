@@ -1,6 +1,6 @@
 """Spawn a program with its pidfd taken at creation: :func:`spawn`, and the fallback chain.
 
-The child is created by the C spawn core (``pyclone3/_spawn_impl.c``) along
+The child is created by the C spawn core (``pyclone3/_spawn_parent.c`` and ``_spawn_child.c``) along
 the first path that this kernel and sandbox allow:
 
 ``clone3``

@@ -1,0 +1,345 @@
+/*
+ * The one header of pyclone3's private compiled module, pyclone3._clone3:
+ * what its translation units share, and what cffi's generated module sees.
+ *
+ *   _syscalls.c      thin syscall wrappers, the wait_all sweep, fork hooks
+ *   _spawn_child.c   what the child runs between clone and exec
+ *   _spawn_parent.c  the parent's side of a spawn, and its fd cells
+ *
+ * Declared for Python in _clone3.cdef; build_ffi.py compiles the files.
+ *
+ * Only glibc's headers are included, never <linux/sched.h> or
+ * <linux/pidfd.h>: they clash with <sched.h> on some systems and are often
+ * older than the running kernel. Whatever the build machine's headers lack
+ * is defined below from the kernel's stable user-space ABI; what the running
+ * kernel actually supports is probed at run time (pyclone3/_features.py).
+ */
+#ifndef PYCLONE3_CLONE3_H
+#define PYCLONE3_CLONE3_H
+
+#ifndef _GNU_SOURCE
+# define _GNU_SOURCE 1
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/vfs.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* ---- syscall numbers ---------------------------------------------------
+ * Syscalls added after 5.0 share one number on every architecture that uses
+ * the generic table (x86_64, i386, arm, arm64, riscv, powerpc, s390, ...).
+ * Architectures with their own offsets (alpha, mips, ia64) must have headers
+ * new enough to define them. */
+#ifdef SYS_clone3
+static const int HAS_HEADER_SYS_CLONE3 = 1;
+#else
+static const int HAS_HEADER_SYS_CLONE3 = 0;
+# if defined(__alpha__) || defined(__mips__) || defined(__ia64__)
+#  error "pyclone3: these kernel headers lack SYS_clone3 for this architecture"
+# endif
+# define SYS_clone3 435
+#endif
+
+#ifdef SYS_pidfd_open
+static const int HAS_HEADER_SYS_PIDFD_OPEN = 1;
+#else
+static const int HAS_HEADER_SYS_PIDFD_OPEN = 0;
+# define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+# define SYS_pidfd_send_signal 424
+#endif
+#ifndef SYS_pidfd_getfd
+# define SYS_pidfd_getfd 438
+#endif
+
+/* ---- struct clone_args (Linux 5.3; set_tid 5.5; cgroup 5.7) ------------ */
+struct clone_args {
+    uint64_t flags __attribute__((aligned(8)));
+    uint64_t pidfd __attribute__((aligned(8)));
+    uint64_t child_tid __attribute__((aligned(8)));
+    uint64_t parent_tid __attribute__((aligned(8)));
+    uint64_t exit_signal __attribute__((aligned(8)));
+    uint64_t stack __attribute__((aligned(8)));
+    uint64_t stack_size __attribute__((aligned(8)));
+    uint64_t tls __attribute__((aligned(8)));
+    uint64_t set_tid __attribute__((aligned(8)));
+    uint64_t set_tid_size __attribute__((aligned(8)));
+    uint64_t cgroup __attribute__((aligned(8)));
+};
+#define CLONE_ARGS_SIZE_VER0 64
+#define CLONE_ARGS_SIZE_VER1 80
+#define CLONE_ARGS_SIZE_VER2 88
+
+/* ---- clone flags: the classic ones come from <sched.h> ----------------- */
+#ifndef CSIGNAL
+# define CSIGNAL 0x000000ff
+#endif
+#ifndef CLONE_NEWTIME
+# define CLONE_NEWTIME 0x00000080
+#endif
+#ifdef CLONE_PIDFD
+static const int HAS_HEADER_CLONE_PIDFD = 1;
+#else
+static const int HAS_HEADER_CLONE_PIDFD = 0;
+# define CLONE_PIDFD 0x00001000
+#endif
+#ifndef CLONE_DETACHED
+# define CLONE_DETACHED 0x00400000
+#endif
+#ifndef CLONE_NEWCGROUP
+# define CLONE_NEWCGROUP 0x02000000
+#endif
+#ifndef CLONE_CLEAR_SIGHAND
+# define CLONE_CLEAR_SIGHAND 0x100000000ULL
+#endif
+#ifndef CLONE_INTO_CGROUP
+# define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+
+/* ---- pidfd flags ------------------------------------------------------- */
+#ifndef PIDFD_NONBLOCK
+# define PIDFD_NONBLOCK O_NONBLOCK            /* Linux 5.10 */
+#endif
+#ifndef PIDFD_THREAD
+# define PIDFD_THREAD O_EXCL                  /* Linux 6.9 */
+#endif
+#ifndef PIDFD_SIGNAL_THREAD
+# define PIDFD_SIGNAL_THREAD (1UL << 0)       /* Linux 6.9 */
+#endif
+#ifndef PIDFD_SIGNAL_THREAD_GROUP
+# define PIDFD_SIGNAL_THREAD_GROUP (1UL << 1)
+#endif
+#ifndef PIDFD_SIGNAL_PROCESS_GROUP
+# define PIDFD_SIGNAL_PROCESS_GROUP (1UL << 2)
+#endif
+
+/* ---- waitid ------------------------------------------------------------
+ * P_PIDFD is an enum member in glibc >= 2.36 and absent before; a macro of
+ * the same value is harmless in both cases. */
+#ifdef P_PIDFD
+static const int HAS_HEADER_P_PIDFD = 1;
+#else
+static const int HAS_HEADER_P_PIDFD = 0;
+# define P_PIDFD 3                            /* Linux 5.4 */
+#endif
+#ifndef __WNOTHREAD
+# define __WNOTHREAD 0x20000000
+#endif
+#ifndef __WALL
+# define __WALL 0x40000000
+#endif
+#ifndef __WCLONE
+# define __WCLONE 0x80000000
+#endif
+
+/* ---- PIDFD_GET_INFO (Linux 6.13; exit_code 6.15; coredump_mask 6.16) ----
+ * An extensible ioctl: the kernel reads the struct size from the request
+ * number and zero-fills or ignores the difference. */
+struct pidfd_info {
+    uint64_t mask;
+    uint64_t cgroupid;
+    uint32_t pid;
+    uint32_t tgid;
+    uint32_t ppid;
+    uint32_t ruid;
+    uint32_t rgid;
+    uint32_t euid;
+    uint32_t egid;
+    uint32_t suid;
+    uint32_t sgid;
+    uint32_t fsuid;
+    uint32_t fsgid;
+    int32_t exit_code;
+    uint32_t coredump_mask;
+    uint32_t spare1;
+};
+#define PIDFD_INFO_PID (1ULL << 0)
+#define PIDFD_INFO_CREDS (1ULL << 1)
+#define PIDFD_INFO_CGROUPID (1ULL << 2)
+#define PIDFD_INFO_EXIT (1ULL << 3)
+#define PIDFD_INFO_COREDUMP (1ULL << 4)
+#define PIDFD_INFO_SIZE_VER0 64
+#ifdef PIDFD_GET_INFO
+# undef PIDFD_GET_INFO
+#endif
+#define PIDFD_GET_INFO _IOWR(0xFF, 11, struct pidfd_info)
+
+/* ---- flattened waitid results ---------------------------------------- */
+struct pyclone3_timeval {
+    long tv_sec;
+    long tv_usec;
+};
+struct pyclone3_rusage {                       /* the kernel's struct rusage */
+    struct pyclone3_timeval ru_utime;
+    struct pyclone3_timeval ru_stime;
+    long ru_maxrss;
+    long ru_ixrss;
+    long ru_idrss;
+    long ru_isrss;
+    long ru_minflt;
+    long ru_majflt;
+    long ru_nswap;
+    long ru_inblock;
+    long ru_oublock;
+    long ru_msgsnd;
+    long ru_msgrcv;
+    long ru_nsignals;
+    long ru_nvcsw;
+    long ru_nivcsw;
+};
+struct pyclone3_waitinfo {
+    int pid;
+    unsigned int uid;
+    int signo;
+    int status;
+    int code;
+};
+
+
+/* ---- the spawn core ------------------------------------------------------ */
+
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+extern char **environ;
+
+#define SPAWN_ERR_NONE 0
+#define SPAWN_ERR_NOEXEC 1   /* failed before exec: chdir, dup2, setsid, ... */
+#define SPAWN_ERR_EXEC 2     /* execve failed for every candidate path */
+#define SPAWN_ERR_PREEXEC 3  /* preexec_fn raised (fork path, set by Python) */
+#define SPAWN_ERR_PIDFD 4    /* the child could not open or send its pidfd */
+#define SPAWN_ERR_CGROUP 5   /* the child could not join its cgroup */
+#define SPAWN_ERR_SETNS 6    /* the child could not enter the namespaces */
+
+#define SPAWN_CLONE3 0       /* clone3(CLONE_VM|CLONE_VFORK|CLONE_PIDFD) */
+#define SPAWN_CLONE 1        /* clone(CLONE_VM|CLONE_VFORK|CLONE_PIDFD) */
+#define SPAWN_VFORK 2        /* vfork(); pidfd sent by the child if asked */
+#define SPAWN_CLONE3_FORK 3  /* clone3(CLONE_PIDFD), no shared memory */
+#define SPAWN_CLONE_FORK 4   /* clone(CLONE_PIDFD), no shared memory */
+
+struct pyclone3_spawn {
+    char *const *exec_paths;
+    char *const *argv;
+    char *const *envp;
+    const char *cwd;
+    int p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite;
+    const int *keep_fds;
+    int n_keep_fds;
+    int close_fds;
+    int umask;
+    int restore_signals;
+    int setsid;
+    int pgid;
+    long long gid;             /* -1: unchanged; else a uid_t/gid_t */
+    long long uid;
+    const unsigned int *groups;
+    int n_groups;
+    int pidfd_sock;
+    int errpipe;
+    int err_step;
+    int err_errno;
+    int reset_handlers;
+    int restore_mask;
+    uint64_t sigmask;
+    int pdeathsig;
+    int parent_pid;
+    uint64_t clone_flags;
+    int exit_signal;
+    const int *set_tid;
+    int set_tid_size;
+    int cgroup_fd;
+    int cgroup_in_child;
+    int setns_fd;
+    int setns_flags;
+    int sync_fd;
+    int sync_wfd;
+    long child_pid;
+};
+
+
+/* The clone3-onto-a-stack trampoline exists for these architectures only
+ * (_spawn_child.c); elsewhere SPAWN_CLONE3 fails with ENOSYS. */
+#if defined(__x86_64__) || defined(__aarch64__)
+# define HAVE_CLONE3_STACK 1
+#else
+# define HAVE_CLONE3_STACK 0
+#endif
+static const int HAS_CLONE3_SPAWN = HAVE_CLONE3_STACK;
+
+/* One byte and room for one SCM_RIGHTS fd: the pidfd a child sends. */
+union pidfd_control {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+};
+
+static inline void pidfd_msg_init(struct msghdr *msg, struct iovec *iov, char *byte,
+                                  union pidfd_control *control)
+{
+    memset(msg, 0, sizeof(*msg));
+    memset(control, 0, sizeof(*control));
+    iov->iov_base = byte;
+    iov->iov_len = 1;
+    msg->msg_iov = iov;
+    msg->msg_iovlen = 1;
+    msg->msg_control = control->buf;
+    msg->msg_controllen = sizeof(control->buf);
+}
+
+/* ---- shared between the translation units, not exposed to Python -------- */
+
+/* The child's whole life after clone: setup, then exec; never returns. */
+int pyclone3_spawn_child(void *arg);
+#if HAVE_CLONE3_STACK
+long pyclone3_clone3_stack(struct clone_args *args, size_t size,
+                           int (*fn)(void *), void *arg);
+#endif
+
+/* Everything declared to Python in _clone3.cdef. */
+long sys_clone3(struct clone_args *args, size_t size);
+int pyclone3_set_child_subreaper(int on);
+int pyclone3_get_child_subreaper(void);
+int pyclone3_is_cgroup2(int fd);
+int sys_pidfd_open(int pid, unsigned int flags);
+int sys_pidfd_send_signal(int pidfd, int sig, void *info, unsigned int flags);
+int sys_pidfd_getfd(int pidfd, int targetfd, unsigned int flags);
+int sys_waitid(int idtype, int id, struct pyclone3_waitinfo *info,
+               int options, struct pyclone3_rusage *ru);
+int sys_setns(int fd, int nstype);
+int sys_pidfd_get_info(int pidfd, struct pidfd_info *info);
+int pyclone3_reap_exited(int *fds, int n, struct pollfd *pfds, int *where,
+                         int *reaped, struct pyclone3_waitinfo *info,
+                         struct pyclone3_rusage *ru);
+long fork_clone3(struct clone_args *args, size_t size);
+long fork_with_hooks(void);
+long probe_clone3(uint64_t flags, int *pidfd);
+int pyclone3_child_setup(struct pyclone3_spawn *s);
+void pyclone3_child_exec(struct pyclone3_spawn *s);
+long pyclone3_spawn(struct pyclone3_spawn *s, int method, int clear_sighand,
+                    char *stack, size_t stack_size, int *pidfd);
+long pyclone3_fork(struct pyclone3_spawn *s);
+int pyclone3_kill_and_reap(int pidfd, long pid, int kill_first);
+int pyclone3_reap_cell(struct pyclone3_spawn *s, int *pidfd, int kill_first);
+int pyclone3_error_pipe(int *cells);
+int pyclone3_eventfd_cell(int *cell);
+int pyclone3_pipe_cells(int *cells);
+int pyclone3_socketpair_cells(int *cells);
+void pyclone3_close_cells(int *cells, int n);
+int pyclone3_write_file(const char *path, const char *data, size_t len);
+int pyclone3_recv_pidfd_into(int sock, int *cell);
+int pyclone3_recv_pidfd(int sock);
+void pyclone3_split(char *blob, char **out, size_t na, size_t nb);
+
+#endif /* PYCLONE3_CLONE3_H */

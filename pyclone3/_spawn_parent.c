@@ -1,0 +1,300 @@
+/*
+ * The parent's side of a spawn: the clone itself on each path, reaping a
+ * child that must not outlive an interrupted spawn, and the fd cells a spawn
+ * keeps its own fds in.
+ */
+#include "_clone3.h"
+
+/* ---- the parent ------------------------------------------------------------ */
+
+/* vfork in a frame of its own: the child runs pyclone3_spawn_child and never returns
+ * here, and the caller's locals are safe from the shared-stack child. */
+__attribute__((noinline))
+static long spawn_vfork(struct pyclone3_spawn *s)
+{
+    pid_t pid = vfork();
+    if (pid == 0)
+        pyclone3_spawn_child(s);                /* never returns */
+    return pid;
+}
+
+long pyclone3_spawn(struct pyclone3_spawn *s, int method, int clear_sighand,
+                    char *stack, size_t stack_size, int *pidfd)
+{
+    uint64_t all = ~(uint64_t)0, old = 0;
+    long pid = -1;
+    int saved_errno = errno, err = 0;
+    /* The stack grows down on every supported architecture. */
+    char *top = (char *)((uintptr_t)(stack + stack_size) & ~(uintptr_t)15);
+
+    int fork_like = method == SPAWN_CLONE3_FORK || method == SPAWN_CLONE_FORK;
+    int exit_signal = s->exit_signal;
+
+    s->err_step = SPAWN_ERR_NONE;
+    s->err_errno = 0;
+    if (!fork_like)
+        s->errpipe = -1;        /* shared memory carries the report */
+    /* No signal handler may run in the child while it shares our memory.
+     * With CLONE_CLEAR_SIGHAND the kernel resets the child's handlers as it
+     * creates it, so there is no window to close; otherwise block every
+     * signal around the clone and let the child reset its handlers, then
+     * restore our mask in it. */
+    s->reset_handlers = !((method == SPAWN_CLONE3 || method == SPAWN_CLONE3_FORK) && clear_sighand);
+    s->restore_mask = s->reset_handlers;
+    if (s->restore_mask) {
+        syscall(SYS_rt_sigprocmask, SIG_SETMASK, &all, &old, 8);
+        s->sigmask = old;
+    }
+
+    switch (method) {
+    case SPAWN_CLONE3:
+    case SPAWN_CLONE3_FORK: {
+        struct clone_args args;
+        size_t size = CLONE_ARGS_SIZE_VER0;
+        memset(&args, 0, sizeof(args));
+        args.flags = CLONE_PIDFD | s->clone_flags | (clear_sighand ? CLONE_CLEAR_SIGHAND : 0);
+        args.pidfd = (uint64_t)(uintptr_t)pidfd;
+        args.exit_signal = (uint64_t)exit_signal;
+        if (s->set_tid_size > 0) {
+            args.set_tid = (uint64_t)(uintptr_t)s->set_tid;
+            args.set_tid_size = (uint64_t)s->set_tid_size;
+            size = CLONE_ARGS_SIZE_VER1;
+        }
+        if (s->cgroup_fd >= 0 && !s->cgroup_in_child) {
+            args.flags |= CLONE_INTO_CGROUP;
+            args.cgroup = (uint64_t)s->cgroup_fd;
+            size = CLONE_ARGS_SIZE_VER2;
+        }
+        if (method == SPAWN_CLONE3_FORK) {
+            /* A copy of our memory, like fork: the child returns here. */
+            pid = syscall(SYS_clone3, &args, size);
+            if (pid == 0)
+                pyclone3_spawn_child(s);        /* never returns */
+            if (pid < 0)
+                err = errno;
+            break;
+        }
+#if HAVE_CLONE3_STACK
+        args.flags |= CLONE_VM | CLONE_VFORK;
+        args.stack = (uint64_t)(uintptr_t)stack;
+        args.stack_size = (uint64_t)(top - stack);
+        pid = pyclone3_clone3_stack(&args, size, pyclone3_spawn_child, s);
+        if (pid < 0) {
+            err = (int)-pid;
+            pid = -1;
+        }
+#else
+        err = ENOSYS;
+#endif
+        break;
+    }
+    case SPAWN_CLONE:
+        pid = clone(pyclone3_spawn_child, top,
+                    CLONE_VM | CLONE_VFORK | (pidfd ? CLONE_PIDFD : 0) | (int)s->clone_flags |
+                        exit_signal, s, pidfd);
+        if (pid < 0)
+            err = errno;
+        break;
+    case SPAWN_CLONE_FORK:
+        /* clone(flags, newsp, parent_tid, ...): the pidfd goes to parent_tid
+         * on every architecture we build for. */
+        pid = syscall(SYS_clone, (unsigned long)(CLONE_PIDFD | s->clone_flags) |
+                                     (unsigned long)exit_signal, NULL, pidfd, NULL, NULL);
+        if (pid == 0)
+            pyclone3_spawn_child(s);            /* never returns */
+        if (pid < 0)
+            err = errno;
+        break;
+    case SPAWN_VFORK:
+        pid = spawn_vfork(s);
+        if (pid < 0)
+            err = errno;
+        break;
+    default:
+        err = EINVAL;
+    }
+
+    /* Recorded before anything of Python can run again: an exception raised by
+     * a signal handler as this call returns must not lose the child. */
+    if (pid > 0)
+        s->child_pid = pid;
+    if (s->restore_mask)
+        syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, 8);
+    errno = pid < 0 ? err : saved_errno;
+    return pid;
+}
+
+long pyclone3_fork(struct pyclone3_spawn *s)
+{
+    long pid = fork_with_hooks();
+
+    if (pid > 0)
+        s->child_pid = pid;
+    return pid;
+}
+
+int pyclone3_kill_and_reap(int pidfd, long pid, int kill_first)
+{
+    siginfo_t si;
+    int wstatus = 0, err;
+    long ret;
+
+    if (kill_first) {
+        if (pidfd < 0 || syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, NULL, 0) < 0)
+            kill((pid_t)pid, SIGKILL);  /* unreaped: the PID is still the child's */
+    }
+    if (pidfd >= 0) {
+        memset(&si, 0, sizeof(si));
+        do
+            ret = syscall(SYS_waitid, P_PIDFD, pidfd, &si, WEXITED | __WALL, NULL);
+        while (ret < 0 && errno == EINTR);
+        if (ret == 0) {
+            if (si.si_code == CLD_EXITED)
+                return (si.si_status & 0xff) << 8;
+            return (si.si_status & 0x7f) | (si.si_code == CLD_DUMPED ? 0x80 : 0);
+        }
+        err = errno;
+        if (err != ENOSYS && err != EINVAL)
+            return -1;  /* ECHILD: reaped already, by someone else */
+    }
+    do
+        ret = waitpid((pid_t)pid, &wstatus, __WALL);
+    while (ret < 0 && errno == EINTR);
+    return ret < 0 ? -1 : wstatus;
+}
+
+int pyclone3_reap_cell(struct pyclone3_spawn *s, int *pidfd, int kill_first)
+{
+    int wstatus = -1;
+
+    if (s->child_pid > 0)
+        wstatus = pyclone3_kill_and_reap(*pidfd, s->child_pid, kill_first);
+    s->child_pid = -1;
+    if (*pidfd >= 0) {
+        close(*pidfd);
+        *pidfd = -1;
+    }
+    return wstatus;
+}
+
+/* Fds a spawn makes for itself live in C cells from birth to close, so that
+ * an exception raised by a signal handler as a call returns cannot lose one:
+ * whatever is still in a cell is closed by pyclone3_close_cells. */
+int pyclone3_error_pipe(int *cells)
+{
+    int fds[2], w;
+
+    if (pipe2(fds, O_CLOEXEC) < 0)
+        return -1;
+    /* the write end clear of the child's 0..2, which it is about to set */
+    w = fds[1] >= 3 ? fds[1] : fcntl(fds[1], F_DUPFD_CLOEXEC, 3);
+    if (w < 0) {
+        int err = errno;
+        close(fds[0]);
+        close(fds[1]);
+        errno = err;
+        return -1;
+    }
+    if (w != fds[1])
+        close(fds[1]);
+    cells[0] = fds[0];
+    cells[1] = w;
+    return 0;
+}
+
+int pyclone3_eventfd_cell(int *cell)
+{
+    cell[0] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return cell[0];
+}
+
+int pyclone3_pipe_cells(int *cells)
+{
+    return pipe2(cells, O_CLOEXEC);
+}
+
+int pyclone3_socketpair_cells(int *cells)
+{
+    return socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, cells);
+}
+
+void pyclone3_close_cells(int *cells, int n)
+{
+    int i, fd;
+
+    for (i = 0; i < n; i++) {
+        fd = cells[i];
+        cells[i] = -1;
+        if (fd >= 0)
+            close(fd);
+    }
+}
+
+int pyclone3_write_file(const char *path, const char *data, size_t len)
+{
+    int fd, err = 0;
+    ssize_t n;
+
+    do
+        fd = open(path, O_WRONLY | O_CLOEXEC);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0)
+        return errno;
+    do
+        n = write(fd, data, len);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        err = errno;
+    else if ((size_t)n != len)
+        err = EIO;
+    close(fd);
+    return err;
+}
+
+int pyclone3_recv_pidfd_into(int sock, int *cell)
+{
+    cell[0] = pyclone3_recv_pidfd(sock);
+    return cell[0];
+}
+
+/* Receive the pidfd a child sent over `sock` (MSG_CMSG_CLOEXEC); -1 if none. */
+int pyclone3_recv_pidfd(int sock)
+{
+    union pidfd_control control;
+    struct msghdr msg;
+    struct iovec iov;
+    struct cmsghdr *cmsg;
+    char byte;
+    int fd = -1;
+
+    pidfd_msg_init(&msg, &iov, &byte, &control);
+    if (recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_DONTWAIT) < 1)
+        return -1;
+    cmsg = CMSG_FIRSTHDR(&msg);
+    if (cmsg && cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_RIGHTS &&
+        cmsg->cmsg_len == CMSG_LEN(sizeof(int)))
+        memcpy(&fd, CMSG_DATA(cmsg), sizeof(int));
+    else
+        errno = EPROTO;
+    return fd;
+}
+
+/* Point out[] at the strings packed one after the other in `blob`: the
+ * first `na` then NULL, then the next `nb` then NULL (argv and the exec
+ * candidates in one call instead of one allocation per string). The caller
+ * checked that blob holds exactly na + nb NULs. */
+void pyclone3_split(char *blob, char **out, size_t na, size_t nb)
+{
+    size_t i, j = 0;
+    for (i = 0; i < na + nb; i++) {
+        if (i == na)
+            out[j++] = NULL;
+        out[j++] = blob;
+        while (*blob)
+            blob++;
+        blob++;
+    }
+    if (na + nb == na)
+        out[j++] = NULL;
+    out[j] = NULL;
+}
