@@ -210,6 +210,13 @@ struct pyclone3_waitinfo {
 
 /* ---- the spawn core ------------------------------------------------------ */
 
+#ifndef CLOSE_RANGE_UNSHARE
+# define CLOSE_RANGE_UNSHARE (1U << 1)        /* Linux 5.9 */
+#endif
+#ifndef SYS_close_range
+# define SYS_close_range 436
+#endif
+
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -223,12 +230,14 @@ extern char **environ;
 #define SPAWN_ERR_PIDFD 4    /* the child could not open or send its pidfd */
 #define SPAWN_ERR_CGROUP 5   /* the child could not join its cgroup */
 #define SPAWN_ERR_SETNS 6    /* the child could not enter the namespaces */
+#define SPAWN_ERR_FILES 7    /* the child could not take its own fd table */
 
 #define SPAWN_CLONE3 0       /* clone3(CLONE_VM|CLONE_VFORK|CLONE_PIDFD) */
 #define SPAWN_CLONE 1        /* clone(CLONE_VM|CLONE_VFORK|CLONE_PIDFD) */
 #define SPAWN_VFORK 2        /* vfork(); pidfd sent by the child if asked */
 #define SPAWN_CLONE3_FORK 3  /* clone3(CLONE_PIDFD), no shared memory */
 #define SPAWN_CLONE_FORK 4   /* clone(CLONE_PIDFD), no shared memory */
+#define SPAWN_FORK 5         /* clone(exit signal) as fork() makes it: no pidfd */
 
 struct pyclone3_spawn {
     char *const *exec_paths;
@@ -266,6 +275,8 @@ struct pyclone3_spawn {
     int setns_flags;
     int sync_fd;
     int sync_wfd;
+    int share_files;
+    int share_from;
     long child_pid;
 };
 

@@ -223,6 +223,9 @@ class _Plan:
     ) -> None:
         keep: list[Any] = []
         self.cgroup_fd = -1
+        #: Any of uid, gid or extra groups given: the child must not share
+        #: our memory (subprocess too refuses vfork then).
+        self.changes_ids = uid is not None or gid is not None or gids is not None
         self._keep = keep
         s = ffi.new("struct pyclone3_spawn *", _TEMPLATE)
         self.s = s
@@ -484,29 +487,55 @@ def _write_id_maps(pid: int, opts: CloneOptions) -> None:
             raise OSError(err, os.strerror(err), path)
 
 
-def _spawn_unshared(plan: _Plan, path: str, opts: CloneOptions) -> SpawnedChild:
-    """clone3/clone without shared memory: the child may wait for its ID maps."""
+_COPY_METHODS = {
+    "clone3": lib.SPAWN_CLONE3_FORK,
+    "clone": lib.SPAWN_CLONE_FORK,
+    "vfork_pidfd": lib.SPAWN_FORK,
+    "vfork": lib.SPAWN_FORK,
+}
+
+
+def _spawn_copied(plan: _Plan, path: str, opts: CloneOptions | None) -> SpawnedChild:
+    """Any path, with the child in a copy of our memory instead of sharing it.
+
+    For a child that changes its credentials (a process with other ids must
+    never share the caller's address space: the kernel would mark the shared
+    memory non-dumpable, ours included) and for options a vfork child cannot
+    honour (ID maps it waits for, a time namespace). The child reports a
+    failure through an error pipe; on ``vfork_pidfd`` it sends its pidfd.
+    """
     s = plan.s
-    waits = opts.uid_map is not None or opts.gid_map is not None or opts.setgroups is not None
+    waits = opts is not None and (
+        opts.uid_map is not None or opts.gid_map is not None or opts.setgroups is not None
+    )
+    sends_pidfd = path == "vfork_pidfd"
     pidfd_out = _buffers.pidfd
     pidfd_out[0] = -1
-    cells = _buffers.temp  # [errpipe r, errpipe w, sync r, sync w]
+    # [errpipe r, errpipe w, then sync r, sync w or our socket end, the child's]
+    cells = _buffers.temp
     try:
-        if lib.pyclone3_error_pipe(cells) < 0 or (
-            waits and lib.pyclone3_pipe_cells(cells + 2) < 0
+        if (
+            lib.pyclone3_error_pipe(cells) < 0
+            or (waits and lib.pyclone3_pipe_cells(cells + 2) < 0)
+            or (sends_pidfd and lib.pyclone3_socketpair_cells(cells + 2) < 0)
         ):
             err = ffi.errno
             raise OSError(err, os.strerror(err))
-        s.sync_fd, s.sync_wfd = cells[2], cells[3]
+        if waits:
+            s.sync_fd, s.sync_wfd = cells[2], cells[3]
+        if sends_pidfd:
+            s.pidfd_sock = cells[3]
         plan.set_keep(sorted({*plan.pass_fds, cells[1]}))
         s.errpipe = cells[1]
-        method = lib.SPAWN_CLONE3_FORK if path == "clone3" else lib.SPAWN_CLONE_FORK
+        method = _COPY_METHODS[path]
         clear = 1 if path == "clone3" and _clear_sighand else 0
         pid = lib.pyclone3_spawn(s, method, clear, ffi.NULL, 0, pidfd_out)
         if pid < 0:
             err = ffi.errno
             raise OSError(err, os.strerror(err))
         lib.pyclone3_close_cells(cells + 1, 1)  # our copy of the error pipe's write end
+        if sends_pidfd:
+            lib.pyclone3_close_cells(cells + 3, 1)  # and of the child's socket end
         if waits:
             lib.pyclone3_close_cells(cells + 2, 1)  # and of the sync pipe's read end
             try:
@@ -517,13 +546,15 @@ def _spawn_unshared(plan: _Plan, path: str, opts: CloneOptions) -> SpawnedChild:
                 lib.pyclone3_reap_cell(s, pidfd_out, 0)
                 raise
         report = _read_report(cells[0])
+        if sends_pidfd:
+            lib.pyclone3_recv_pidfd_into(cells[2], pidfd_out)
         failure = parse_report(report)
         if failure is not None:
             s.err_step, s.err_errno = failure
         return _finish(plan, pid, path)
     finally:
         lib.pyclone3_close_cells(cells, 4)
-        s.errpipe = s.sync_fd = s.sync_wfd = -1
+        s.errpipe = s.sync_fd = s.sync_wfd = s.pidfd_sock = -1
         plan.set_keep(plan.pass_fds)
 
 
@@ -558,8 +589,8 @@ def _run_option_paths(plan: _Plan, opts: CloneOptions, forced: str | None) -> Sp
         plan.s.cgroup_in_child = 0 if path == "clone3" else 1
         for _ in range(2):
             try:
-                if opts.fork_like:
-                    return _spawn_unshared(plan, path, opts)
+                if opts.fork_like or plan.changes_ids:
+                    return _spawn_copied(plan, path, opts)
                 return _spawn_vm(plan, path)
             except OSError as exc:
                 last = exc
@@ -631,6 +662,13 @@ def _candidates(forced: str | None) -> tuple[str, ...]:
     return paths
 
 
+def _spawn_plain(plan: _Plan, path: str) -> SpawnedChild:
+    """One attempt, without clone options, on *path*."""
+    if plan.changes_ids:
+        return _spawn_copied(plan, path, None)
+    return _spawn_vm(plan, path)
+
+
 def _run_paths(
     plan: _Plan, preexec_fn: Callable[[], Any] | None, forced: str | None, create_pidfd: bool
 ) -> SpawnedChild:
@@ -644,7 +682,7 @@ def _run_paths(
         if path == "vfork_pidfd" and forced is None and not features().pidfd_open:
             continue
         try:
-            return _spawn_vm(plan, path)
+            return _spawn_plain(plan, path)
         except _ChildFailed as failed:
             if failed.step != lib.SPAWN_ERR_PIDFD or forced is not None:
                 raise
@@ -661,7 +699,7 @@ def _run_paths(
             if path == "clone3" and exc.errno == errno.EINVAL and _clear_sighand:
                 _clear_sighand = False  # 5.3 and 5.4 lack CLONE_CLEAR_SIGHAND
                 try:
-                    return _spawn_vm(plan, path)
+                    return _spawn_plain(plan, path)
                 except OSError as again:
                     if again.errno in TRANSIENT_ERRNOS:
                         raise

@@ -93,6 +93,15 @@ int pyclone3_child_setup(struct pyclone3_spawn *s)
 {
     int i, c2pwrite = s->c2pwrite, errwrite = s->errwrite;
 
+    /* Born sharing the parent's fd table (CLONE_FILES): before touching any
+     * fd, take a table of our own holding only the fds below share_from,
+     * which the parent computed to cover every fd we use. The copy costs
+     * what those low fds cost, not what the parent holds above them. */
+    if (s->share_files) {
+        if (syscall(SYS_close_range, (unsigned int)s->share_from, ~0U, CLOSE_RANGE_UNSHARE) < 0 &&
+            syscall(SYS_unshare, CLONE_FILES) < 0)
+            child_fail(s, SPAWN_ERR_FILES, errno);
+    }
     if (s->reset_handlers)
         child_reset_handlers();
     if (s->restore_mask)

@@ -18,6 +18,57 @@ static long spawn_vfork(struct pyclone3_spawn *s)
     return pid;
 }
 
+static int max_fd(int a, int b)
+{
+    return a > b ? a : b;
+}
+
+/* One above every fd the child uses: the fds it copies when it leaves the
+ * fd table it was born sharing. Those it only closes (our ends of its
+ * pipes) need not be copied: closing an fd it lacks does nothing. */
+static int child_fds_end(const struct pyclone3_spawn *s)
+{
+    int top = 2;
+
+    top = max_fd(top, s->p2cread);
+    top = max_fd(top, s->c2pwrite);
+    top = max_fd(top, s->errwrite);
+    if (s->n_keep_fds > 0)
+        top = max_fd(top, s->keep_fds[s->n_keep_fds - 1]);    /* sorted */
+    top = max_fd(top, s->errpipe);
+    top = max_fd(top, s->pidfd_sock);
+    top = max_fd(top, s->sync_fd);
+    top = max_fd(top, s->setns_fd);
+    if (s->cgroup_in_child)
+        top = max_fd(top, s->cgroup_fd);
+    return top + 1;
+}
+
+/* Where a pidfd goes once the low fds are crowded: a parent that holds many
+ * children keeps their pidfds above the fds a spawn's child needs (its
+ * pipes, pass_fds), so that what a sharing child copies stays small. Kept
+ * under the soft RLIMIT_NOFILE, and, for select(2), under 1024 where the
+ * limit allows it. A pidfd that cannot move stays where it is. */
+#define PIDFD_CROWDED 64
+#define PIDFD_HIGH 1024
+
+static void move_pidfd_up(int *pidfd)
+{
+    struct rlimit lim;
+    long base, fd;
+
+    if (*pidfd < PIDFD_CROWDED || getrlimit(RLIMIT_NOFILE, &lim) < 0)
+        return;
+    base = lim.rlim_cur / 2 < PIDFD_HIGH ? (long)(lim.rlim_cur / 2) : PIDFD_HIGH;
+    if (*pidfd >= base)
+        return;
+    fd = fcntl(*pidfd, F_DUPFD_CLOEXEC, base);
+    if (fd < 0)
+        return;
+    close(*pidfd);
+    *pidfd = (int)fd;
+}
+
 long pyclone3_spawn(struct pyclone3_spawn *s, int method, int clear_sighand,
                     char *stack, size_t stack_size, int *pidfd)
 {
@@ -27,13 +78,24 @@ long pyclone3_spawn(struct pyclone3_spawn *s, int method, int clear_sighand,
     /* The stack grows down on every supported architecture. */
     char *top = (char *)((uintptr_t)(stack + stack_size) & ~(uintptr_t)15);
 
-    int fork_like = method == SPAWN_CLONE3_FORK || method == SPAWN_CLONE_FORK;
+    int fork_like = method == SPAWN_CLONE3_FORK || method == SPAWN_CLONE_FORK ||
+                    method == SPAWN_FORK;
     int exit_signal = s->exit_signal;
+    uint64_t share = 0;
 
     s->err_step = SPAWN_ERR_NONE;
     s->err_errno = 0;
     if (!fork_like)
         s->errpipe = -1;        /* shared memory carries the report */
+    if (s->share_files && method != SPAWN_VFORK) {
+        /* The child shares our fd table until its first step: we must not
+         * run meanwhile, so a child in a copy of our memory is a vfork
+         * child too. */
+        s->share_from = child_fds_end(s);
+        share = CLONE_FILES | (fork_like ? CLONE_VFORK : 0);
+    } else {
+        s->share_files = 0;
+    }
     /* No signal handler may run in the child while it shares our memory.
      * With CLONE_CLEAR_SIGHAND the kernel resets the child's handlers as it
      * creates it, so there is no window to close; otherwise block every
@@ -52,7 +114,7 @@ long pyclone3_spawn(struct pyclone3_spawn *s, int method, int clear_sighand,
         struct clone_args args;
         size_t size = CLONE_ARGS_SIZE_VER0;
         memset(&args, 0, sizeof(args));
-        args.flags = CLONE_PIDFD | s->clone_flags | (clear_sighand ? CLONE_CLEAR_SIGHAND : 0);
+        args.flags = CLONE_PIDFD | share | s->clone_flags | (clear_sighand ? CLONE_CLEAR_SIGHAND : 0);
         args.pidfd = (uint64_t)(uintptr_t)pidfd;
         args.exit_signal = (uint64_t)exit_signal;
         if (s->set_tid_size > 0) {
@@ -90,7 +152,7 @@ long pyclone3_spawn(struct pyclone3_spawn *s, int method, int clear_sighand,
     }
     case SPAWN_CLONE:
         pid = clone(pyclone3_spawn_child, top,
-                    CLONE_VM | CLONE_VFORK | (pidfd ? CLONE_PIDFD : 0) | (int)s->clone_flags |
+                    CLONE_VM | CLONE_VFORK | (pidfd ? CLONE_PIDFD : 0) | (int)share | (int)s->clone_flags |
                         exit_signal, s, pidfd);
         if (pid < 0)
             err = errno;
@@ -98,8 +160,19 @@ long pyclone3_spawn(struct pyclone3_spawn *s, int method, int clear_sighand,
     case SPAWN_CLONE_FORK:
         /* clone(flags, newsp, parent_tid, ...): the pidfd goes to parent_tid
          * on every architecture we build for. */
-        pid = syscall(SYS_clone, (unsigned long)(CLONE_PIDFD | s->clone_flags) |
+        pid = syscall(SYS_clone, (unsigned long)(CLONE_PIDFD | share | s->clone_flags) |
                                      (unsigned long)exit_signal, NULL, pidfd, NULL, NULL);
+        if (pid == 0)
+            pyclone3_spawn_child(s);            /* never returns */
+        if (pid < 0)
+            err = errno;
+        break;
+    case SPAWN_FORK:
+        /* The vfork paths' copy-of-memory twin, for a sandbox that refuses
+         * CLONE_PIDFD: the clone glibc's fork() makes, without its atfork
+         * handlers (the child runs no library code). */
+        pid = syscall(SYS_clone, (unsigned long)(share | s->clone_flags) | (unsigned long)exit_signal, NULL,
+                      NULL, NULL, NULL);
         if (pid == 0)
             pyclone3_spawn_child(s);            /* never returns */
         if (pid < 0)
@@ -116,8 +189,11 @@ long pyclone3_spawn(struct pyclone3_spawn *s, int method, int clear_sighand,
 
     /* Recorded before anything of Python can run again: an exception raised by
      * a signal handler as this call returns must not lose the child. */
-    if (pid > 0)
+    if (pid > 0) {
         s->child_pid = pid;
+        if (pidfd && *pidfd >= 0)
+            move_pidfd_up(pidfd);
+    }
     if (s->restore_mask)
         syscall(SYS_rt_sigprocmask, SIG_SETMASK, &old, NULL, 8);
     errno = pid < 0 ? err : saved_errno;

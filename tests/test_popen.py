@@ -515,6 +515,81 @@ def test_changing_user_unprivileged_is_a_permission_error() -> None:
         pyclone3.run(["/bin/true"], user=0)
 
 
+def _dumpable() -> int:
+    import ctypes
+
+    return int(ctypes.CDLL(None).prctl(3, 0, 0, 0, 0))  # PR_GET_DUMPABLE
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to change user")
+@pytest.mark.parametrize("api", ["Popen", "spawn"])
+def test_changing_ids_leaves_the_parent_dumpable(spawn_path: str, api: str) -> None:
+    # A child with other credentials that shared our memory would make the
+    # kernel mark that memory, ours, non-dumpable for good.
+    assert _dumpable() == 1
+    ids = {"user": 65534, "group": 65533, "extra_groups": [65532, 100]}
+    argv = ["/bin/sh", "-c", "id -u; id -g; id -G"]
+    try:
+        if api == "Popen":
+            with Popen(argv, stdout=subprocess.PIPE, **ids) as p:
+                out = p.communicate()[0]
+            assert p.returncode == 0 and p.spawn_path == spawn_path
+        else:
+            r, w = os.pipe()
+            try:
+                child = pyclone3.spawn(
+                    argv, stdout=w, uid=65534, gid=65533, extra_groups=[65532, 100]
+                )
+                os.close(w)
+                w = -1
+                assert (child.pidfd is None) == (spawn_path == "vfork")
+                out = b""
+                while True:
+                    part = os.read(r, 4096)
+                    if not part:
+                        break
+                    out += part
+                # waitpid, not the pidfd: the suite also runs without waitid.
+                assert os.waitpid(child.pid, 0)[1] == 0
+                if child.pidfd is not None:
+                    child.pidfd.close()
+            finally:
+                os.close(r)
+                if w >= 0:
+                    os.close(w)
+        uid, gid, groups = out.decode().splitlines()
+        assert (uid, gid) == ("65534", "65533")
+        assert set(groups.split()) == {"65533", "65532", "100"}
+        assert _dumpable() == 1
+        # A failure before exec still travels back as subprocess's exception.
+        with pytest.raises(FileNotFoundError) as info:
+            Popen(["/nonexistent/program"], **ids)
+        assert info.value.filename == "/nonexistent/program"
+        with pytest.raises(FileNotFoundError):
+            Popen(["/bin/true"], cwd="/nonexistent/dir", **ids)
+        assert _dumpable() == 1
+    finally:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: the next tests need it
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_changing_ids_unprivileged_fails_on_every_path(spawn_path: str) -> None:
+    from conftest import become_nobody, fork_child
+
+    def body() -> int:
+        become_nobody()
+        try:
+            pyclone3.run(["/bin/true"], user=0)
+        except PermissionError:
+            return 0
+        return 1
+
+    with fork_child(body) as child:
+        assert os.waitstatus_to_exitcode(os.waitpid(child.pid, 0)[1]) == 0
+
+
 # ---- pidfds --------------------------------------------------------------------
 
 
