@@ -24,15 +24,12 @@ Layers, from the bottom:
 from __future__ import annotations
 
 from . import clone_options, flags, syscalls, tree
+from ._errors import OutOfRangeError
+from ._executors import SpawnedChild
 from ._features import Features, features
-from ._spawn import (
-    SPAWN_PATHS,
-    SpawnedChild,
-    check_pdeathsig,
-    get_spawn_path,
-    set_spawn_path,
-    spawn,
-)
+from ._paths import SPAWN_PATHS, get_spawn_path, set_spawn_path
+from ._request import check_pdeathsig
+from ._spawn import spawn
 from .flags import (
     ChildCode,
     CloneFlag,
@@ -69,6 +66,7 @@ __all__ = [
     "CommandExt",
     "Features",
     "IdType",
+    "OutOfRangeError",
     "PidFd",
     "PidfdFlag",
     "PidfdInfo",

@@ -329,6 +329,7 @@ int sys_pidfd_getfd(int pidfd, int targetfd, unsigned int flags);
 int sys_waitid(int idtype, int id, struct pyclone3_waitinfo *info,
                int options, struct pyclone3_rusage *ru);
 int sys_setns(int fd, int nstype);
+int sys_close_range(unsigned int first, unsigned int last, unsigned int flags);
 int sys_pidfd_get_info(int pidfd, struct pidfd_info *info);
 int pyclone3_reap_exited(int *fds, int n, struct pollfd *pfds, int *where,
                          int *reaped, struct pyclone3_waitinfo *info,

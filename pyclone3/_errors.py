@@ -1,4 +1,4 @@
-"""errno to exception mapping shared by the syscall layer."""
+"""Exceptions shared by the layers: errno to ``OSError``, and numbers out of C's range."""
 
 from __future__ import annotations
 
@@ -16,3 +16,12 @@ def raise_errno(err: int, filename: str | None = None) -> NoReturn:
     if filename is None:
         raise OSError(err, os.strerror(err))
     raise OSError(err, os.strerror(err), filename)
+
+
+class OutOfRangeError(OverflowError, ValueError):
+    """A number that does not fit the C type it goes to (a uid, a umask, a process group).
+
+    Both an ``OverflowError``, which ``subprocess`` raises for such a value
+    (so ``except OverflowError`` keeps working with ``pyclone3.Popen``), and
+    a ``ValueError``, as every other bad argument to pyclone3 is.
+    """

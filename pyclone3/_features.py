@@ -59,6 +59,10 @@ class Features:
     pidfd_info_exit: bool
     #: pidfds of one process share an inode and of two processes do not (pidfs, 6.9+).
     pidfd_identity: bool
+    #: close_range(2) (5.9+): a spawn's child born sharing our fd table
+    #: copies only the low fds it needs, so spawn cost does not grow with
+    #: the fds and live children we hold.
+    close_range: bool
     #: where the cgroup v2 hierarchy is mounted, if it is.
     cgroup2_mount: str | None
     #: this process's cgroup v2 path (from /proc/self/cgroup), if any.
@@ -234,6 +238,8 @@ def _probe_with(p: _Prober) -> Features:
     if own is None and clone_pidfd:
         send, waitid_pidfd = _probe_with_a_child_pidfd(p)
     identity = _probe_identity(p, own, other)
+    # Closes nothing: the highest fd number the kernel can have is below this.
+    close_range, _ = p.succeeds("close_range", syscalls.close_range, 2**32 - 1, 2**32 - 1)
     mount, cgroup = _cgroup2()
     return Features(
         kernel=os.uname().release,
@@ -249,6 +255,7 @@ def _probe_with(p: _Prober) -> Features:
         pidfd_get_info=get_info,
         pidfd_info_exit=info_exit,
         pidfd_identity=identity,
+        close_range=close_range,
         cgroup2_mount=mount,
         cgroup=cgroup,
         notes=p.notes,

@@ -79,6 +79,11 @@ int sys_waitid(int idtype, int id, struct pyclone3_waitinfo *info,
     return 0;
 }
 
+int sys_close_range(unsigned int first, unsigned int last, unsigned int flags)
+{
+    return (int)syscall(SYS_close_range, first, last, flags);
+}
+
 int sys_setns(int fd, int nstype)
 {
     return (int)syscall(SYS_setns, fd, nstype);

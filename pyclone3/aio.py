@@ -15,6 +15,8 @@ import asyncio
 import asyncio.base_subprocess as base_subprocess
 import asyncio.subprocess as aio_subprocess
 import select
+import sys
+import warnings
 from typing import Any, Callable
 
 from ._child import ChildState
@@ -194,10 +196,28 @@ def _check_options(kwds: dict[str, Any]) -> int:
     return int(bufsize)
 
 
+def _given_loop(kwds: dict[str, Any]) -> asyncio.AbstractEventLoop:
+    """The loop to run on: 3.9's asyncio still takes ``loop=``, with a DeprecationWarning."""
+    if sys.version_info >= (3, 10) and "loop" in kwds:
+        # asyncio refuses it too (a TypeError), but only once its transport is half made.
+        raise TypeError("got an unexpected keyword argument 'loop'")
+    if "loop" in kwds:
+        loop = kwds.pop("loop")
+        if loop is not None:
+            warnings.warn(
+                "The loop argument is deprecated since Python 3.8 "
+                "and scheduled for removal in Python 3.10.",
+                DeprecationWarning,
+                stacklevel=4,
+            )
+            return loop  # type: ignore[no-any-return]
+    return asyncio.get_running_loop()
+
+
 async def _create(
     args: Any, shell: bool, stdin: Any, stdout: Any, stderr: Any, limit: int, kwds: dict[str, Any]
 ) -> aio_subprocess.Process:
-    loop = asyncio.get_running_loop()
+    loop = _given_loop(kwds)
     bufsize = _check_options(kwds)
     protocol = aio_subprocess.SubprocessStreamProtocol(limit=limit, loop=loop)
     waiter = loop.create_future()

@@ -27,10 +27,12 @@ from typing import TYPE_CHECKING, Any
 from . import tree
 from ._child import ChildState
 from ._clone3 import lib
+from ._paths import SPAWN_PATHS
+from ._request import SpawnRequest, check_pdeathsig
 from ._signals import signal_or_kill
-from ._spawn import SPAWN_PATHS, check_pdeathsig, spawn_for_popen
+from ._spawn import start
 from ._waiting import WaitTimeout, deadline
-from .clone_options import CloneOptions, IdMap, options_if_any
+from .clone_options import IdMap, options_if_any
 from .pidfd import PidFd, state_of
 from .status import WaitStatus
 
@@ -100,6 +102,17 @@ class CommandExt:
 
     pid: int
     _child_created: bool
+    if TYPE_CHECKING:  # subprocess.Popen's, which the mixin is composed with
+
+        def _close_pipe_fds(
+            self,
+            p2cread: int,
+            p2cwrite: int,
+            c2pread: int,
+            c2pwrite: int,
+            errread: int,
+            errwrite: int,
+        ) -> None: ...
 
     def __init__(
         self,
@@ -121,10 +134,14 @@ class CommandExt:
         if spawn_path is not None and spawn_path not in SPAWN_PATHS:
             raise ValueError(f"unknown spawn path {spawn_path!r}; choose from {SPAWN_PATHS}")
         # Every step here runs on each spawn: the common case goes straight through.
-        self._pyclone3_pdeathsig = 0 if pdeathsig is None else check_pdeathsig(pdeathsig)
-        self._pyclone3_options: CloneOptions | None = options_if_any(
+        request = self._pyclone3_request = SpawnRequest()
+        if pdeathsig is not None:
+            request.pdeathsig = check_pdeathsig(pdeathsig)
+        options = options_if_any(
             clone_flags, exit_signal, set_tid, cgroup, uid_map, gid_map, setgroups, setns
         )
+        if options is not None:
+            request.options = options
         self._pyclone3_kill_tree = bool(kill_tree)
         if kwargs:
             for name in ("stdin", "stdout", "stderr"):
@@ -139,8 +156,10 @@ class CommandExt:
                         f"{name} must be None, PIPE, DEVNULL, an fd or a file object, "
                         f"not {type(stream).__name__}"
                     )
-        self._pyclone3_create_pidfd = bool(create_pidfd)
-        self._pyclone3_spawn_path = spawn_path
+        if not create_pidfd:
+            request.create_pidfd = False
+        if spawn_path is not None:
+            request.spawn_path = spawn_path
         self._pidfd: PidFd | None = None
         self.spawn_path: str | None = None
         try:
@@ -216,29 +235,35 @@ class CommandExt:
             )
             self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
 
-        child = spawn_for_popen(  # positional: cheaper than 20 keywords, on every spawn
-            args,
-            executable,
-            executable,
-            cwd,
-            env,
-            (p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite),
-            pass_fds,
-            close_fds,
-            restore_signals,
-            start_new_session,
-            process_group,
-            gid,
-            gids,
-            uid,
-            umask,
-            preexec_fn,
-            self._pyclone3_create_pidfd,
-            self._pyclone3_spawn_path,
-            failed,
-            self._pyclone3_pdeathsig,
-            self._pyclone3_options,
-        )
+        # subprocess's own options, onto the request CommandExt.__init__ began;
+        # only what differs from the defaults, as this runs on every spawn.
+        request = self._pyclone3_request
+        request.args = args
+        request.executable = request.display_executable = executable
+        request.cwd = cwd
+        request.env = env
+        request.stdio = (p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
+        if pass_fds:
+            request.pass_fds = pass_fds
+        if not close_fds:
+            request.close_fds = False
+        if not restore_signals:
+            request.restore_signals = False
+        if start_new_session:
+            request.start_new_session = True
+        if process_group != -1:
+            request.process_group = process_group
+        if gid is not None:
+            request.gid = gid
+        if gids is not None:
+            request.extra_groups = gids
+        if uid is not None:
+            request.uid = uid
+        if umask != -1:
+            request.umask = umask
+        if preexec_fn is not None:
+            request.preexec_fn = preexec_fn
+        child = start(request, failed)
         self.pid = child.pid
         pidfd = child.pidfd
         if pidfd is not None:
@@ -253,69 +278,6 @@ class CommandExt:
         self.spawn_path = child.path
         self._child_created = True
         self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
-
-    def _close_pipe_fds(
-        self, p2cread: int, p2cwrite: int, c2pread: int, c2pwrite: int, errread: int, errwrite: int
-    ) -> None:
-        """Close the child's ends of the pipes, as subprocess does, without its ExitStack.
-
-        The same fds in the same order (last first), the same flag set after,
-        the last error raised with the earlier ones chained; the ExitStack
-        was a measurable share of a spawn.
-        """
-        devnull_fd = self.__dict__.get("_devnull")
-        fds = []
-        if p2cread != -1 and p2cwrite != -1 and p2cread != devnull_fd:
-            fds.append(p2cread)
-        if c2pwrite != -1 and c2pread != -1 and c2pwrite != devnull_fd:
-            fds.append(c2pwrite)
-        if errwrite != -1 and errread != -1 and errwrite != devnull_fd:
-            fds.append(errwrite)
-        if devnull_fd is not None:
-            fds.append(devnull_fd)
-        error: OSError | None = None
-        for fd in reversed(fds):
-            try:
-                os.close(fd)
-            except OSError as exc:
-                if error is not None:
-                    exc.__context__ = error
-                error = exc
-        if error is not None:
-            raise error
-        self._closed_child_pipe_fds = True
-
-    def _on_error_fd_closer(self) -> _FdCloserOnError:
-        """subprocess's guard around ``_get_handles`` (3.11+), as a plain class.
-
-        The same behaviour as its generator-based context manager (on an
-        error, close the fds opened so far and ``/dev/null``, then re-raise),
-        at a fraction of the cost, on every spawn.
-        """
-        return _FdCloserOnError(self)
-
-
-class _FdCloserOnError:
-    __slots__ = ("fds", "popen")
-
-    def __init__(self, popen: Any) -> None:
-        self.popen = popen
-        self.fds: list[int] = []
-
-    def __enter__(self) -> list[int]:
-        return self.fds
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            return
-        popen = self.popen
-        if hasattr(popen, "_devnull"):
-            self.fds.append(popen._devnull)
-            del popen._devnull
-        for fd in self.fds:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        # returning None: the exception goes on
 
 
 class ChildExt:

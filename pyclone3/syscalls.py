@@ -32,6 +32,7 @@ __all__ = [
     "FdLike",
     "PidfdInfo",
     "clone3",
+    "close_range",
     "pidfd_get_info",
     "pidfd_getfd",
     "pidfd_open",
@@ -157,6 +158,27 @@ def pidfd_getfd(pidfd: FdLike, targetfd: int, flags: int = 0) -> int:
     if newfd < 0:
         raise_errno(ffi.errno)
     return int(newfd)
+
+
+def close_range(first: int, last: int, flags: int = 0) -> None:
+    """Close every fd from *first* to *last*, inclusive (``last`` may be ``2**32 - 1``).
+
+    C call: ``syscall(SYS_close_range, first, last, flags)``; see
+    ``close_range(2)`` (Linux 5.9+). With ``CLOSE_RANGE_UNSHARE`` the calling
+    *thread* first takes an fd table of its own: never pass it in a
+    multi-threaded program, where that thread would stop seeing the fds the
+    others open.
+
+    Raises:
+        OSError: ``EINVAL`` (*first* > *last*, or an unknown flag),
+            ``ENOSYS`` (before 5.9), ``EPERM`` (a seccomp filter).
+        ValueError, TypeError: bad arguments.
+    """
+    lo = _ranged("first", first, 0, _UINT_MAX)
+    hi = _ranged("last", last, 0, _UINT_MAX)
+    flags = _flags("flags", flags)
+    if lib.sys_close_range(lo, hi, flags) < 0:
+        raise_errno(ffi.errno)
 
 
 def waitid(idtype: int, id: FdLike, options: int) -> WaitStatus | None:

@@ -23,6 +23,8 @@ _NUMBERS = {
         "pidfd_getfd": 438,
         "waitid": 247,
         "clone": 56,
+        "close_range": 436,
+        "unshare": 272,
     },
     "aarch64": {
         "clone3": 435,
@@ -31,6 +33,8 @@ _NUMBERS = {
         "pidfd_getfd": 438,
         "waitid": 95,
         "clone": 220,
+        "close_range": 436,
+        "unshare": 97,
     },
 }
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}

@@ -288,3 +288,33 @@ def test_any_child_watcher_is_fine(name: str) -> None:
             assert run(main()) == [0, 1, 2, 3, 4, 9]
         finally:
             policy.set_child_watcher(old)
+
+
+# asyncio's own transport, refusing loop= on 3.10+, is left half made and
+# complains from __del__; pyclone3 refuses it before making anything.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_the_loop_argument_is_taken_as_this_pythons_asyncio_takes_it() -> None:
+    """3.9's asyncio accepts ``loop=`` with a DeprecationWarning; 3.10 removed it."""
+    import warnings
+
+    async def both() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        outcomes: list[Any] = []
+        for create in (asyncio.create_subprocess_exec, create_subprocess_exec):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    proc = await create("/bin/true", loop=loop)
+                except TypeError:
+                    outcomes.append(TypeError)
+                    continue
+            warned = [w.category for w in caught if "loop argument" in str(w.message)]
+            outcomes.append((await proc.wait(), warned))
+        return outcomes
+
+    stdlib, ours = asyncio.run(both())
+    assert ours == stdlib
+    if sys.version_info < (3, 10):
+        assert stdlib == (0, [DeprecationWarning])
+    else:
+        assert stdlib is TypeError

@@ -61,17 +61,16 @@ def cgroup_path() -> Iterator[str | None]:
 
 def _attempt(opts: CloneOptions, w: int) -> None:
     """In M: give the unchecked options to the spawn core on clone3; report."""
-    from pyclone3 import _spawn
+    from pyclone3._paths import run_option_paths
+    from pyclone3._plan import Plan
+    from pyclone3._request import SpawnRequest
 
     signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     before = set(os.listdir("/proc/self/fd"))
-    plan = _spawn._Plan(
-        ["/bin/sleep", "30"], "/bin/sleep", None, None, _spawn._NO_FDS, (), True,
-        True, False, -1, None, None, None, -1, 0, opts,
-    )  # fmt: skip
+    plan = Plan(SpawnRequest(["/bin/sleep", "30"], options=opts))
     err = 0
     try:
-        child = _spawn._run_option_paths(plan, opts, "clone3")
+        child = run_option_paths(plan, opts, "clone3")
     except OSError as exc:
         err = exc.errno or -1
     except BaseException:
@@ -205,7 +204,10 @@ def test_an_exit_signal_of_sigkill_reaches_the_kernel() -> None:
 
 PARENT_OF_INIT = """
 import errno, os
-from pyclone3 import CloneFlag, _spawn
+from pyclone3 import CloneFlag
+from pyclone3._paths import run_option_paths
+from pyclone3._plan import Plan
+from pyclone3._request import SpawnRequest
 from pyclone3.clone_options import CloneOptions, check_clone_options
 assert os.getpid() == 1
 try:
@@ -213,10 +215,9 @@ try:
 except ValueError as exc:
     print(str(exc).split("]")[0] + "]")
 opts = CloneOptions(int(CloneFlag.CLONE_PARENT), 0)
-plan = _spawn._Plan(["/bin/true"], "/bin/true", None, None, _spawn._NO_FDS, (), True,
-                    True, False, -1, None, None, None, -1, 0, opts)
+plan = Plan(SpawnRequest(["/bin/true"], options=opts))
 try:
-    _spawn._run_option_paths(plan, opts, "clone3")
+    run_option_paths(plan, opts, "clone3")
 except OSError as exc:
     print(errno.errorcode[exc.errno])
 """

@@ -120,7 +120,7 @@ def test_pidfd_getfd_refused() -> None:
 SPAWN_REPORT = textwrap.dedent(
     """
     import json, os, signal, subprocess
-    import pyclone3, pyclone3._spawn as sp
+    import pyclone3, pyclone3._paths as sp
     from pyclone3 import Popen, PidfdUnavailableError
     out = {"paths": [], "codes": []}
     for i in range(3):
@@ -140,7 +140,7 @@ SPAWN_REPORT = textwrap.dedent(
         out["missing"] = exc.filename
     r = pyclone3.run(["/bin/echo", "pre"], preexec_fn=lambda: None, capture_output=True)
     out["preexec"] = r.stdout.decode()
-    out["unsupported"] = sorted(sp._unsupported)
+    out["unsupported"] = sorted(sp.unsupported_paths())
     out["features"] = pyclone3.features().as_dict()
     print(json.dumps(out))
     """
@@ -430,6 +430,10 @@ PROFILES = {
     "waitid-einval": ["waitid_pidfd=EINVAL"],
     "pidfd_send_signal-eperm": ["pidfd_send_signal=EPERM"],  # a default-deny sandbox
     "no-pidfds": ["clone3=ENOSYS", "clone_pidfd=EINVAL", "pidfd_open=ENOSYS"],
+    # Before Linux 5.9: a child born sharing our fd table leaves it with unshare().
+    "no-close_range": ["close_range=ENOSYS"],
+    # A sandbox refusing both: the spawn learns to copy the table instead.
+    "no-fd-table-unshare": ["close_range=EPERM", "unshare=EPERM"],
 }
 
 

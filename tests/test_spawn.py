@@ -248,7 +248,7 @@ def test_preexec_fn_while_another_thread_hammers_malloc(spawn_path: str) -> None
 def test_emfile_is_raised_cached_never_and_recovers() -> None:
     code = """
 import errno, os, resource
-import pyclone3, pyclone3._spawn as sp
+import pyclone3, pyclone3._paths as sp
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
 pyclone3.features()
@@ -263,7 +263,7 @@ try:
 except OSError as exc:
     assert exc.errno == errno.EMFILE, exc
     print("EMFILE")
-cached = sorted(sp._unsupported)
+cached = sorted(sp.unsupported_paths())
 for fd in held:
     os.close(fd)
 with pyclone3.Popen(["/bin/true"]) as p:
@@ -291,7 +291,7 @@ def test_rlimit_nproc_eagain_is_raised_not_cached_and_leaves_nothing() -> None:
     spawning works again once the limit is raised."""
     import resource
 
-    import pyclone3._spawn as sp
+    import pyclone3._paths as sp
 
     cases = [{"spawn_path": p} for p in pyclone3.SPAWN_PATHS if not _path_unavailable(p)]
     cases.append({"preexec_fn": lambda: None})
@@ -301,7 +301,7 @@ def test_rlimit_nproc_eagain_is_raised_not_cached_and_leaves_nothing() -> None:
     def body() -> int:
         become_nobody()
         _, hard = resource.getrlimit(resource.RLIMIT_NPROC)
-        cached = set(sp._unsupported)
+        cached = sp.unsupported_paths()
         fds = open_fds()
         resource.setrlimit(resource.RLIMIT_NPROC, (0, hard))
         for n, kw in enumerate(cases):
@@ -313,7 +313,7 @@ def test_rlimit_nproc_eagain_is_raised_not_cached_and_leaves_nothing() -> None:
                 return 10 + n
             if open_fds() != fds or zombies():
                 return 30 + n
-        if sp._unsupported != cached:
+        if sp.unsupported_paths() != cached:
             return 2
         resource.setrlimit(resource.RLIMIT_NPROC, (hard, hard))
         for n, kw in enumerate(cases):
@@ -401,7 +401,7 @@ def test_pdeathsig_is_checked(value: object, exc: type) -> None:
 @given(st.binary(max_size=40))
 @settings(max_examples=500)
 def test_error_report_parser_never_raises(data: bytes) -> None:
-    from pyclone3._spawn import _BAD_REPORT, _STEPS, _child_error, parse_report
+    from pyclone3._report import BAD_REPORT, STEPS, child_error, parse_report
 
     result = parse_report(data)
     if not data:
@@ -409,8 +409,8 @@ def test_error_report_parser_never_raises(data: bytes) -> None:
         return
     assert result is not None
     step, err = result
-    assert step == _BAD_REPORT or (step in _STEPS and 0 <= err <= 4095)
-    exc = _child_error(step, err, "/cwd", "/exe")  # always buildable
+    assert step == BAD_REPORT or (step in STEPS and 0 <= err <= 4095)
+    exc = child_error(step, err, "/cwd", "/exe")  # always buildable
     assert isinstance(exc, (OSError, subprocess.SubprocessError))
 
 
@@ -418,7 +418,7 @@ def test_error_report_parser_never_raises(data: bytes) -> None:
 def test_well_formed_reports_round_trip(step: int, err: int) -> None:
     import struct
 
-    from pyclone3._spawn import parse_report
+    from pyclone3._report import parse_report
 
     assert parse_report(struct.pack("ii", step, err)) == (step, err)
 
@@ -472,3 +472,52 @@ def test_interrupted_wait_can_be_repeated_and_returns_the_status() -> None:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+# ---- spawn cost flat in the fds the parent holds --------------------------------
+
+
+def _fd_table_size(**kwargs: object) -> int:
+    """The FDSize of a child spawned with *kwargs*: the size of the fd table it got."""
+    out = pyclone3.check_output(["/bin/grep", "^FDSize:", "/proc/self/status"], **kwargs)
+    return int(out.split()[1])
+
+
+@pytest.mark.parametrize("changes_ids", [False, True], ids=["same-ids", "changes-ids"])
+def test_a_child_copies_only_the_low_fds_it_needs(spawn_path: str, changes_ids: bool) -> None:
+    """With 100 live children held, their pidfds sit above the low fds, and a
+    child born sharing our fd table copies only those low fds: its table
+    stays small, where a copied table has room for every pidfd we hold."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    high = min(1024, soft // 2)  # where the spawn core moves pidfds once 0..63 are crowded
+    if high < 256:
+        pytest.skip(f"RLIMIT_NOFILE {soft}: too low to move pidfds up")
+    pidfd_path = next((p for p in ("clone3", "clone") if not _path_unavailable(p)), None)
+    if pidfd_path is None:
+        pytest.skip("no path that takes a pidfd at creation")
+    ids = {"user": os.getuid(), "group": os.getgid()} if changes_ids else {}
+    held: list[PidFd] = []
+    try:
+        for _ in range(100):
+            child = spawn(["/bin/sleep", "60"], spawn_path=pidfd_path)
+            assert child.pidfd is not None
+            held.append(child.pidfd)
+        numbers = sorted(p.fileno() for p in held)
+        assert numbers[-1] >= high and sum(n >= high for n in numbers) >= 100 - 64
+        size = _fd_table_size(**ids)
+        # Shared-then-trimmed on clone3 and clone, and on every path when the
+        # child runs in a copy of our memory; vfork copies the whole table,
+        # and so does every path without close_range (before Linux 5.9).
+        if FEATURES.close_range and (spawn_path in ("clone3", "clone") or changes_ids):
+            assert size < high, size
+        else:
+            assert size > numbers[-1], size
+    finally:
+        for pidfd in held:
+            # By PID, not the pidfd: the suite also runs without
+            # pidfd_send_signal and waitid; ours and unreaped, the PID is theirs.
+            os.kill(pidfd.pid, signal.SIGKILL)
+            os.waitpid(pidfd.pid, 0)
+            pidfd.close()

@@ -414,3 +414,36 @@ def test_clone3_into_our_own_cgroup() -> None:
         assert status is not None and status.exit_code == 0
     finally:
         os.close(fd)
+
+
+@require("close_range")
+def test_close_range_closes_exactly_the_range() -> None:
+    fds = sorted(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) for _ in range(4))
+    try:
+        syscalls.close_range(fds[1], fds[2])
+        assert [os.path.exists(f"/proc/self/fd/{fd}") for fd in fds] == [True, False, False, True]
+    finally:
+        for fd in (fds[0], fds[3]):
+            os.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("args", "exc"),
+    [
+        (("3", 4), TypeError),
+        ((3, 4.0), TypeError),
+        ((-1, 4), ValueError),
+        ((3, 2**32), ValueError),
+        ((3, 4, -1), ValueError),
+    ],
+)
+def test_close_range_rejects_bad_arguments(args: tuple, exc: type) -> None:
+    with pytest.raises(exc):
+        syscalls.close_range(*args)
+
+
+@require("close_range")
+def test_close_range_with_first_above_last_is_einval() -> None:
+    with pytest.raises(OSError) as info:
+        syscalls.close_range(10, 9)
+    assert info.value.errno == errno.EINVAL

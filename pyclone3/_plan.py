@@ -1,0 +1,208 @@
+"""The plan: a :class:`~pyclone3._request.SpawnRequest` turned into the C struct the child reads.
+
+Everything the child needs is made here, in the parent, before the clone:
+the ``argv``/``envp`` arrays, the exec candidates of the PATH search, the
+numeric options checked and converted. The child allocates nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from ._clone3 import ffi, lib
+from ._request import (
+    NO_FDS,
+    SpawnRequest,
+    fd_number,
+    group_list,
+    unless_negative,
+    user_or_group_id,
+)
+from .clone_options import CloneOptions
+
+__all__ = ["Plan"]
+
+_SIGCHLD = 17
+_INT_MAX = 2**31 - 1
+_FS_ENCODING = sys.getfilesystemencoding()
+
+
+def _template() -> Any:
+    t = ffi.new("struct pyclone3_spawn *")
+    t.p2cread = t.p2cwrite = t.c2pread = t.c2pwrite = t.errread = t.errwrite = -1
+    t.umask = t.pgid = t.gid = t.uid = t.n_groups = t.pidfd_sock = t.errpipe = -1
+    t.close_fds = t.restore_signals = 1
+    t.cgroup_fd = t.setns_fd = t.sync_fd = t.sync_wfd = -1
+    t.exit_signal = _SIGCHLD
+    t.child_pid = -1
+    return t
+
+
+#: The defaults, copied into each new plan (cheaper than setting fields).
+_TEMPLATE = _template()[0]
+
+
+def _fsencode(value: Any) -> bytes:
+    if type(value) is str:  # the common case, without os.fsencode's checks
+        return value.encode(_FS_ENCODING, "surrogateescape")
+    return os.fsencode(value)
+
+
+def _pack(first: list[bytes], second: list[bytes], what: str, keep: list[Any]) -> Any:
+    """Two NULL-terminated ``char *[]`` over *first* then *second*, in one buffer.
+
+    The result's element 0 starts the first array and element
+    ``len(first) + 1`` the second. One C call, whatever the number of strings.
+    """
+    items = first + second
+    blob = b"\0".join(items) + b"\0" if items else b""
+    if blob.count(b"\0") != len(items):
+        raise ValueError(f"embedded null byte in {what}")
+    buf = ffi.from_buffer("char[]", blob)
+    arr = ffi.new("char *[]", len(items) + 2)
+    lib.pyclone3_split(buf, arr, len(first), len(second))
+    keep.append(blob)
+    keep.append(buf)
+    keep.append(arr)
+    return arr
+
+
+class Plan:
+    """The C struct for the child and every buffer it points to (kept alive here)."""
+
+    def __init__(self, request: SpawnRequest) -> None:
+        keep: list[Any] = []
+        self.request = request
+        self.cgroup_fd = -1
+        self._keep = keep
+        s = ffi.new("struct pyclone3_spawn *", _TEMPLATE)
+        self.s = s
+        fsencode = _fsencode
+        env = request.env
+        if env is not None:
+            if not isinstance(env, Mapping):
+                raise TypeError(f"env must be a mapping, not {type(env).__name__}")
+            entries = []
+            for key, value in env.items():
+                k = fsencode(key)
+                if b"=" in k:
+                    raise ValueError("illegal environment variable name")
+                entries.append(k + b"=" + fsencode(value))
+            s.envp = _pack(entries, [], "env", keep)
+        else:
+            s.envp = ffi.NULL
+        exe = fsencode(request.executable)
+        if b"/" in exe:
+            candidates = [exe]
+        else:  # the PATH search os.execvpe does, prepared here
+            candidates = [os.path.join(fsencode(d), exe) for d in os.get_exec_path(env)]
+        fs_encoding = _FS_ENCODING
+        argv = [  # _fsencode, inlined for the common str case: this runs on every spawn
+            a.encode(fs_encoding, "surrogateescape") if type(a) is str else fsencode(a)
+            for a in request.args
+        ]
+        both = _pack(argv, candidates, "args or executable", keep)
+        s.argv = both
+        s.exec_paths = both + (len(argv) + 1)
+        cwd = request.cwd
+        if cwd is not None:
+            cwd_b = fsencode(cwd)
+            if b"\0" in cwd_b:
+                raise ValueError("embedded null byte in cwd")
+            s.cwd = cwd_c = ffi.new("char[]", cwd_b)
+            keep.append(cwd_c)
+        fds = request.stdio
+        if fds != NO_FDS:
+            for fd in fds:
+                if fd != -1:
+                    fd_number(fd, "file descriptor")
+            (s.p2cread, s.p2cwrite, s.c2pread, s.c2pwrite, s.errread, s.errwrite) = fds
+        pass_fds = request.pass_fds
+        if pass_fds:
+            self.pass_fds = sorted({fd_number(fd, "pass_fds entry") for fd in pass_fds})
+            self.set_keep(self.pass_fds)
+        else:
+            self.pass_fds = []
+        if not request.close_fds:
+            s.close_fds = 0
+        if request.umask != -1:
+            s.umask = unless_negative(request.umask, "umask")
+        if not request.restore_signals:
+            s.restore_signals = 0
+        if request.start_new_session:
+            s.setsid = 1
+        if request.process_group != -1:
+            s.pgid = unless_negative(request.process_group, "process_group")
+        changes_ids = False
+        if request.gid is not None:
+            gid = user_or_group_id(request.gid, "gid")
+            if gid is not None:
+                s.gid = gid
+                changes_ids = True
+        if request.uid is not None:
+            uid = user_or_group_id(request.uid, "uid")
+            if uid is not None:
+                s.uid = uid
+                changes_ids = True
+        if request.pdeathsig:
+            s.pdeathsig = request.pdeathsig
+            s.parent_pid = os.getpid()
+        if request.extra_groups is not None:
+            gids = group_list(request.extra_groups)
+            groups = ffi.new("unsigned int[]", gids or [0])
+            keep.append(groups)
+            s.groups = groups
+            s.n_groups = len(gids)
+            changes_ids = True
+        #: The child changes its ids: it must not share our memory (the
+        #: kernel would mark that memory, ours, non-dumpable), so it runs in
+        #: a copy, on every path; subprocess too refuses vfork then.
+        self.changes_ids = changes_ids
+        if request.options is not None:
+            self._set_options(request.options)
+
+    def _set_options(self, opts: CloneOptions) -> None:
+        s = self.s
+        s.clone_flags = opts.flags & ~lib.CLONE_CLEAR_SIGHAND  # always used where possible
+        s.exit_signal = opts.exit_signal
+        if opts.set_tid:
+            tids = ffi.new("int[]", list(opts.set_tid))
+            self._keep.append(tids)
+            s.set_tid = tids
+            s.set_tid_size = len(opts.set_tid)
+        if opts.setns is not None:
+            target, ns_flags = opts.setns
+            if ns_flags & ~lib.CLONE_NEWPID:  # NEWPID: see paths.in_pid_namespace
+                s.setns_fd = target if isinstance(target, int) else target.fileno()
+                s.setns_flags = ns_flags & ~lib.CLONE_NEWPID
+        if opts.cgroup is not None:
+            cgroup = opts.cgroup
+            if isinstance(cgroup, int):
+                fd = cgroup
+            else:  # the plan owns this fd: close() closes it
+                fd = self.cgroup_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            s.cgroup_fd = fd
+            v2 = lib.pyclone3_is_cgroup2(fd)
+            if v2 < 0:
+                err = ffi.errno
+                self.close()
+                raise OSError(err, os.strerror(err), None if isinstance(cgroup, int) else cgroup)
+            if not v2:
+                self.close()
+                raise ValueError(f"cgroup {cgroup!r} is not a directory of a cgroup v2 hierarchy")
+
+    def close(self) -> None:
+        if self.cgroup_fd >= 0:
+            os.close(self.cgroup_fd)
+            self.cgroup_fd = -1
+
+    def set_keep(self, fds: list[int]) -> None:
+        """The fds the child keeps open across exec (sorted): pass_fds, and an error pipe."""
+        if fds:
+            arr = ffi.new("int[]", fds)
+            self._keep.append(arr)
+            self.s.keep_fds = arr
+        self.s.n_keep_fds = len(fds)

@@ -1,0 +1,107 @@
+"""The error channel: how a child that failed before exec tells the parent, and what it raises.
+
+A child sharing our memory writes its failed step and errno into the spawn
+struct; a child in a copy of our memory writes the same two ints into an
+error pipe, which reaches EOF when it execs. Either way the parent raises
+what ``subprocess`` raises for that step.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from typing import Any
+
+from ._clone3 import lib
+
+__all__ = [
+    "BAD_REPORT",
+    "REPORT",
+    "STEPS",
+    "ChildFailed",
+    "child_error",
+    "parse_report",
+    "read_report",
+]
+
+
+class ChildFailed(Exception):
+    """The child was created but failed before or at exec; it has been reaped."""
+
+    def __init__(self, pid: int, step: int, err: int, returncode: int | None) -> None:
+        super().__init__(pid, step, err)
+        self.pid = pid
+        self.step = step
+        self.err = err
+        self.returncode = returncode
+
+
+#: What a failing child writes to its error pipe: step, errno.
+REPORT = struct.Struct("ii")
+#: The step of a report that is not one well-formed record.
+BAD_REPORT = -1
+STEPS = frozenset(
+    {
+        lib.SPAWN_ERR_NOEXEC,
+        lib.SPAWN_ERR_EXEC,
+        lib.SPAWN_ERR_PREEXEC,
+        lib.SPAWN_ERR_PIDFD,
+        lib.SPAWN_ERR_CGROUP,
+        lib.SPAWN_ERR_SETNS,
+        lib.SPAWN_ERR_FILES,
+    }
+)
+_ERRNO_MAX = 4095  # the kernel's errno range
+
+
+def read_report(errpipe_r: int) -> bytes:
+    """Read to EOF (the child exec'd or died) or past one full report."""
+    report = b""
+    while len(report) <= REPORT.size:
+        part = os.read(errpipe_r, 64)
+        if not part:
+            break
+        report += part
+    return report
+
+
+def parse_report(data: bytes) -> tuple[int, int] | None:
+    """Read what a child wrote to its error pipe.
+
+    ``None`` if nothing (it exec'd); else ``(step, errno)``; anything but one
+    well-formed record (a short or long write, an unknown step, an errno out
+    of range) is ``(BAD_REPORT, 0)``, never an exception.
+    """
+    if not data:
+        return None
+    if len(data) != REPORT.size:
+        return (BAD_REPORT, 0)
+    step, err = REPORT.unpack(data)
+    if step not in STEPS or not 0 <= err <= _ERRNO_MAX:
+        return (BAD_REPORT, 0)
+    return (step, err)
+
+
+def child_error(
+    step: int, err: int, cwd: Any, executable: Any, cgroup: Any = None
+) -> BaseException:
+    """The exception subprocess raises for a child that failed at *step*.
+
+    As ``subprocess`` names them: the executable for a failed exec, the cwd
+    (or nothing, without one) for any step before it.
+    """
+    if step == lib.SPAWN_ERR_PREEXEC or step == BAD_REPORT:
+        import subprocess
+
+        if step == BAD_REPORT:
+            return subprocess.SubprocessError("Bad error report from the child process")
+        return subprocess.SubprocessError("Exception occurred in preexec_fn.")
+    if step == lib.SPAWN_ERR_EXEC:
+        filename = executable
+    elif step == lib.SPAWN_ERR_CGROUP:
+        filename = cgroup if not isinstance(cgroup, int) else None
+    elif step == lib.SPAWN_ERR_SETNS:
+        filename = None
+    else:
+        filename = cwd
+    return OSError(err, os.strerror(err), filename)

@@ -1,0 +1,138 @@
+"""pyclone3.Popen against subprocess.Popen itself: the same arguments, the same outcome.
+
+Each case runs under the standard library first, then under pyclone3; the
+outcome is either an exception (pyclone3's must be the same class or a
+subclass: ``except OverflowError`` must keep working) or what the child
+printed, which must match.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from conftest import PYTHON, children
+
+import pyclone3
+
+ROOT = os.geteuid() == 0
+
+# The child prints what the case is about: its ids, umask and process group.
+REPORT = [
+    PYTHON,
+    "-S",
+    "-c",
+    "import os; m = os.umask(0); print(os.getuid(), os.getgid(), oct(m), os.getpgrp())",
+]
+
+CASES: list[tuple[str, dict[str, Any]]] = [
+    ("user-2**64", {"user": 2**64}),
+    ("user-2**32", {"user": 2**32}),
+    ("user-unchanged", {"user": 2**32 - 1}),
+    ("group-2**64", {"group": 2**64}),
+    ("group-2**32", {"group": 2**32}),
+    ("group-unchanged", {"group": 2**32 - 1}),
+    ("user-negative", {"user": -5}),
+    ("group-negative", {"group": -5}),
+    ("user-True", {"user": True}),
+    ("user-float", {"user": 1.5}),
+    ("extra_groups-2**32-1", {"extra_groups": [2**32 - 1]}),
+    ("extra_groups-2**32", {"extra_groups": [2**32]}),
+    ("extra_groups-2**64", {"extra_groups": [2**64]}),
+    ("extra_groups-negative", {"extra_groups": [-1]}),
+    ("extra_groups-float", {"extra_groups": [1.5]}),
+    ("umask-negative", {"umask": -2}),
+    ("umask-2**31", {"umask": 2**31}),
+    ("umask-2**64", {"umask": 2**64}),
+    ("umask-True", {"umask": True}),
+    ("umask-float", {"umask": 0.5}),
+]
+if sys.version_info >= (3, 11):
+    CASES += [
+        ("process_group-negative", {"process_group": -2}),
+        ("process_group-2**64", {"process_group": 2**64}),
+        ("process_group-float", {"process_group": 1.5}),
+    ]
+    if sys.version_info[:2] != (3, 12):
+        # 3.12 truncates 2**31 to a negative pid_t and ignores it; 3.11 and
+        # 3.13 raise OverflowError, as pyclone3 does on every version.
+        CASES.append(("process_group-2**31", {"process_group": 2**31}))
+
+
+def outcome(popen: Any, kwargs: dict[str, Any]) -> tuple[str, Any]:
+    try:
+        with popen(REPORT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, **kwargs) as p:
+            out = p.communicate()[0]
+    except Exception as exc:
+        errno = exc.errno if isinstance(exc, OSError) else None
+        return ("raised", (type(exc), errno))
+    return ("ran", (p.returncode, out))
+
+
+@pytest.mark.parametrize(("kwargs"), [c[1] for c in CASES], ids=[c[0] for c in CASES])
+def test_the_same_arguments_give_the_same_outcome(kwargs: dict[str, Any]) -> None:
+    expected = outcome(subprocess.Popen, kwargs)
+    got = outcome(pyclone3.Popen, kwargs)
+    if expected[0] == "raised" and got[0] == "raised":
+        (want_type, want_errno), (got_type, got_errno) = expected[1], got[1]
+        assert issubclass(got_type, want_type), (got, expected)
+        assert got_errno == want_errno
+    else:
+        assert got == expected
+
+
+def test_out_of_range_ids_raise_overflow_error_like_subprocess() -> None:
+    # The checks above compare; this one pins the classes down.
+    for kwargs in ({"user": 2**40}, {"group": 2**64}, {"umask": 2**31}):
+        with pytest.raises(OverflowError):
+            pyclone3.Popen(["/bin/true"], **kwargs)
+
+
+@pytest.mark.parametrize("gc_on", [True, False])
+def test_the_collector_is_off_in_the_preexec_fn_child_and_restored_after(gc_on: bool) -> None:
+    """A collection in the child would run the parent's finalizers there."""
+
+    def report() -> None:
+        os.write(1, b"on" if gc.isenabled() else b"off")
+
+    was = gc.isenabled()
+    try:
+        (gc.enable if gc_on else gc.disable)()
+        for popen in (subprocess.Popen, pyclone3.Popen):
+            with popen(["/bin/true"], preexec_fn=report, stdout=subprocess.PIPE) as p:
+                assert p.communicate()[0] == b"off", popen
+            assert gc.isenabled() == gc_on, popen
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+def test_a_failing_gc_disable_is_raised_before_the_fork(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse() -> None:
+        raise RuntimeError("gc.disable refused")
+
+    before = children()
+    monkeypatch.setattr(gc, "disable", refuse)
+    with pytest.raises(RuntimeError, match=r"gc\.disable refused"):
+        pyclone3.Popen(["/bin/true"], preexec_fn=lambda: None)
+    assert children() == before  # nothing was forked
+
+
+def test_a_failed_step_before_exec_names_the_cwd(tmp_path: Any) -> None:
+    """subprocess names the cwd for any failure before exec (None without one)."""
+    for popen in (subprocess.Popen, pyclone3.Popen):
+        with pytest.raises(FileNotFoundError) as info:
+            popen(["/bin/true"], cwd=str(tmp_path / "missing"))
+        assert info.value.filename == str(tmp_path / "missing")
+    # setgroups fails: EINVAL for (gid_t)-1 as root, EPERM for anyone else.
+    groups = [2**32 - 1] if ROOT else [0]
+    for popen in (subprocess.Popen, pyclone3.Popen):
+        with pytest.raises(OSError) as info:
+            popen(["/bin/true"], cwd=str(tmp_path), extra_groups=groups)
+        assert info.value.filename == str(tmp_path), popen
+        with pytest.raises(OSError) as info:
+            popen(["/bin/true"], extra_groups=groups)
+        assert info.value.filename is None, popen
