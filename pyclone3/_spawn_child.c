@@ -200,11 +200,35 @@ int pyclone3_child_setup(struct pyclone3_spawn *s)
     return 0;
 }
 
+/* The kernel's struct linux_dirent64, which glibc does not declare; the
+ * kernel aligns each record to 8 bytes. */
+struct child_dirent64 {
+    uint64_t d_ino;
+    int64_t d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+/* Close [lo, hi] one fd at a time, up to the soft RLIMIT_NOFILE (no fd can
+ * be opened at or above it), when neither close_range nor /proc is there. */
+static void child_close_each(unsigned int lo, unsigned int hi)
+{
+    struct rlimit lim;
+    unsigned long fd, top = hi;
+
+    if (syscall(SYS_prlimit64, 0, RLIMIT_NOFILE, NULL, &lim) == 0 && lim.rlim_cur != RLIM_INFINITY &&
+        lim.rlim_cur > 0 && lim.rlim_cur - 1 < top)
+        top = lim.rlim_cur - 1;
+    for (fd = lo; fd <= top; fd++)
+        syscall(SYS_close, fd);
+}
+
 /* Close [lo, hi], with close_range (5.9+) or, before it, by listing
  * /proc/self/fd with getdents64 into a stack buffer (no allocation). */
 static void child_close_range(unsigned int lo, unsigned int hi)
 {
-    char buf[1024];
+    char buf[1024] __attribute__((aligned(8)));
     long dir, n, off;
 
     if (lo > hi)
@@ -213,19 +237,16 @@ static void child_close_range(unsigned int lo, unsigned int hi)
         return;
     dir = syscall(SYS_openat, AT_FDCWD, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (dir < 0) {
-        unsigned int fd;
-        for (fd = lo; fd <= hi && fd < 65536; fd++)
-            syscall(SYS_close, fd);
+        child_close_each(lo, hi);
         return;
     }
     while ((n = syscall(SYS_getdents64, dir, buf, sizeof(buf))) > 0) {
         for (off = 0; off < n;) {
-            /* struct linux_dirent64: ino 8, off 8, reclen 2, type 1, name */
-            unsigned short reclen;
-            const char *name = buf + off + 19;
+            const struct child_dirent64 *entry = (const void *)(buf + off);
+            const char *name = entry->d_name;
             unsigned long fd = 0;
-            memcpy(&reclen, buf + off + 16, sizeof(reclen));
-            off += reclen;
+
+            off += entry->d_reclen;
             if (*name < '0' || *name > '9')
                 continue;
             for (; *name >= '0' && *name <= '9'; name++)

@@ -158,26 +158,23 @@ long pyclone3_spawn(struct pyclone3_spawn *s, int method, int clear_sighand,
             err = errno;
         break;
     case SPAWN_CLONE_FORK:
+    case SPAWN_FORK: {
         /* clone(flags, newsp, parent_tid, ...): the pidfd goes to parent_tid
-         * on every architecture we build for. */
-        pid = syscall(SYS_clone, (unsigned long)(CLONE_PIDFD | share | s->clone_flags) |
-                                     (unsigned long)exit_signal, NULL, pidfd, NULL, NULL);
+         * on every architecture we build for. SPAWN_FORK is the vfork paths'
+         * copy-of-memory twin, for a sandbox that refuses CLONE_PIDFD: the
+         * clone glibc's fork() makes, without its atfork handlers (the child
+         * runs no library code). */
+        int with_pidfd = method == SPAWN_CLONE_FORK;
+        unsigned long flags = (unsigned long)(share | s->clone_flags | (with_pidfd ? CLONE_PIDFD : 0));
+
+        pid = syscall(SYS_clone, flags | (unsigned long)exit_signal, NULL,
+                      with_pidfd ? pidfd : NULL, NULL, NULL);
         if (pid == 0)
             pyclone3_spawn_child(s);            /* never returns */
         if (pid < 0)
             err = errno;
         break;
-    case SPAWN_FORK:
-        /* The vfork paths' copy-of-memory twin, for a sandbox that refuses
-         * CLONE_PIDFD: the clone glibc's fork() makes, without its atfork
-         * handlers (the child runs no library code). */
-        pid = syscall(SYS_clone, (unsigned long)(share | s->clone_flags) | (unsigned long)exit_signal, NULL,
-                      NULL, NULL, NULL);
-        if (pid == 0)
-            pyclone3_spawn_child(s);            /* never returns */
-        if (pid < 0)
-            err = errno;
-        break;
+    }
     case SPAWN_VFORK:
         pid = spawn_vfork(s);
         if (pid < 0)
