@@ -147,9 +147,13 @@ class ChildState:
             # The sink first: status is read without the lock, and whoever
             # sees it set must find the returncode written too.
             sink = self.returncode_sink
-            if sink is not None:  # written once, then let go of (no cycle left)
-                self.returncode_sink = None
-                sink[0][sink[1]] = status.returncode
+            if sink is not None:
+                # The one call, before anything changes: a signal handler's
+                # exception raised in it leaves the sink for the next settle.
+                code = status.returncode
+                # No call from here to the status's store, so no handler runs.
+                sink[0][sink[1]] = code
+                self.returncode_sink = None  # written once, then let go of (no cycle left)
             self.status = status
             callback, self._on_exit = self._on_exit, None
         if self.close_on_exit:

@@ -8,12 +8,13 @@ this module adds what a handle does: identity, signals, namespaces.
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import select
 import signal
 import warnings
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import syscalls
 from ._child import ChildState
@@ -75,13 +76,16 @@ def adopt_spawned(cell: Any, spawn: Any) -> PidFd:
     return self
 
 
-def state_of(pidfd: PidFd) -> ChildState:
-    """The ``ChildState`` (``_child.py``) behind *pidfd*: the owner of its process's life.
+# state_of(pidfd): the ``ChildState`` (``_child.py``) behind *pidfd*, the owner
+# of its process's life, for pyclone3's own modules (``Popen``, the
+# many-children waits, asyncio), which record and read the exit through it.
+# A C-level getter: every Popen asks for it as it spawns.
+if TYPE_CHECKING:
 
-    For pyclone3's own modules (``Popen``, the many-children waits, asyncio),
-    which record and read the exit through it.
-    """
-    return pidfd._child
+    def state_of(pidfd: PidFd) -> ChildState: ...
+
+else:
+    state_of = operator.attrgetter("_child")
 
 
 class PidFd:

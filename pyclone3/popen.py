@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import operator
 import os
 import signal
 import subprocess
@@ -345,31 +346,25 @@ class ChildExt:
     args: Any
 
     # The pidfd's owner writes the returncode here as it records the exit
-    # (ChildState.returncode_sink), before it closes the pidfd; the getter
-    # falls back to the owner's status, which is the truth, if it finds none.
+    # (ChildState.returncode_sink), with no call between that write and the
+    # status's: whoever finds the exit recorded (or the pidfd closed by its
+    # owner) finds the returncode written. Reading it is a C-level lookup,
+    # as subprocess's plain attribute is, on every spawn.
     _pyclone3_returncode: int | None = None
-
-    def _get_returncode(self) -> int | None:
-        d = self.__dict__
-        code: int | None = d.get("_pyclone3_returncode")
-        if code is None:  # not written yet: the owner's status is the truth
-            state: ChildState | None = d.get("_pyclone3_state")
-            if state is not None:
-                status = state.status
-                if status is not None:
-                    code = d["_pyclone3_returncode"] = status.returncode
-        return code
 
     def _set_returncode(self, value: int | None) -> None:
         d = self.__dict__
         state: ChildState | None = d.get("_pyclone3_state")
-        if value is not None and state is not None:
-            # Learnt elsewhere (subprocess's own waitpid, a child watcher):
-            # recorded by the pidfd's owner, which closes an owned pidfd and
-            # writes the returncode of the status it keeps (the first).
-            state.settle(WaitStatus.from_returncode(self.pid, value))
-            if d.get("_pyclone3_returncode") is not None:
-                return
+        if state is not None:
+            if value is not None:
+                # Learnt elsewhere (subprocess's own waitpid, a child watcher):
+                # recorded by the pidfd's owner, which closes an owned pidfd and
+                # writes the returncode of the status it keeps (the first).
+                state.settle(WaitStatus.from_returncode(self.pid, value))
+                if d.get("_pyclone3_returncode") is not None:
+                    return
+            elif state.status is not None:
+                return  # a recorded exit is not forgotten
         d["_pyclone3_returncode"] = value
 
     if TYPE_CHECKING:
@@ -382,7 +377,7 @@ class ChildExt:
 
     else:
         returncode = property(
-            _get_returncode,
+            operator.attrgetter("_pyclone3_returncode"),
             _set_returncode,
             doc="The child's exit code (``-N`` for signal N) once known, else ``None``.",
         )
@@ -488,7 +483,8 @@ class ChildExt:
             if when is None:  # the common wait(): one blocking waitid, the lean way
                 status = state.reap_blocking()
                 if status is not None:
-                    return status.returncode
+                    code = self._pyclone3_returncode  # written as the status was recorded
+                    return code if code is not None else status.returncode
             state.wait(timeout, when)
         except WaitTimeout:
             raise subprocess.TimeoutExpired(self.args, timeout or 0.0) from None
