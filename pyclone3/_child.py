@@ -16,7 +16,8 @@ exit callback once. Everyone else reads :attr:`ChildState.status`.
     fd: open ──close()──▶ closing ──last user leaves──▶ closed
     ended + close_on_exit ⇒ close()
 
-The fd itself is shared through an ``FdRef`` (``_fdref.py``).
+The state is its pidfd's ``FdRef`` (``_fdref.py``), which shares the fd
+between threads: one object and one lock per process.
 """
 
 from __future__ import annotations
@@ -81,12 +82,13 @@ def _exit_info_supported() -> bool:
     return features().pidfd_info_exit
 
 
-class ChildState:
+class ChildState(FdRef):
     """What is known of one process: its pidfd, whether and how it ended.
 
     *pid* is for messages and the ``kill(2)`` fallbacks; the pidfd *fd* is
     owned from now on (closed by :meth:`close`, or by :meth:`settle` when
-    :attr:`close_on_exit` is set).
+    :attr:`close_on_exit` is set). The fd's own fields and methods are
+    :class:`FdRef`'s, under the state's lock.
     """
 
     __slots__ = (
@@ -95,16 +97,13 @@ class ChildState:
         "_reapers",
         "abandon_on_drop",
         "close_on_exit",
-        "fd",
-        "lock",
         "pid",
         "returncode_sink",
         "status",
     )
 
     def __init__(self, fd: int, pid: int) -> None:
-        self.lock = threading.Lock()
-        self.fd = FdRef(fd, self.lock)
+        FdRef.__init__(self, fd, threading.Lock())
         self.pid = pid
         #: The recorded exit, ``None`` until one was observed. Read it freely;
         #: only :meth:`settle` and the reap paths here write it.
@@ -121,6 +120,11 @@ class ChildState:
         #: :meth:`settle` fills, in the same lock round, before the pidfd is
         #: closed: ``(mapping, key)`` or ``None``.
         self.returncode_sink: tuple[dict[str, object], str] | None = None
+
+    @property
+    def fd(self) -> FdRef:
+        """The pidfd's :class:`FdRef`: the state itself."""
+        return self
 
     # ---- what is known ---------------------------------------------------------
 
@@ -157,7 +161,7 @@ class ChildState:
             self.status = status
             callback, self._on_exit = self._on_exit, None
         if self.close_on_exit:
-            self.fd.close_locked()
+            self.close_locked()
         return self.status, callback
 
     def settle(self, status: WaitStatus) -> WaitStatus:
@@ -174,9 +178,9 @@ class ChildState:
 
     def settle_held(self, status: WaitStatus, token: object) -> WaitStatus:
         """:meth:`settle` for a reap made with the fd held by *token*: lets go of it too."""
-        self.fd.users.discard(token)
+        self.users.discard(token)
         with self.lock:
-            self.fd.release_locked(token)
+            self.release_locked(token)
             status, callback = self._settle_locked(status)
         if callback is not None:
             callback(status)
@@ -191,20 +195,14 @@ class ChildState:
         :meth:`release` in a ``finally`` whatever this returned or raised.
         """
         with self.lock:
-            if self.fd.closed:
+            if self.closed:
                 return -1
-            return self.fd.hold_locked(token)
-
-    def release(self, token: object) -> None:
-        self.fd.release(token)
-
-    def close(self) -> None:
-        self.fd.close()
+            return self.hold_locked(token)
 
     def wake_fd(self) -> int:
         """An fd that turns readable when the pidfd is closed; ``ValueError`` if it is."""
         with self.lock:
-            return self.fd.wake_fd_locked()
+            return self.wake_fd_locked()
 
     def abandon(self) -> None:
         """Kill and reap a child that will never reach its caller, and close the pidfd.
@@ -214,20 +212,20 @@ class ChildState:
         interruption can come between them.
         """
         with self.lock:
-            if self.status is None and not self.fd.closed:
-                wstatus = lib.pyclone3_kill_and_reap(self.fd.number, self.pid, 1)
+            if self.status is None and not self.closed:
+                wstatus = lib.pyclone3_kill_and_reap(self.number, self.pid, 1)
                 if wstatus >= 0:
                     self._settle_locked(WaitStatus.from_wait_status(self.pid, wstatus))
             self.abandon_on_drop = False
-            self.fd.close_locked()
+            self.close_locked()
 
     def kill_on_drop(self) -> None:
         """The finaliser's part of :meth:`abandon`: no lock (nobody else holds the object)."""
-        fd = self.fd.number
+        fd = self.number
         if fd >= 0 and self.status is None:
             lib.pyclone3_kill_and_reap(fd, self.pid, 1)
         self.abandon_on_drop = False
-        self.fd.finalize()
+        self.finalize()
 
     # ---- reaping -------------------------------------------------------------------
 
@@ -244,7 +242,7 @@ class ChildState:
             status = self.status
             if status is not None:
                 return status
-            fd = self.fd.fileno_locked()
+            fd = self.fileno_locked()
             if not self._foreign:
                 try:
                     status = syscalls.waitid_with(
@@ -290,7 +288,7 @@ class ChildState:
         with self.lock:
             if self.status is not None:
                 return self.status
-            fd = self.fd.fileno_locked()
+            fd = self.fileno_locked()
             if _exit_info_supported():
                 try:
                     info = syscalls.pidfd_get_info(fd, PidfdInfoFlag.PIDFD_INFO_EXIT)
@@ -343,18 +341,17 @@ class ChildState:
         # struct is also this wait's token as a user of the fd and a reaper.
         info = ffi.new("struct pyclone3_waitinfo *")
         ru = ffi.new("struct pyclone3_rusage *")
-        ref = self.fd
         status = None
         echild = False
         try:
             with self.lock:
                 if self.status is not None:
                     return self.status
-                if ref.closed:
+                if self.closed:
                     raise ValueError("I/O operation on closed PidFd")
                 self._reapers.add(info)
-                ref.users.add(info)
-                fd = ref.number
+                self.users.add(info)
+                fd = self.number
             # The blocking waitid itself, inline: right after the wake-up the
             # CPU is cold, and every step here adds to the exit's latency.
             while lib.sys_waitid(_P_PIDFD, fd, info, WEXITED, ru) < 0:
@@ -370,14 +367,14 @@ class ChildState:
         finally:
             # Each a single call into C, done first: nothing can stop them.
             self._reapers.discard(info)
-            ref.users.discard(info)
+            self.users.discard(info)
             callback = None
-            if status is not None or ref.closed:
+            if status is not None or self.closed:
                 with self.lock:
                     if status is not None:
                         status, callback = self._settle_locked(status)
-                    if ref.closed and ref.number >= 0:
-                        ref.close_locked()  # the last user out closes it
+                    if self.closed and self.number >= 0:
+                        self.close_locked()  # the last user out closes it
         if callback is not None:
             callback(status)  # type: ignore[arg-type]  # set with the callback
         if echild:
@@ -393,12 +390,12 @@ class ChildState:
                 # An owner that closes the pidfd once the exit is recorded (a
                 # Popen) closes it only after an exit, which makes the pidfd
                 # itself readable: no wake fd to make, nor two syscalls.
-                wake = -1 if self.close_on_exit else self.fd.wake_fd_locked()
-                fd = self.fd.hold_locked(token)
+                wake = -1 if self.close_on_exit else self.wake_fd_locked()
+                fd = self.hold_locked(token)
             return self._poll_loop(fd, wake, timeout, when)
         finally:
-            self.fd.users.discard(token)  # first, and one call into C: see FdRef
-            self.fd.release(token)
+            self.users.discard(token)  # first, and one call into C: see FdRef
+            self.release(token)
 
     def _poll_loop(
         self, fd: int, wake: int, timeout: float | None, when: float | None

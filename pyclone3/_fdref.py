@@ -32,9 +32,10 @@ _ONE = (1).to_bytes(8, sys.byteorder)  # an eventfd takes an 8-byte count
 class FdRef:
     """One owned fd, closed once: when :meth:`close` was called and no user is left.
 
-    *lock* guards the fields and is shared with the owner (the child's
-    state), so that the owner can change its own state and the fd's in one
-    lock round. Methods named ``*_locked`` expect the caller to hold it.
+    *lock* guards the fields. The owner of a child's state extends this
+    class (``ChildState``), so that it changes its own state and the fd's
+    in one lock round, on one object. Methods named ``*_locked`` expect the
+    caller to hold the lock.
 
     A long use is a *token* in :attr:`users`, added under the lock and
     taken out with :meth:`release`. ``set.add`` and ``set.discard`` are each

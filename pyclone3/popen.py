@@ -408,7 +408,7 @@ class ChildExt:
     def _pidfd_for_reap(self) -> ChildState | None:
         """The pidfd's state, unless there is none, it is closed, or waitid(P_PIDFD) is missing."""
         state: ChildState | None = self.__dict__.get("_pyclone3_state")
-        if state is None or state.fd.closed or _no_waitid_pidfd:
+        if state is None or state.closed or _no_waitid_pidfd:
             return None
         return state
 
@@ -451,7 +451,7 @@ class ChildExt:
         code = self.returncode
         if code is not None:  # every Popen's __del__ comes here once
             owner: ChildState | None = self.__dict__.get("_pyclone3_state")
-            if owner is not None and not owner.fd.closed and owner.close_on_exit:
+            if owner is not None and not owner.closed and owner.close_on_exit:
                 owner.close()  # a close after the exit that was cut short
             return code
         state = self._pidfd_for_reap()
@@ -476,7 +476,7 @@ class ChildExt:
         if code is not None:
             return code
         state: ChildState | None = self.__dict__.get("_pyclone3_state")
-        if state is None or state.fd.closed or _no_waitid_pidfd:
+        if state is None or state.closed or _no_waitid_pidfd:
             return super()._wait(timeout)  # type: ignore[misc, no-any-return]
         when = None if timeout is None else deadline(timeout)  # a bad timeout raises here
         try:
