@@ -94,7 +94,6 @@ class ChildState(FdRef):
     __slots__ = (
         "_foreign",
         "_on_exit",
-        "_reapers",
         "abandon_on_drop",
         "close_on_exit",
         "pid",
@@ -109,7 +108,6 @@ class ChildState(FdRef):
         #: only :meth:`settle` and the reap paths here write it.
         self.status: WaitStatus | None = None
         self._foreign = False  # not ours to reap: waitid said ECHILD
-        self._reapers: set[object] = set()  # inside a blocking waitid (see _echild)
         #: Close the pidfd as soon as the exit is recorded (an owner done with it then).
         self.close_on_exit = False
         #: A spawned child not yet handed to the caller of Popen()/spawn(): if
@@ -278,10 +276,18 @@ class ChildState(FdRef):
             with self.lock:
                 if self.status is not None:
                     return self.status
-                if not self._reapers and suspects.isdisjoint(sweeps.running):
+                if not self._reaping_locked() and suspects.isdisjoint(sweeps.running):
                     self._foreign = True
                     return None
             time.sleep(0.0001)
+
+    def _reaping_locked(self) -> bool:
+        """Whether a thread is inside a blocking ``waitid`` (:meth:`reap_blocking`).
+
+        Such a thread holds the fd with its ``waitinfo`` buffer, a cffi
+        object, as its token; no other use of the fd holds one.
+        """
+        return any(isinstance(token, ffi.CData) for token in tuple(self.users))
 
     def _foreign_status(self) -> WaitStatus | None:
         """Status of a process we cannot reap: PIDFD_INFO_EXIT, or an error."""
@@ -338,7 +344,8 @@ class ChildState(FdRef):
         retried (PEP 475). ``None`` also for a ``PIDFD_NONBLOCK`` pidfd.
         """
         # The buffers, allocated before sleeping, not after waking; the info
-        # struct is also this wait's token as a user of the fd and a reaper.
+        # struct is also this wait's token as a user of the fd, which tells
+        # _echild that a reap is under way.
         info = ffi.new("struct pyclone3_waitinfo *")
         ru = ffi.new("struct pyclone3_rusage *")
         status = None
@@ -349,7 +356,6 @@ class ChildState(FdRef):
                     return self.status
                 if self.closed:
                     raise ValueError("I/O operation on closed PidFd")
-                self._reapers.add(info)
                 self.users.add(info)
                 fd = self.number
             # The blocking waitid itself, inline: right after the wake-up the
@@ -365,8 +371,7 @@ class ChildState(FdRef):
                 if info.pid:
                     status = status_from_kernel(info.pid, info.code, info.status, info.uid, ru)
         finally:
-            # Each a single call into C, done first: nothing can stop them.
-            self._reapers.discard(info)
+            # A single call into C, done first: nothing can stop it.
             self.users.discard(info)
             callback = None
             if status is not None or self.closed:
