@@ -353,19 +353,21 @@ class ChildExt:
     _pyclone3_returncode: int | None = None
 
     def _set_returncode(self, value: int | None) -> None:
-        d = self.__dict__
-        state: ChildState | None = d.get("_pyclone3_state")
+        # Not through self.__dict__: subprocess sets returncode first thing
+        # in __init__, and asking for __dict__ then would make the object
+        # keep a dict for everything it stores after.
+        state: ChildState | None = getattr(self, "_pyclone3_state", None)
         if state is not None:
             if value is not None:
                 # Learnt elsewhere (subprocess's own waitpid, a child watcher):
                 # recorded by the pidfd's owner, which closes an owned pidfd and
                 # writes the returncode of the status it keeps (the first).
                 state.settle(WaitStatus.from_returncode(self.pid, value))
-                if d.get("_pyclone3_returncode") is not None:
+                if self._pyclone3_returncode is not None:
                     return
             elif state.status is not None:
                 return  # a recorded exit is not forgotten
-        d["_pyclone3_returncode"] = value
+        self._pyclone3_returncode = value
 
     if TYPE_CHECKING:
 
@@ -407,7 +409,7 @@ class ChildExt:
 
     def _pidfd_for_reap(self) -> ChildState | None:
         """The pidfd's state, unless there is none, it is closed, or waitid(P_PIDFD) is missing."""
-        state: ChildState | None = self.__dict__.get("_pyclone3_state")
+        state: ChildState | None = getattr(self, "_pyclone3_state", None)
         if state is None or state.closed or _no_waitid_pidfd:
             return None
         return state
@@ -450,7 +452,7 @@ class ChildExt:
     ) -> int | None:
         code = self.returncode
         if code is not None:  # every Popen's __del__ comes here once
-            owner: ChildState | None = self.__dict__.get("_pyclone3_state")
+            owner: ChildState | None = getattr(self, "_pyclone3_state", None)
             if owner is not None and not owner.closed and owner.close_on_exit:
                 owner.close()  # a close after the exit that was cut short
             return code
@@ -475,7 +477,7 @@ class ChildExt:
         code = self.returncode
         if code is not None:
             return code
-        state: ChildState | None = self.__dict__.get("_pyclone3_state")
+        state: ChildState | None = getattr(self, "_pyclone3_state", None)
         if state is None or state.closed or _no_waitid_pidfd:
             return super()._wait(timeout)  # type: ignore[misc, no-any-return]
         when = None if timeout is None else deadline(timeout)  # a bad timeout raises here
