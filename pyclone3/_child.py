@@ -16,7 +16,8 @@ exit callback once. Everyone else reads :attr:`ChildState.status`.
     fd: open ──close()──▶ closing ──last user leaves──▶ closed
     ended + close_on_exit ⇒ close()
 
-The fd itself is shared through an ``FdRef`` (``_fdref.py``).
+The state is its pidfd's ``FdRef`` (``_fdref.py``), which shares the fd
+between threads: one object and one lock per process.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import math
 import select
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from . import syscalls
 from ._clone3 import ffi, lib
@@ -34,12 +35,15 @@ from ._errors import raise_errno
 from ._fdref import FdRef
 from ._features import features
 from ._waiting import WaitTimeout, poll_fd
-from .flags import IdType, PidfdInfoFlag, WaitFlag
+from .flags import ChildCode, IdType, PidfdInfoFlag, WaitFlag
 from .status import WaitStatus, status_from_kernel
 
 __all__ = ["ChildState", "sweeps"]
 
 _P_PIDFD = int(IdType.P_PIDFD)
+_EXITED = int(ChildCode.CLD_EXITED)
+_KILLED = int(ChildCode.CLD_KILLED)
+_DUMPED = int(ChildCode.CLD_DUMPED)
 # __WALL: a child spawned with an exit signal other than SIGCHLD (or none) is
 # a "clone" child, which waitid only reports with __WCLONE or __WALL.
 WEXITED = int(WaitFlag.WEXITED | WaitFlag["__WALL"])
@@ -81,36 +85,39 @@ def _exit_info_supported() -> bool:
     return features().pidfd_info_exit
 
 
-class ChildState:
+class ChildState(FdRef):
     """What is known of one process: its pidfd, whether and how it ended.
 
     *pid* is for messages and the ``kill(2)`` fallbacks; the pidfd *fd* is
     owned from now on (closed by :meth:`close`, or by :meth:`settle` when
-    :attr:`close_on_exit` is set).
+    :attr:`close_on_exit` is set). The fd's own fields and methods are
+    :class:`FdRef`'s, under the state's lock.
     """
 
     __slots__ = (
         "_foreign",
         "_on_exit",
-        "_reapers",
         "abandon_on_drop",
         "close_on_exit",
-        "fd",
-        "lock",
         "pid",
         "returncode_sink",
         "status",
     )
 
     def __init__(self, fd: int, pid: int) -> None:
+        # FdRef's fields, set here rather than through a call of its own:
+        # this runs on every spawn, right after the clone, when the CPU's
+        # caches are cold and each call costs the most.
         self.lock = threading.Lock()
-        self.fd = FdRef(fd, self.lock)
+        self.number = fd
+        self.users: set[object] = set()
+        self.closed = fd < 0
+        self._wake: Any = None
         self.pid = pid
         #: The recorded exit, ``None`` until one was observed. Read it freely;
         #: only :meth:`settle` and the reap paths here write it.
         self.status: WaitStatus | None = None
         self._foreign = False  # not ours to reap: waitid said ECHILD
-        self._reapers: set[object] = set()  # inside a blocking waitid (see _echild)
         #: Close the pidfd as soon as the exit is recorded (an owner done with it then).
         self.close_on_exit = False
         #: A spawned child not yet handed to the caller of Popen()/spawn(): if
@@ -121,6 +128,11 @@ class ChildState:
         #: :meth:`settle` fills, in the same lock round, before the pidfd is
         #: closed: ``(mapping, key)`` or ``None``.
         self.returncode_sink: tuple[dict[str, object], str] | None = None
+
+    @property
+    def fd(self) -> FdRef:
+        """The pidfd's :class:`FdRef`: the state itself."""
+        return self
 
     # ---- what is known ---------------------------------------------------------
 
@@ -147,13 +159,23 @@ class ChildState:
             # The sink first: status is read without the lock, and whoever
             # sees it set must find the returncode written too.
             sink = self.returncode_sink
-            if sink is not None:  # written once, then let go of (no cycle left)
-                self.returncode_sink = None
-                sink[0][sink[1]] = status.returncode
+            if sink is not None:
+                # WaitStatus.returncode, worked out inline: with no call from
+                # here to the status's store, no signal handler can run in
+                # between, and the sink is written whenever the status is.
+                kind, value = status._code, status._status
+                if kind == _EXITED:
+                    code: int | None = value
+                elif kind in (_KILLED, _DUMPED):
+                    code = -value
+                else:
+                    code = None
+                sink[0][sink[1]] = code
+                self.returncode_sink = None  # written once, then let go of (no cycle left)
             self.status = status
             callback, self._on_exit = self._on_exit, None
         if self.close_on_exit:
-            self.fd.close_locked()
+            self.close_locked()
         return self.status, callback
 
     def settle(self, status: WaitStatus) -> WaitStatus:
@@ -170,9 +192,9 @@ class ChildState:
 
     def settle_held(self, status: WaitStatus, token: object) -> WaitStatus:
         """:meth:`settle` for a reap made with the fd held by *token*: lets go of it too."""
-        self.fd.users.discard(token)
+        self.users.discard(token)
         with self.lock:
-            self.fd.release_locked(token)
+            self.release_locked(token)
             status, callback = self._settle_locked(status)
         if callback is not None:
             callback(status)
@@ -187,20 +209,14 @@ class ChildState:
         :meth:`release` in a ``finally`` whatever this returned or raised.
         """
         with self.lock:
-            if self.fd.closed:
+            if self.closed:
                 return -1
-            return self.fd.hold_locked(token)
-
-    def release(self, token: object) -> None:
-        self.fd.release(token)
-
-    def close(self) -> None:
-        self.fd.close()
+            return self.hold_locked(token)
 
     def wake_fd(self) -> int:
         """An fd that turns readable when the pidfd is closed; ``ValueError`` if it is."""
         with self.lock:
-            return self.fd.wake_fd_locked()
+            return self.wake_fd_locked()
 
     def abandon(self) -> None:
         """Kill and reap a child that will never reach its caller, and close the pidfd.
@@ -210,20 +226,20 @@ class ChildState:
         interruption can come between them.
         """
         with self.lock:
-            if self.status is None and not self.fd.closed:
-                wstatus = lib.pyclone3_kill_and_reap(self.fd.number, self.pid, 1)
+            if self.status is None and not self.closed:
+                wstatus = lib.pyclone3_kill_and_reap(self.number, self.pid, 1)
                 if wstatus >= 0:
                     self._settle_locked(WaitStatus.from_wait_status(self.pid, wstatus))
             self.abandon_on_drop = False
-            self.fd.close_locked()
+            self.close_locked()
 
     def kill_on_drop(self) -> None:
         """The finaliser's part of :meth:`abandon`: no lock (nobody else holds the object)."""
-        fd = self.fd.number
+        fd = self.number
         if fd >= 0 and self.status is None:
             lib.pyclone3_kill_and_reap(fd, self.pid, 1)
         self.abandon_on_drop = False
-        self.fd.finalize()
+        self.finalize()
 
     # ---- reaping -------------------------------------------------------------------
 
@@ -240,7 +256,7 @@ class ChildState:
             status = self.status
             if status is not None:
                 return status
-            fd = self.fd.fileno_locked()
+            fd = self.fileno_locked()
             if not self._foreign:
                 try:
                     status = syscalls.waitid_with(
@@ -276,17 +292,25 @@ class ChildState:
             with self.lock:
                 if self.status is not None:
                     return self.status
-                if not self._reapers and suspects.isdisjoint(sweeps.running):
+                if not self._reaping_locked() and suspects.isdisjoint(sweeps.running):
                     self._foreign = True
                     return None
             time.sleep(0.0001)
+
+    def _reaping_locked(self) -> bool:
+        """Whether a thread is inside a blocking ``waitid`` (:meth:`reap_blocking`).
+
+        Such a thread holds the fd with its ``waitinfo`` buffer, a cffi
+        object, as its token; no other use of the fd holds one.
+        """
+        return any(isinstance(token, ffi.CData) for token in tuple(self.users))
 
     def _foreign_status(self) -> WaitStatus | None:
         """Status of a process we cannot reap: PIDFD_INFO_EXIT, or an error."""
         with self.lock:
             if self.status is not None:
                 return self.status
-            fd = self.fd.fileno_locked()
+            fd = self.fileno_locked()
             if _exit_info_supported():
                 try:
                     info = syscalls.pidfd_get_info(fd, PidfdInfoFlag.PIDFD_INFO_EXIT)
@@ -336,21 +360,20 @@ class ChildState:
         retried (PEP 475). ``None`` also for a ``PIDFD_NONBLOCK`` pidfd.
         """
         # The buffers, allocated before sleeping, not after waking; the info
-        # struct is also this wait's token as a user of the fd and a reaper.
+        # struct is also this wait's token as a user of the fd, which tells
+        # _echild that a reap is under way.
         info = ffi.new("struct pyclone3_waitinfo *")
         ru = ffi.new("struct pyclone3_rusage *")
-        ref = self.fd
         status = None
         echild = False
         try:
             with self.lock:
                 if self.status is not None:
                     return self.status
-                if ref.closed:
+                if self.closed:
                     raise ValueError("I/O operation on closed PidFd")
-                self._reapers.add(info)
-                ref.users.add(info)
-                fd = ref.number
+                self.users.add(info)
+                fd = self.number
             # The blocking waitid itself, inline: right after the wake-up the
             # CPU is cold, and every step here adds to the exit's latency.
             while lib.sys_waitid(_P_PIDFD, fd, info, WEXITED, ru) < 0:
@@ -364,16 +387,15 @@ class ChildState:
                 if info.pid:
                     status = status_from_kernel(info.pid, info.code, info.status, info.uid, ru)
         finally:
-            # Each a single call into C, done first: nothing can stop them.
-            self._reapers.discard(info)
-            ref.users.discard(info)
+            # A single call into C, done first: nothing can stop it.
+            self.users.discard(info)
             callback = None
-            if status is not None or ref.closed:
+            if status is not None or self.closed:
                 with self.lock:
                     if status is not None:
                         status, callback = self._settle_locked(status)
-                    if ref.closed and ref.number >= 0:
-                        ref.close_locked()  # the last user out closes it
+                    if self.closed and self.number >= 0:
+                        self.close_locked()  # the last user out closes it
         if callback is not None:
             callback(status)  # type: ignore[arg-type]  # set with the callback
         if echild:
@@ -389,12 +411,12 @@ class ChildState:
                 # An owner that closes the pidfd once the exit is recorded (a
                 # Popen) closes it only after an exit, which makes the pidfd
                 # itself readable: no wake fd to make, nor two syscalls.
-                wake = -1 if self.close_on_exit else self.fd.wake_fd_locked()
-                fd = self.fd.hold_locked(token)
+                wake = -1 if self.close_on_exit else self.wake_fd_locked()
+                fd = self.hold_locked(token)
             return self._poll_loop(fd, wake, timeout, when)
         finally:
-            self.fd.users.discard(token)  # first, and one call into C: see FdRef
-            self.fd.release(token)
+            self.users.discard(token)  # first, and one call into C: see FdRef
+            self.release(token)
 
     def _poll_loop(
         self, fd: int, wake: int, timeout: float | None, when: float | None

@@ -32,9 +32,10 @@ _ONE = (1).to_bytes(8, sys.byteorder)  # an eventfd takes an 8-byte count
 class FdRef:
     """One owned fd, closed once: when :meth:`close` was called and no user is left.
 
-    *lock* guards the fields and is shared with the owner (the child's
-    state), so that the owner can change its own state and the fd's in one
-    lock round. Methods named ``*_locked`` expect the caller to hold it.
+    *lock* guards the fields. The owner of a child's state extends this
+    class (``ChildState``), so that it changes its own state and the fd's
+    in one lock round, on one object. Methods named ``*_locked`` expect the
+    caller to hold the lock.
 
     A long use is a *token* in :attr:`users`, added under the lock and
     taken out with :meth:`release`. ``set.add`` and ``set.discard`` are each
@@ -76,21 +77,34 @@ class FdRef:
         self.users.discard(token)
         if self.closed and not self.users:
             with self.lock:
-                self._close_if_unused_locked()
+                self.close_locked()
 
     def release_locked(self, token: object) -> None:
         self.users.discard(token)
         if self.closed:
-            self._close_if_unused_locked()
+            self.close_locked()
 
     def close_locked(self) -> None:
-        """Mark the fd closed; close it now if nobody uses it, else when the last user leaves."""
-        if not self.closed:
-            self.closed = True
-            if self._wake is not None and self._wake[0] >= 0 and self.users:
-                with contextlib.suppress(BlockingIOError):  # a count is pending already
-                    os.write(self._wake[0], _ONE)
-        self._close_if_unused_locked()
+        """Mark the fd closed; close it now if nobody uses it, else when the last user leaves.
+
+        The one place the fd and the wake fd are closed (the last user out
+        calls it again): each field is cleared before its close(2), so no
+        path can close a number twice.
+        """
+        if self.users:
+            if not self.closed:
+                self.closed = True
+                wake = self._wake
+                if wake is not None and wake[0] >= 0:
+                    with contextlib.suppress(BlockingIOError):  # a count is pending already
+                        os.write(wake[0], _ONE)
+            return
+        self.closed = True
+        if self._wake is not None:  # first: one call into C closes and clears it
+            lib.pyclone3_close_cells(self._wake, 1)
+        fd, self.number = self.number, -1
+        if fd >= 0:
+            os.close(fd)
 
     def close(self) -> None:
         with self.lock:
@@ -104,17 +118,6 @@ class FdRef:
             self.close_locked()
             return fd
 
-    def _close_if_unused_locked(self) -> None:
-        # The one place the fd and the wake fd are closed: each field is
-        # cleared before its close(2), so no path can close a number twice.
-        if self.users:
-            return
-        if self._wake is not None:  # first: one call into C closes and clears it
-            lib.pyclone3_close_cells(self._wake, 1)
-        fd, self.number = self.number, -1
-        if fd >= 0:
-            os.close(fd)
-
     def finalize(self) -> None:
         """For a finaliser, when nobody else can hold the object: close whatever is left.
 
@@ -122,8 +125,7 @@ class FdRef:
         the fd or the wake fd open, or a use's token behind.
         """
         self.users.clear()
-        self.closed = True
-        self._close_if_unused_locked()
+        self.close_locked()
 
     def wake_fd_locked(self) -> int:
         """An fd that turns readable when the fd is closed under a user (made on first need)."""

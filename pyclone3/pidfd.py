@@ -8,12 +8,13 @@ this module adds what a handle does: identity, signals, namespaces.
 from __future__ import annotations
 
 import errno
+import operator
 import os
 import select
 import signal
 import warnings
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import syscalls
 from ._child import ChildState
@@ -75,13 +76,16 @@ def adopt_spawned(cell: Any, spawn: Any) -> PidFd:
     return self
 
 
-def state_of(pidfd: PidFd) -> ChildState:
-    """The ``ChildState`` (``_child.py``) behind *pidfd*: the owner of its process's life.
+# state_of(pidfd): the ``ChildState`` (``_child.py``) behind *pidfd*, the owner
+# of its process's life, for pyclone3's own modules (``Popen``, the
+# many-children waits, asyncio), which record and read the exit through it.
+# A C-level getter: every Popen asks for it as it spawns.
+if TYPE_CHECKING:
 
-    For pyclone3's own modules (``Popen``, the many-children waits, asyncio),
-    which record and read the exit through it.
-    """
-    return pidfd._child
+    def state_of(pidfd: PidFd) -> ChildState: ...
+
+else:
+    state_of = operator.attrgetter("_child")
 
 
 class PidFd:
@@ -152,12 +156,12 @@ class PidFd:
         """The pidfd's number, for ``poll``/``select``/event loops; the ``PidFd`` keeps it."""
         child = self._child
         with child.lock:
-            return child.fd.fileno_locked()
+            return child.fileno_locked()
 
     @property
     def closed(self) -> bool:
         """``True`` once :meth:`close` or :meth:`detach` was called."""
-        return self._child.fd.closed
+        return self._child.closed
 
     def close(self) -> None:
         """Close the pidfd. Closing twice is allowed and does nothing.
@@ -171,7 +175,7 @@ class PidFd:
 
     def detach(self) -> int:
         """Give up ownership: return the fd without closing it (the ``PidFd`` is closed)."""
-        return self._child.fd.detach()
+        return self._child.detach()
 
     def __enter__(self) -> PidFd:
         return self
@@ -188,10 +192,9 @@ class PidFd:
         child = getattr(self, "_child", None)
         if child is None:
             return
-        fd = child.fd
-        if fd.closed:
-            if fd.number >= 0 or fd.users:
-                fd.finalize()  # what a close interrupted by a raising handler left open
+        if child.closed:
+            if child.number >= 0 or child.users:
+                child.finalize()  # what a close interrupted by a raising handler left open
             return
         if child.abandon_on_drop:  # a spawn that never reached its caller
             child.kill_on_drop()
@@ -199,7 +202,7 @@ class PidFd:
         if child.close_on_exit and child.status is not None:
             # Its owner's close, cut short by a signal handler's exception:
             # nothing was forgotten by the user, so no warning.
-            child.fd.finalize()
+            child.finalize()
             return
         try:
             warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
@@ -220,8 +223,8 @@ class PidFd:
             key = None
             child = self._child
             with child.lock:
-                if not child.fd.closed and features().pidfd_identity:
-                    st = os.fstat(child.fd.fileno_locked())
+                if not child.closed and features().pidfd_identity:
+                    st = os.fstat(child.fileno_locked())
                     key = (st.st_dev, st.st_ino)
                 self._identity_key = key
         return key  # type: ignore[no-any-return]
@@ -250,9 +253,9 @@ class PidFd:
         child = self._child
         status = child.status
         state = f" {status!r}" if status is not None else ""
-        if child.fd.closed:
+        if child.closed:
             return f"<PidFd pid={child.pid} closed{state}>"
-        return f"<PidFd fd={child.fd.number} pid={child.pid}{state}>"
+        return f"<PidFd fd={child.number} pid={child.pid}{state}>"
 
     # ---- about the process -----------------------------------------------
 
@@ -289,13 +292,13 @@ class PidFd:
         if child.status is not None:
             return False
         with child.lock:
-            return poll_fd(child.fd.fileno_locked(), select.POLLIN, 0.0) == 0
+            return poll_fd(child.fileno_locked(), select.POLLIN, 0.0) == 0
 
     def info(self, mask: int = PidfdInfoFlag.PIDFD_INFO_PID) -> syscalls.PidfdInfo:
         """``PIDFD_GET_INFO`` (Linux 6.13+): see :func:`pyclone3.syscalls.pidfd_get_info`."""
         child = self._child
         with child.lock:
-            return syscalls.pidfd_get_info(child.fd.fileno_locked(), mask)
+            return syscalls.pidfd_get_info(child.fileno_locked(), mask)
 
     # ---- signals -----------------------------------------------------------
 
@@ -320,7 +323,7 @@ class PidFd:
         if child.status is not None:
             raise ProcessLookupError(errno.ESRCH, f"process {child.pid} has exited")
         with child.lock:  # held: a close() from another thread waits for the signal
-            fd = child.fd.fileno_locked()
+            fd = child.fileno_locked()
             if not flags & PidfdSignalFlag.PIDFD_SIGNAL_PROCESS_GROUP and poll_fd(
                 fd, select.POLLIN, 0.0
             ):
@@ -390,7 +393,7 @@ class PidFd:
             raise ValueError("setns() needs at least one CLONE_NEW* flag")
         child = self._child
         with child.lock:
-            syscalls.setns(child.fd.fileno_locked(), flags)
+            syscalls.setns(child.fileno_locked(), flags)
 
     def getfd(self, targetfd: int) -> int:
         """Duplicate fd *targetfd* of the process into this one (``pidfd_getfd(2)``).
@@ -400,4 +403,4 @@ class PidFd:
         """
         child = self._child
         with child.lock:
-            return syscalls.pidfd_getfd(child.fd.fileno_locked(), targetfd)
+            return syscalls.pidfd_getfd(child.fileno_locked(), targetfd)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import operator
 import os
 import signal
 import subprocess
@@ -307,32 +308,28 @@ class ChildExt:
     args: Any
 
     # The pidfd's owner writes the returncode here as it records the exit
-    # (ChildState.returncode_sink), before it closes the pidfd; the getter
-    # falls back to the owner's status, which is the truth, if it finds none.
+    # (ChildState.returncode_sink), with no call between that write and the
+    # status's: whoever finds the exit recorded (or the pidfd closed by its
+    # owner) finds the returncode written. Reading it is a C-level lookup,
+    # as subprocess's plain attribute is, on every spawn.
     _pyclone3_returncode: int | None = None
 
-    def _get_returncode(self) -> int | None:
-        d = self.__dict__
-        code: int | None = d.get("_pyclone3_returncode")
-        if code is None:  # not written yet: the owner's status is the truth
-            state: ChildState | None = d.get("_pyclone3_state")
-            if state is not None:
-                status = state.status
-                if status is not None:
-                    code = d["_pyclone3_returncode"] = status.returncode
-        return code
-
     def _set_returncode(self, value: int | None) -> None:
-        d = self.__dict__
-        state: ChildState | None = d.get("_pyclone3_state")
-        if value is not None and state is not None:
-            # Learnt elsewhere (subprocess's own waitpid, a child watcher):
-            # recorded by the pidfd's owner, which closes an owned pidfd and
-            # writes the returncode of the status it keeps (the first).
-            state.settle(WaitStatus.from_returncode(self.pid, value))
-            if d.get("_pyclone3_returncode") is not None:
-                return
-        d["_pyclone3_returncode"] = value
+        # Not through self.__dict__: subprocess sets returncode first thing
+        # in __init__, and asking for __dict__ then would make the object
+        # keep a dict for everything it stores after.
+        state: ChildState | None = getattr(self, "_pyclone3_state", None)
+        if state is not None:
+            if value is not None:
+                # Learnt elsewhere (subprocess's own waitpid, a child watcher):
+                # recorded by the pidfd's owner, which closes an owned pidfd and
+                # writes the returncode of the status it keeps (the first).
+                state.settle(WaitStatus.from_returncode(self.pid, value))
+                if self._pyclone3_returncode is not None:
+                    return
+            elif state.status is not None:
+                return  # a recorded exit is not forgotten
+        self._pyclone3_returncode = value
 
     if TYPE_CHECKING:
 
@@ -344,7 +341,7 @@ class ChildExt:
 
     else:
         returncode = property(
-            _get_returncode,
+            operator.attrgetter("_pyclone3_returncode"),
             _set_returncode,
             doc="The child's exit code (``-N`` for signal N) once known, else ``None``.",
         )
@@ -374,8 +371,8 @@ class ChildExt:
 
     def _pidfd_for_reap(self) -> ChildState | None:
         """The pidfd's state, unless there is none, it is closed, or waitid(P_PIDFD) is missing."""
-        state: ChildState | None = self.__dict__.get("_pyclone3_state")
-        if state is None or state.fd.closed or _no_waitid_pidfd:
+        state: ChildState | None = getattr(self, "_pyclone3_state", None)
+        if state is None or state.closed or _no_waitid_pidfd:
             return None
         return state
 
@@ -417,8 +414,8 @@ class ChildExt:
     ) -> int | None:
         code = self.returncode
         if code is not None:  # every Popen's __del__ comes here once
-            owner: ChildState | None = self.__dict__.get("_pyclone3_state")
-            if owner is not None and not owner.fd.closed and owner.close_on_exit:
+            owner: ChildState | None = getattr(self, "_pyclone3_state", None)
+            if owner is not None and not owner.closed and owner.close_on_exit:
                 owner.close()  # a close after the exit that was cut short
             return code
         state = self._pidfd_for_reap()
@@ -442,15 +439,16 @@ class ChildExt:
         code = self.returncode
         if code is not None:
             return code
-        state: ChildState | None = self.__dict__.get("_pyclone3_state")
-        if state is None or state.fd.closed or _no_waitid_pidfd:
+        state: ChildState | None = getattr(self, "_pyclone3_state", None)
+        if state is None or state.closed or _no_waitid_pidfd:
             return super()._wait(timeout)  # type: ignore[misc, no-any-return]
         when = None if timeout is None else deadline(timeout)  # a bad timeout raises here
         try:
             if when is None:  # the common wait(): one blocking waitid, the lean way
                 status = state.reap_blocking()
                 if status is not None:
-                    return status.returncode
+                    code = self._pyclone3_returncode  # written as the status was recorded
+                    return code if code is not None else status.returncode
             state.wait(timeout, when)
         except WaitTimeout:
             raise subprocess.TimeoutExpired(self.args, timeout or 0.0) from None
