@@ -95,32 +95,29 @@ def _finish(plan: Plan, pid: int, path: str) -> SpawnedChild:
     return SpawnedChild(pid, adopt_spawned(cell, s), path)
 
 
-def _unless_unshare_failed(attempt: Callable[[], SpawnedChild], plan: Plan) -> SpawnedChild:
-    """Run *attempt*; if its child could not leave our fd table, stop sharing and run it again."""
-    try:
-        return attempt()
-    except ChildFailed as failed:
-        if failed.step != lib.SPAWN_ERR_FILES:
-            raise
-        learned.share_files = False  # a sandbox refusing close_range and unshare
-        return attempt()
-
-
-def _share_files(plan: Plan) -> int:
-    # With close_fds=False the child keeps every inheritable fd, so it would
-    # copy the whole table anyway: sharing gains nothing.
-    return 1 if learned.share_files and plan.s.close_fds else 0
+def _stop_sharing(failed: ChildFailed) -> None:
+    """Re-raise *failed* unless its child could not leave our fd table; then stop sharing."""
+    if failed.step != lib.SPAWN_ERR_FILES:
+        raise failed
+    learned.share_files = False  # a sandbox refusing close_range and unshare
 
 
 def spawn_vm(plan: Plan, path: str) -> SpawnedChild:
     """One attempt on a vfork-family path, the child sharing our memory."""
-    return _unless_unshare_failed(lambda: _spawn_vm(plan, path), plan)
+    try:
+        return _spawn_vm(plan, path)
+    except ChildFailed as failed:
+        _stop_sharing(failed)
+    return _spawn_vm(plan, path)
 
 
 def _spawn_vm(plan: Plan, path: str) -> SpawnedChild:
     s = plan.s
     s.pidfd_sock = -1
-    s.share_files = _share_files(plan)
+    # With close_fds=False the child keeps every inheritable fd, so it would
+    # copy the whole table anyway: sharing gains nothing. The C core shares
+    # only once our table is big (see _spawn_parent.c).
+    s.share_files = 1 if learned.share_files and s.close_fds else 0
     bufs = buffers
     stack = bufs.stack
     pidfd_out = bufs.pidfd
@@ -175,7 +172,11 @@ def spawn_copied(plan: Plan, path: str, opts: CloneOptions | None) -> SpawnedChi
     honour (ID maps it waits for, a time namespace). The child reports a
     failure through an error pipe; on ``vfork_pidfd`` it sends its pidfd.
     """
-    return _unless_unshare_failed(lambda: _spawn_copied(plan, path, opts), plan)
+    try:
+        return _spawn_copied(plan, path, opts)
+    except ChildFailed as failed:
+        _stop_sharing(failed)
+    return _spawn_copied(plan, path, opts)
 
 
 def _spawn_copied(plan: Plan, path: str, opts: CloneOptions | None) -> SpawnedChild:
@@ -204,7 +205,9 @@ def _spawn_copied(plan: Plan, path: str, opts: CloneOptions | None) -> SpawnedCh
         s.errpipe = cells[1]
         # A child that waits for us to write its ID maps cannot share our fd
         # table: sharing makes us wait for its exec.
-        s.share_files = 0 if opts is not None and opts.fork_like else _share_files(plan)
+        s.share_files = (
+            1 if learned.share_files and s.close_fds and not (opts and opts.fork_like) else 0
+        )
         clear = 1 if path == "clone3" and learned.clear_sighand else 0
         pid = lib.pyclone3_spawn(s, _COPY_METHODS[path], clear, ffi.NULL, 0, pidfd_out)
         if pid < 0:

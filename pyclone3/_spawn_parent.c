@@ -52,12 +52,19 @@ static int child_fds_end(const struct pyclone3_spawn *s)
 #define PIDFD_CROWDED 64
 #define PIDFD_HIGH 1024
 
+/* Whether the last spawn's pidfd arrived at PIDFD_CROWDED or above: our fd
+ * table is big. Only then does a child share it: for a small table the
+ * copy at clone costs less than sharing and trimming (measured: 2-3 µs of a
+ * 150 µs spawn+wait). Written by any thread without a lock: it is a hint. */
+static volatile int fds_crowded;
+
 static void move_pidfd_up(int *pidfd)
 {
     struct rlimit lim;
     long base, fd;
 
-    if (*pidfd < PIDFD_CROWDED || getrlimit(RLIMIT_NOFILE, &lim) < 0)
+    fds_crowded = *pidfd >= PIDFD_CROWDED;
+    if (!fds_crowded || getrlimit(RLIMIT_NOFILE, &lim) < 0)
         return;
     base = lim.rlim_cur / 2 < PIDFD_HIGH ? (long)(lim.rlim_cur / 2) : PIDFD_HIGH;
     if (*pidfd >= base)
@@ -87,7 +94,7 @@ long pyclone3_spawn(struct pyclone3_spawn *s, int method, int clear_sighand,
     s->err_errno = 0;
     if (!fork_like)
         s->errpipe = -1;        /* shared memory carries the report */
-    if (s->share_files && method != SPAWN_VFORK) {
+    if (s->share_files && fds_crowded && method != SPAWN_VFORK) {
         /* The child shares our fd table until its first step: we must not
          * run meanwhile, so a child in a copy of our memory is a vfork
          * child too. */

@@ -53,6 +53,7 @@ __all__ = [
 
 #: Set once waitid(P_PIDFD) was found missing: Popen then reaps as subprocess does.
 _no_waitid_pidfd = False
+_new_request = object.__new__
 #: What waitid(P_PIDFD) answers where it is missing: ENOSYS before Linux 5.3
 #: (or a filter), EINVAL on 5.3, which has pidfds but not P_PIDFD.
 _NO_WAITID_ERRNOS = frozenset({errno.ENOSYS, errno.EINVAL})
@@ -135,7 +136,9 @@ class CommandExt:
         if spawn_path is not None and spawn_path not in SPAWN_PATHS:
             raise ValueError(f"unknown spawn path {spawn_path!r}; choose from {SPAWN_PATHS}")
         # Every step here runs on each spawn: the common case goes straight through.
-        request = self._pyclone3_request = SpawnRequest()
+        # object.__new__: the request's defaults are class attributes, and its
+        # __init__ (for keywords) is a Python call this path can do without.
+        request = self._pyclone3_request = _new_request(SpawnRequest)
         if pdeathsig is not None:
             request.pdeathsig = check_pdeathsig(pdeathsig)
         options = options_if_any(
