@@ -10,7 +10,8 @@ spawn gets dearer as the parent's fd table grows:
   Reported: the whole phase, and the median spawn of the first and of the
   last hundred, with their ratio.
 * **spawn+wait at a held count**: with 0, 1,000 and 4,000 children held, the
-  median spawn+wait of a static no-op, pyclone3 against subprocess.
+  median spawn+wait of a static no-op (1,000 each, in ten interleaved
+  chunks, after a warm-up), pyclone3 against subprocess.
 
 Targets are static programs built here (``bench/c/pause.c``, ``bench/c/noop.c``),
 so that ld.so does not drown the machinery. Needs gcc, and an RLIMIT_NOFILE
@@ -125,14 +126,16 @@ def main() -> int:
         )
 
         print("\nmedian spawn+wait of a static no-op with children held (µs)")
-        per = 300
+        per = 1000
+        for popen in KINDS.values():  # warm up: the first level is not measured cold
+            spawn_wait(popen, noop, 200)
         for held in (0, 1000, 4000):
             holders = [pyclone3.Popen(pause) for _ in range(held)]
             try:
                 med: dict[str, list[float]] = {k: [] for k in KINDS}
-                for _ in range(5):  # interleaved chunks
+                for _ in range(10):  # interleaved chunks
                     for kind, popen in KINDS.items():
-                        med[kind].append(spawn_wait(popen, noop, per // 5))
+                        med[kind].append(spawn_wait(popen, noop, per // 10))
                 m = {k: statistics.median(v) for k, v in med.items()}
             finally:
                 release(holders)
