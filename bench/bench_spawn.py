@@ -1,7 +1,8 @@
 """Spawn + wait: pyclone3 against subprocess and a C floor, in one run.
 
 Measures the median time of one spawn + wait, interleaving every contender
-chunk by chunk so that machine noise hits all alike:
+call by call, in an order that rotates, so that machine noise and the
+after-effects of one spawn on the next hit all alike:
 
 * ``subprocess``: ``subprocess.Popen(argv).wait()`` (its vfork path);
 * ``pyclone3``: ``pyclone3.Popen(argv).wait()`` (clone3, with a pidfd);
@@ -108,8 +109,11 @@ def main() -> int:
             for k in kinds:  # warm up
                 time_one(k, [target])
             for _ in range(CHUNKS):
-                for _ in range(per_chunk):
-                    for k in kinds:
+                for i in range(per_chunk):
+                    # Rotate who goes first: a spawn timed right after
+                    # another kind's measures a few percent slower here,
+                    # so a fixed order would charge that to one contender.
+                    for k in kinds[i % len(kinds) :] + kinds[: i % len(kinds)]:
                         times[k].append(time_one(k, [target]))
                 floors["C in-process"].append(in_process("clone", target))
                 floors["C standalone"].append(standalone("clone", target))
