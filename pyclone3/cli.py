@@ -86,15 +86,33 @@ NAMESPACES = {
 }
 
 
+#: nsenter(1) and /proc/PID/ns call the mount namespace "mnt".
+_ALIASES = {"mnt": "mount"}
+
+
 def _namespaces(value: str) -> int:
     flags = 0
     for name in value.split(","):
+        name = _ALIASES.get(name, name)
         if name not in NAMESPACES:
             raise argparse.ArgumentTypeError(
                 f"unknown namespace {name!r} (choose from {', '.join(NAMESPACES)})"
             )
         flags |= NAMESPACES[name][0]
     return flags
+
+
+class _AddNamespaces(argparse.Action):
+    """Each use adds its namespaces: a repeated --unshare must not drop the earlier ones."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, (getattr(namespace, self.dest) or 0) | int(values))  # type: ignore[call-overload]
 
 
 def _differing_namespaces(pid: int) -> int:
@@ -142,6 +160,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             "pyclone3 run: no command given (pyclone3 run [OPTIONS] -- CMD ARGS...)",
             file=sys.stderr,
         )
+        return EXIT_FAILURE
+    if args.enter_ns is not None and args.enter is None:
+        print("pyclone3 run: --enter-ns needs --enter PID", file=sys.stderr)
         return EXIT_FAILURE
     options: dict[str, object] = {}
     flags = args.unshare or 0
@@ -336,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     linux.add_argument(
         "--unshare",
         type=_namespaces,
+        action=_AddNamespaces,
         metavar="NS[,NS...]",
         help="new namespaces: " + ", ".join(NAMESPACES) + " (as unshare(1))",
     )
@@ -357,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     linux.add_argument(
         "--enter-ns",
         type=_namespaces,
+        action=_AddNamespaces,
         metavar="NS[,NS...]",
         help="with --enter: only these namespaces (default: each one that differs from ours)",
     )

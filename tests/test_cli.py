@@ -195,6 +195,27 @@ def test_run_unshare_puts_the_command_in_new_namespaces() -> None:
 REPORT_NS = "echo $$; readlink /proc/self/ns/net"
 
 
+@requires_root
+def test_run_unshare_given_twice_creates_both() -> None:
+    """A repeated --unshare adds namespaces; it used to keep only the last."""
+    report = "readlink /proc/self/ns/uts /proc/self/ns/net /proc/self/ns/mnt"
+    r = run_cli(
+        "run", "--unshare", "uts", "--unshare", "net", "--unshare", "mnt", "--", "/bin/sh", "-c",
+        report,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    uts, net, mnt = r.stdout.split()
+    assert uts != os.readlink("/proc/self/ns/uts")
+    assert net != os.readlink("/proc/self/ns/net")
+    assert mnt != os.readlink("/proc/self/ns/mnt")
+
+
+def test_run_enter_ns_without_enter_is_an_error() -> None:
+    r = run_cli("run", "--enter-ns", "uts", "--", "/bin/true")
+    assert r.returncode == 125
+    assert "--enter-ns needs --enter" in r.stderr
+
+
 @requires_userns
 def test_run_map_root_user_runs_the_command_as_root_inside() -> None:
     r = run_cli("run", "-r", "--unshare", "pid", "--", "/bin/sh", "-c", "id -u; echo $$")
