@@ -58,6 +58,16 @@ def _signal(value: str) -> signal.Signals:
         ) from None
 
 
+def _pid(value: str) -> int:
+    try:
+        pid = int(value)
+    except ValueError:
+        pid = 0
+    if not 0 < pid < 2**31:
+        raise argparse.ArgumentTypeError(f"not a process ID: {value!r}")
+    return pid
+
+
 def _duration(value: str) -> float:
     units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
     scale = units.get(value[-1:])
@@ -233,14 +243,19 @@ def _supervise(proc: Popen, args: argparse.Namespace, *, tree: bool) -> int:
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     timed_out = False
+    # As timeout(1): a duration of 0 disables the timeout, or the SIGKILL.
+    timeout = args.timeout or None
+    kill_after = args.kill_after or None
     try:
         try:
-            proc.wait(timeout=args.timeout)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             timed_out = True
             send(args.signal)
+            if args.signal not in (signal.SIGKILL, signal.SIGCONT):
+                send(signal.SIGCONT)  # a stopped command must wake to act on it, as timeout(1)
             try:
-                proc.wait(timeout=args.kill_after)
+                proc.wait(timeout=kill_after)
             except subprocess.TimeoutExpired:
                 send(signal.SIGKILL)
                 proc.wait()
@@ -325,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout",
         type=_duration,
         metavar="DURATION",
-        help="time limit: seconds, or with a suffix s, m, h or d",
+        help="time limit: seconds, or with a suffix s, m, h or d; 0 disables it",
     )
     run.add_argument(
         "-s",
@@ -340,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--kill-after",
         type=_duration,
         metavar="DURATION",
-        help="also send KILL if CMD still runs this long after the signal",
+        help="also send KILL if CMD still runs this long after the signal (0: never)",
     )
     run.add_argument(
         "--rusage", action="store_true", help="print CMD's resource usage to stderr when it ends"
@@ -400,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Wait until every PID has exited, through pidfds: a PID that is reused "
         "meanwhile cannot fool it. Exits 0, 124 on timeout, 125 if a PID does not exist.",
     )
-    wait.add_argument("pids", type=int, nargs="+", metavar="PID")
+    wait.add_argument("pids", type=_pid, nargs="+", metavar="PID")
     wait.add_argument("-t", "--timeout", type=_duration, metavar="DURATION")
     wait.add_argument("-v", "--verbose", action="store_true", help="print each exit")
     wait.set_defaults(func=cmd_wait)

@@ -307,3 +307,30 @@ def _is_zombie_elsewhere(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+# ---- timeout(1)'s conventions ------------------------------------------------------
+
+
+def test_run_zero_durations_disable_as_in_timeout() -> None:
+    """-t 0 is no time limit; -k 0 never sends KILL (both fired at once before)."""
+    assert run_cli("run", "-t", "0", "--", "/bin/sh", "-c", "sleep 0.2; exit 3").returncode == 3
+    start = time.monotonic()
+    r = run_cli(
+        "run", "-t", "0.2", "-k", "0", "--", "/bin/sh", "-c", "trap '' TERM; sleep 0.6; exit 5"
+    )
+    assert r.returncode == 124, r.stderr  # timed out; the command outlived the TERM
+    assert time.monotonic() - start >= 0.6  # and was not killed
+
+
+def test_run_timeout_wakes_a_stopped_command() -> None:
+    """After the signal comes SIGCONT, as timeout(1) sends: a stopped command no longer hangs."""
+    r = run_cli("run", "-t", "0.3", "--", "/bin/sh", "-c", "kill -STOP $$; exit 7", timeout=20)
+    assert r.returncode == 124, r.stderr
+
+
+@pytest.mark.parametrize("pid", ["0", "-1", "99999999999", "x"])
+def test_wait_rejects_what_is_not_a_pid_without_a_traceback(pid: str) -> None:
+    r = run_cli("wait", "--", pid)
+    assert r.returncode == 2 and "not a process ID" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
