@@ -8,6 +8,7 @@ status follows ``timeout(1)``'s conventions.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import math
 import os
@@ -32,6 +33,7 @@ EXIT_ENOENT = 127
 
 #: Signals pyclone3 run passes on to the command when it receives them.
 FORWARDED = (
+    signal.SIGALRM,
     signal.SIGINT,
     signal.SIGTERM,
     signal.SIGHUP,
@@ -227,8 +229,9 @@ def _spawn_error(program: str, exc: OSError) -> int:
     if isinstance(exc, PermissionError):
         print(f"pyclone3 run: {program}: {exc.strerror}", file=sys.stderr)
         return EXIT_CANNOT_INVOKE
+    # timeout(1): an exec failure other than ENOENT is 126 (ELOOP, ENAMETOOLONG, ...).
     print(f"pyclone3 run: cannot run {program}: {exc.strerror}", file=sys.stderr)
-    return EXIT_CANNOT_INVOKE if exc.errno in (errno.ENOEXEC, errno.EISDIR) else EXIT_FAILURE
+    return EXIT_CANNOT_INVOKE
 
 
 def _supervise(proc: Popen, args: argparse.Namespace, *, tree: bool) -> int:
@@ -302,7 +305,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
                 handle = by_fd.pop(fd)
                 poller.unregister(fd)
                 if args.verbose:
-                    print(f"{handle.pid} exited")
+                    _output(f"{handle.pid} exited")
         return 0
     finally:
         for handle in handles:
@@ -311,7 +314,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
 
 def cmd_features(args: argparse.Namespace) -> int:
     report = features()
-    print(report.to_json() if args.json else report)
+    _output(report.to_json() if args.json else report)
     return 0
 
 
@@ -333,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a command, killing it through its pidfd on timeout",
         description="Run CMD with its pidfd taken at creation. On --timeout, send --signal "
         "through the pidfd (never to a recycled PID), then SIGKILL after --kill-after. "
-        "SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed on to CMD.",
+        "SIGALRM, SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed on to CMD.",
     )
     run.add_argument(
         "-t",
@@ -426,12 +429,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _OutputError(Exception):
+    """Our standard output could not be written (a full disk, a closed pipe)."""
+
+
+def _output(text: object) -> None:
+    """Print to stdout now: a write error is ours to report, not the interpreter's at exit."""
+    if sys.stdout is None:  # started with fd 1 closed: there is nowhere to write
+        raise _OutputError(OSError(errno.EBADF, os.strerror(errno.EBADF)))
+    try:
+        print(text, flush=True)
+    except OSError as exc:
+        raise _OutputError(exc) from None
+
+
+def _output_failed(exc: OSError) -> int:
+    # Nothing more may reach the broken stdout: not even the flush at exit.
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    if exc.errno == errno.EPIPE:  # the reader is gone, as `| head` does: quietly
+        return 128 + signal.SIGPIPE
+    print(f"pyclone3: cannot write the output: {exc.strerror}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.action is None:  # `python -m pyclone3`: the feature report
-        return cmd_features(args)
     try:
+        if args.action is None:  # `python -m pyclone3`: the feature report
+            return cmd_features(args)
         return int(args.func(args))
+    except _OutputError as failed:
+        return _output_failed(failed.args[0])
     except KeyboardInterrupt:
         return 128 + signal.SIGINT

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 
 import pytest
 from conftest import PYTHON, requires_userns
@@ -334,3 +335,50 @@ def test_wait_rejects_what_is_not_a_pid_without_a_traceback(pid: str) -> None:
     r = run_cli("wait", "--", pid)
     assert r.returncode == 2 and "not a process ID" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("where", ["/dev/full", "closed"])
+def test_features_reports_an_unwritable_stdout_without_a_traceback(where: str) -> None:
+    if where == "closed":
+        r = subprocess.run([*CLI, "features"], stdout=None, capture_output=False, text=True,
+                           stderr=subprocess.PIPE, pass_fds=(), close_fds=True,
+                           preexec_fn=lambda: os.close(1), timeout=60)  # fmt: skip
+    else:
+        with open(where, "w") as full:
+            r = subprocess.run([*CLI, "features"], stdout=full, stderr=subprocess.PIPE,
+                               text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 125, r.stderr
+    assert "cannot write the output" in r.stderr and "Traceback" not in r.stderr
+    assert "Exception ignored" not in r.stderr
+
+
+ALRM_TRAP = "trap 'exit 9' ALRM; echo ready; while :; do sleep 0.05; done"
+
+
+def test_run_passes_sigalrm_on() -> None:
+    """SIGALRM used to kill pyclone3 itself and orphan the command."""
+    proc = subprocess.Popen(
+        # --pdeathsig: should pyclone3 die of it, the command goes too
+        [*CLI, "run", "--pdeathsig", "KILL", "--", "/bin/sh", "-c", ALRM_TRAP],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGALRM)
+        assert proc.wait(timeout=20) == 9
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
+
+
+def test_run_an_exec_failure_other_than_enoent_is_126(tmp_path: Any) -> None:
+    """As timeout(1): ELOOP, ENAMETOOLONG, ENOTDIR... are 126 (they were 125)."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert run_cli("run", "--", str(loop)).returncode == 126
+    assert run_cli("run", "--", "/" + "x" * 5000).returncode == 126
+    assert run_cli("run", "--", "/etc/passwd/x").returncode == 126
