@@ -5,6 +5,9 @@ order, before the base::
 
     class MyPopen(pyclone3.CommandExt, pyclone3.ChildExt, subprocess.Popen): ...
 
+A class that puts ``subprocess.Popen`` before a mixin raises ``TypeError``
+when it is defined: the mixin's methods would never be reached.
+
 :class:`CommandExt` routes the spawn through pyclone3's core (every child
 gets its pidfd at creation) and adds spawn-time keywords; :class:`ChildExt`
 makes ``wait``, ``poll``, ``send_signal``, ``terminate`` and ``kill`` act on
@@ -68,6 +71,17 @@ def _fall_back_to_waitpid() -> None:
     _no_waitid_pidfd = True
 
 
+def _check_mixin_order(cls: type, mixin: type) -> None:
+    """Refuse a class whose MRO puts subprocess.Popen before *mixin*: its methods would be dead."""
+    mro = cls.__mro__
+    if subprocess.Popen in mro and mro.index(subprocess.Popen) < mro.index(mixin):
+        raise TypeError(
+            f"{cls.__qualname__}: {mixin.__name__} must come before subprocess.Popen in the "
+            f"bases, as in class {cls.__name__}(CommandExt, ChildExt, subprocess.Popen); "
+            f"after it, subprocess's own methods win and {mixin.__name__} does nothing"
+        )
+
+
 class PidfdUnavailableError(RuntimeError):
     """The child has no pidfd: spawned with ``create_pidfd=False`` or on the ``vfork`` path."""
 
@@ -103,6 +117,11 @@ class CommandExt:
     """
 
     pid: int
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _check_mixin_order(cls, CommandExt)
+
     _child_created: bool
     if TYPE_CHECKING:  # subprocess.Popen's, which the mixin is composed with
 
@@ -308,6 +327,11 @@ class ChildExt:
     """
 
     pid: int
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _check_mixin_order(cls, ChildExt)
+
     args: Any
 
     # The pidfd's owner writes the returncode here as it records the exit

@@ -655,3 +655,23 @@ def test_io_text_wrapper_attributes_unchanged() -> None:
         assert isinstance(p.stdin, io.TextIOWrapper) and isinstance(p.stdout, io.TextIOWrapper)
         out, _ = p.communicate("text\n")
     assert out == "text\n"
+
+
+def test_mixins_after_subprocess_popen_are_refused_at_class_creation() -> None:
+    """In the wrong order the mixins would be dead code: a plain Popen, silently."""
+    for bases in (
+        (subprocess.Popen, pyclone3.CommandExt, pyclone3.ChildExt),
+        (pyclone3.CommandExt, subprocess.Popen, pyclone3.ChildExt),
+        (subprocess.Popen, pyclone3.ChildExt),
+    ):
+        with pytest.raises(TypeError, match=r"must come before subprocess\.Popen"):
+            type("Wrong", bases, {})
+    # The documented orders, and subclasses of pyclone3.Popen, are fine.
+    for bases in (
+        (pyclone3.CommandExt, pyclone3.ChildExt, subprocess.Popen),
+        (pyclone3.ChildExt, subprocess.Popen),
+        (pyclone3.Popen,),
+    ):
+        cls = type("Right", bases, {})
+        with cls(["/bin/true"]) as p:
+            assert p.wait() == 0
