@@ -53,9 +53,9 @@ static int child_fds_end(const struct pyclone3_spawn *s)
 #define PIDFD_HIGH 1024
 
 /* Whether the last spawn's pidfd arrived at PIDFD_CROWDED or above: our fd
- * table is big. Only then does a child share it: for a small table the
- * copy at clone costs less than sharing and trimming (measured: 2-3 µs of a
- * 150 µs spawn+wait). Written by any thread without a lock: it is a hint. */
+ * table is big. Only then does a child share it: a small table costs next to
+ * nothing to copy at clone, and sharing adds a syscall to the child. Written
+ * by any thread without a lock: it is a hint. */
 static volatile int fds_crowded;
 
 static void move_pidfd_up(int *pidfd)
