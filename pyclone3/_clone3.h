@@ -224,13 +224,14 @@ struct pyclone3_waitinfo {
 extern char **environ;
 
 #define SPAWN_ERR_NONE 0
-#define SPAWN_ERR_NOEXEC 1   /* failed before exec: chdir, dup2, setsid, ... */
+#define SPAWN_ERR_NOEXEC 1   /* failed before exec: dup2, setsid, setgroups, ... */
 #define SPAWN_ERR_EXEC 2     /* execve failed for every candidate path */
 #define SPAWN_ERR_PREEXEC 3  /* preexec_fn raised (fork path, set by Python) */
 #define SPAWN_ERR_PIDFD 4    /* the child could not open or send its pidfd */
 #define SPAWN_ERR_CGROUP 5   /* the child could not join its cgroup */
 #define SPAWN_ERR_SETNS 6    /* the child could not enter the namespaces */
 #define SPAWN_ERR_FILES 7    /* the child could not take its own fd table */
+#define SPAWN_ERR_CHDIR 8    /* chdir(cwd) failed */
 
 #define SPAWN_CLONE3 0       /* clone3(CLONE_VM|CLONE_VFORK|CLONE_PIDFD) */
 #define SPAWN_CLONE 1        /* clone(CLONE_VM|CLONE_VFORK|CLONE_PIDFD) */

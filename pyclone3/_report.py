@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 from typing import Any
 
 from ._clone3 import lib
@@ -43,6 +44,7 @@ BAD_REPORT = -1
 STEPS = frozenset(
     {
         lib.SPAWN_ERR_NOEXEC,
+        lib.SPAWN_ERR_CHDIR,
         lib.SPAWN_ERR_EXEC,
         lib.SPAWN_ERR_PREEXEC,
         lib.SPAWN_ERR_PIDFD,
@@ -52,6 +54,8 @@ STEPS = frozenset(
     }
 )
 _ERRNO_MAX = 4095  # the kernel's errno range
+#: Until 3.13, subprocess named the cwd for any failure before exec.
+_CWD_FOR_ANY_STEP = sys.version_info < (3, 13)
 
 
 def read_report(errpipe_r: int) -> bytes:
@@ -87,8 +91,9 @@ def child_error(
 ) -> BaseException:
     """The exception subprocess raises for a child that failed at *step*.
 
-    As ``subprocess`` names them: the executable for a failed exec, the cwd
-    (or nothing, without one) for any step before it.
+    As this Python's ``subprocess`` names them: the executable for a failed
+    exec, the cwd for a failed ``chdir``, and for the other steps before
+    exec the cwd too before 3.13, no filename from 3.13 on.
     """
     if step == lib.SPAWN_ERR_PREEXEC or step == BAD_REPORT:
         import subprocess
@@ -100,8 +105,8 @@ def child_error(
         filename = executable
     elif step == lib.SPAWN_ERR_CGROUP:
         filename = cgroup if not isinstance(cgroup, int) else None
-    elif step == lib.SPAWN_ERR_SETNS:
-        filename = None
-    else:
+    elif step == lib.SPAWN_ERR_CHDIR or (step == lib.SPAWN_ERR_NOEXEC and _CWD_FOR_ANY_STEP):
         filename = cwd
+    else:
+        filename = None
     return OSError(err, os.strerror(err), filename)

@@ -165,7 +165,7 @@ int pyclone3_child_setup(struct pyclone3_spawn *s)
         child_fail(s, SPAWN_ERR_NOEXEC, errno);
 
     if (s->cwd && syscall(SYS_chdir, s->cwd) < 0)
-        child_fail(s, SPAWN_ERR_NOEXEC, errno);
+        child_fail(s, SPAWN_ERR_CHDIR, errno);
     if (s->umask >= 0)
         syscall(SYS_umask, s->umask);
     if (s->restore_signals) {                  /* Python ignores these two */
