@@ -104,14 +104,6 @@ def _stop_sharing(failed: ChildFailed) -> None:
 
 def spawn_vm(plan: Plan, path: str) -> SpawnedChild:
     """One attempt on a vfork-family path, the child sharing our memory."""
-    try:
-        return _spawn_vm(plan, path)
-    except ChildFailed as failed:
-        _stop_sharing(failed)
-    return _spawn_vm(plan, path)
-
-
-def _spawn_vm(plan: Plan, path: str) -> SpawnedChild:
     s = plan.s
     s.pidfd_sock = -1
     # With close_fds=False the child keeps every inheritable fd, so it would
@@ -146,13 +138,22 @@ def _spawn_vm(plan: Plan, path: str) -> SpawnedChild:
             s.pidfd_sock = -1
         if pid < 0:
             raise OSError(err, os.strerror(err))
-        return _finish(plan, pid, path)
+        return _finish_vm(plan, pid, path)
     if pid < 0:
         err = ffi.errno
         raise OSError(err, os.strerror(err))
     if pidfd_out[0] >= 0 and s.err_step == lib.SPAWN_ERR_NONE:  # the common case, without a call
         return SpawnedChild(pid, adopt_spawned(pidfd_out, s), path)
-    return _finish(plan, pid, path)
+    return _finish_vm(plan, pid, path)
+
+
+def _finish_vm(plan: Plan, pid: int, path: str) -> SpawnedChild:
+    """:func:`_finish` for :func:`spawn_vm`, which tries once more without sharing our fd table."""
+    try:
+        return _finish(plan, pid, path)
+    except ChildFailed as failed:
+        _stop_sharing(failed)
+    return spawn_vm(plan, path)
 
 
 _COPY_METHODS = {

@@ -109,15 +109,6 @@ def _candidates(forced: str | None) -> tuple[str, ...]:
     return paths
 
 
-def _spawn_plain(plan: Plan, path: str) -> SpawnedChild:
-    """One attempt, without clone options, on *path*."""
-    child = spawn_copied(plan, path, None) if plan.changes_ids else spawn_vm(plan, path)
-    if child.pidfd is None and path in ("clone3", "clone"):
-        # A kernel older than CLONE_PIDFD ignores the flag: a child, no pidfd.
-        _mark_unsupported(path)
-    return child
-
-
 def run_paths(
     plan: Plan, preexec_fn: Callable[[], Any] | None, forced: str | None, create_pidfd: bool
 ) -> SpawnedChild:
@@ -130,29 +121,36 @@ def run_paths(
     for path in paths:
         if path == "vfork_pidfd" and forced is None and not features().pidfd_open:
             continue
-        try:
-            return _spawn_plain(plan, path)
-        except ChildFailed as failed:
-            if failed.step != lib.SPAWN_ERR_PIDFD or forced is not None:
-                raise
-            _mark_unsupported(path)  # the child could not open or send its pidfd
-            last = OSError(failed.err, os.strerror(failed.err))
-            continue
-        except OSError as exc:
-            if forced is not None or exc.errno in TRANSIENT_ERRNOS:
-                raise
-            last = exc
-            if exc.errno == errno.EPERM:
-                continue  # a filter, perhaps for this flag set only: do not cache
-            if path == "clone3" and exc.errno == errno.EINVAL and learned.clear_sighand:
-                learned.clear_sighand = False  # 5.3 and 5.4 lack CLONE_CLEAR_SIGHAND
-                try:
-                    return _spawn_plain(plan, path)
-                except OSError as again:
-                    if again.errno in TRANSIENT_ERRNOS:
-                        raise
-                    last = again
-            _mark_unsupported(path)
+        retry = True
+        while retry:
+            retry = False
+            try:
+                # One attempt. Inline, not a call of its own: this runs on
+                # every plain spawn, when the CPU's caches are cold after the
+                # last child and each call costs the most.
+                if plan.changes_ids:
+                    child = spawn_copied(plan, path, None)
+                else:
+                    child = spawn_vm(plan, path)
+                if child.pidfd is None and path in ("clone3", "clone"):
+                    _mark_unsupported(path)  # a kernel older than CLONE_PIDFD ignores the flag
+                return child
+            except ChildFailed as failed:
+                if failed.step != lib.SPAWN_ERR_PIDFD or forced is not None:
+                    raise
+                _mark_unsupported(path)  # the child could not open or send its pidfd
+                last = OSError(failed.err, os.strerror(failed.err))
+            except OSError as exc:
+                if forced is not None or exc.errno in TRANSIENT_ERRNOS:
+                    raise
+                last = exc
+                if exc.errno == errno.EPERM:
+                    break  # a filter, perhaps for this flag set only: do not cache
+                if path == "clone3" and exc.errno == errno.EINVAL and learned.clear_sighand:
+                    learned.clear_sighand = False  # 5.3 and 5.4 lack CLONE_CLEAR_SIGHAND
+                    retry = True
+                    continue
+                _mark_unsupported(path)
     assert last is not None
     raise last
 

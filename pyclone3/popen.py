@@ -251,13 +251,6 @@ class CommandExt:
         if self._pyclone3_kill_tree and not tree.is_child_subreaper():
             tree.set_child_subreaper(True)
 
-        def failed(pid: int, returncode: int | None) -> None:
-            self.pid = pid
-            self.__dict__["_pyclone3_returncode"] = (
-                returncode if returncode is not None else sys.maxsize
-            )
-            self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
-
         # subprocess's own options, onto the request CommandExt.__init__ began;
         # only what differs from the defaults, as this runs on every spawn.
         request = self._pyclone3_request
@@ -286,7 +279,7 @@ class CommandExt:
             request.umask = umask
         if preexec_fn is not None:
             request.preexec_fn = preexec_fn
-        child = start(request, failed)
+        child = start(request, self._pyclone3_failed)
         self.pid = child.pid
         pidfd = child.pidfd
         if pidfd is not None:
@@ -301,6 +294,14 @@ class CommandExt:
         self.spawn_path = child.path
         self._child_created = True
         self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
+
+    def _pyclone3_failed(self, pid: int, returncode: int | None) -> None:
+        """``start``'s *on_failed*: the child failed before exec and was reaped."""
+        self.pid = pid
+        self.__dict__["_pyclone3_returncode"] = (
+            returncode if returncode is not None else sys.maxsize
+        )
+        self._close_pipe_fds(*self._pyclone3_request.stdio)
 
 
 class ChildExt:
