@@ -35,15 +35,12 @@ from ._errors import raise_errno
 from ._fdref import FdRef
 from ._features import features
 from ._waiting import WaitTimeout, poll_fd
-from .flags import ChildCode, IdType, PidfdInfoFlag, WaitFlag
+from .flags import IdType, PidfdInfoFlag, WaitFlag
 from .status import WaitStatus, status_from_kernel
 
 __all__ = ["ChildState", "sweeps"]
 
 _P_PIDFD = int(IdType.P_PIDFD)
-_EXITED = int(ChildCode.CLD_EXITED)
-_KILLED = int(ChildCode.CLD_KILLED)
-_DUMPED = int(ChildCode.CLD_DUMPED)
 # __WALL: a child spawned with an exit signal other than SIGCHLD (or none) is
 # a "clone" child, which waitid only reports with __WCLONE or __WALL.
 WEXITED = int(WaitFlag.WEXITED | WaitFlag["__WALL"])
@@ -160,17 +157,10 @@ class ChildState(FdRef):
             # sees it set must find the returncode written too.
             sink = self.returncode_sink
             if sink is not None:
-                # WaitStatus.returncode, worked out inline: with no call from
+                # WaitStatus.returncode has a C getter: with no Python call from
                 # here to the status's store, no signal handler can run in
                 # between, and the sink is written whenever the status is.
-                kind, value = status._code, status._status
-                if kind == _EXITED:
-                    code: int | None = value
-                elif kind in (_KILLED, _DUMPED):
-                    code = -value
-                else:
-                    code = None
-                sink[0][sink[1]] = code
+                sink[0][sink[1]] = status.returncode
                 self.returncode_sink = None  # written once, then let go of (no cycle left)
             self.status = status
             callback, self._on_exit = self._on_exit, None

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import operator
 import os
 import resource
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .flags import ChildCode
 
@@ -32,7 +33,7 @@ class WaitStatus:
     else ``None``.
     """
 
-    __slots__ = ("_code", "_pid", "_raw_rusage", "_rusage", "_status", "_uid")
+    __slots__ = ("_code", "_pid", "_raw_rusage", "_returncode", "_rusage", "_status", "_uid")
 
     def __init__(
         self,
@@ -46,6 +47,7 @@ class WaitStatus:
         self._pid = pid
         self._code = ChildCode(code)
         self._status = status
+        self._returncode = _returncode_of(code, status)
         self._uid = uid
         self._rusage = rusage
         self._raw_rusage: Any = None
@@ -150,18 +152,22 @@ class WaitStatus:
         except ValueError:  # a real-time signal without a name
             return None
 
-    @property
-    def returncode(self) -> int | None:
-        """:attr:`subprocess.Popen.returncode`'s value: the exit code, or ``-signal``.
+    if TYPE_CHECKING:
+
+        @property
+        def returncode(self) -> int | None: ...
+
+    else:
+        # A C-level getter, worked out as the status is made: the child's
+        # owner reads it as it records an exit, and with no Python call
+        # there no signal handler can run between that read and the store.
+        returncode = property(
+            operator.attrgetter("_returncode"),
+            doc=""":attr:`subprocess.Popen.returncode`'s value: the exit code, or ``-signal``.
 
         ``None`` for a stop or continue report, which is not a termination.
-        """
-        code = self._code
-        if code == _EXITED:
-            return self._status
-        if code in (_KILLED, _DUMPED):
-            return -self._status
-        return None
+        """,
+        )
 
     def _key(self) -> tuple[int, int, int]:
         return (self._pid, int(self._code), self._status)
@@ -186,6 +192,15 @@ class WaitStatus:
         return f"<WaitStatus pid={self._pid} {what}>"
 
 
+#: si_code -> the sign of a returncode; a stop or continue has none.
+_RETURNCODE_SIGN = {_EXITED: 1, _KILLED: -1, _DUMPED: -1}
+
+
+def _returncode_of(code: int, status: int) -> int | None:
+    sign = _RETURNCODE_SIGN.get(code)
+    return status * sign if sign is not None else None
+
+
 def status_from_kernel(pid: int, code: int, status: int, uid: int, raw_rusage: Any) -> WaitStatus:
     """A :class:`WaitStatus` straight from a reap's ``siginfo``, for pyclone3's own reap paths.
 
@@ -199,6 +214,8 @@ def status_from_kernel(pid: int, code: int, status: int, uid: int, raw_rusage: A
     self._pid = pid
     self._code = code  # type: ignore[assignment]  # made a ChildCode on access
     self._status = status
+    sign = _RETURNCODE_SIGN.get(code)  # _returncode_of(), inline: this runs right after a wake-up
+    self._returncode = status * sign if sign is not None else None
     self._uid = uid
     self._rusage = None
     self._raw_rusage = raw_rusage

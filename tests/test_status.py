@@ -1,0 +1,73 @@
+"""WaitStatus: the returncode it gives, however it was made, agrees with the standard library's."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import pyclone3
+from pyclone3 import WaitStatus
+from pyclone3.flags import ChildCode
+
+# The signal numbers a wait status word can carry.
+signals = st.integers(min_value=1, max_value=64)
+
+
+@given(code=st.integers(min_value=0, max_value=255))
+def test_an_exit_status_word_gives_the_exit_code(code: int) -> None:
+    status = WaitStatus.from_wait_status(1, code << 8)
+    assert status.exited and status.exit_code == code
+    assert status.returncode == os.waitstatus_to_exitcode(code << 8) == code
+
+
+@given(sig=signals, core=st.booleans())
+def test_a_signal_status_word_gives_minus_the_signal(sig: int, core: bool) -> None:
+    word = sig | (0x80 if core else 0)
+    status = WaitStatus.from_wait_status(1, word)
+    assert status.signaled and status.core_dumped is core
+    assert status.returncode == os.waitstatus_to_exitcode(word) == -sig
+
+
+@given(returncode=st.integers(min_value=-64, max_value=255))
+def test_from_returncode_round_trips(returncode: int) -> None:
+    assert WaitStatus.from_returncode(1, returncode).returncode == returncode
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        (ChildCode.CLD_EXITED, 3),
+        (ChildCode.CLD_KILLED, -3),
+        (ChildCode.CLD_DUMPED, -3),
+        (ChildCode.CLD_STOPPED, None),
+        (ChildCode.CLD_TRAPPED, None),
+        (ChildCode.CLD_CONTINUED, None),
+    ],
+)
+def test_only_a_termination_has_a_returncode(code: ChildCode, expected: int | None) -> None:
+    assert WaitStatus(1, code, 3).returncode == expected
+
+
+def test_returncode_cannot_be_assigned() -> None:
+    status = WaitStatus(1, ChildCode.CLD_EXITED, 0)
+    with pytest.raises(AttributeError):
+        status.returncode = 1  # type: ignore[misc]
+    assert status.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [("exit 7", 7), ("kill -TERM $$", -signal.SIGTERM), ("kill -KILL $$", -signal.SIGKILL)],
+)
+def test_a_reaped_child_reports_what_subprocess_reports(script: str, expected: int) -> None:
+    child = pyclone3.spawn(["/bin/sh", "-c", script])
+    assert child.pidfd is not None
+    with child.pidfd as pidfd:
+        status = pidfd.wait()
+    assert status.returncode == expected
+    assert subprocess.run(["/bin/sh", "-c", script], check=False).returncode == expected
