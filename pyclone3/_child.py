@@ -30,13 +30,12 @@ import time
 from typing import Any, Callable
 
 from . import syscalls
-from ._clone3 import ffi, lib
-from ._errors import raise_errno
+from ._clone3 import lib
 from ._fdref import FdRef
 from ._features import features
 from ._waiting import WaitTimeout, poll_fd
 from .flags import IdType, PidfdInfoFlag, WaitFlag
-from .status import WaitStatus, status_from_kernel
+from .status import WaitStatus
 
 __all__ = ["ChildState", "sweeps"]
 
@@ -290,10 +289,11 @@ class ChildState(FdRef):
     def _reaping_locked(self) -> bool:
         """Whether a thread is inside a blocking ``waitid`` (:meth:`reap_blocking`).
 
-        Such a thread holds the fd with its ``waitinfo`` buffer, a cffi
-        object, as its token; no other use of the fd holds one.
+        Such a thread holds the fd with its wait buffers
+        (:class:`~pyclone3.syscalls.WaitBuffers`) as its token; no other use
+        of the fd holds one.
         """
-        return any(isinstance(token, ffi.CData) for token in tuple(self.users))
+        return any(isinstance(token, syscalls.WaitBuffers) for token in tuple(self.users))
 
     def _foreign_status(self) -> WaitStatus | None:
         """Status of a process we cannot reap: PIDFD_INFO_EXIT, or an error."""
@@ -349,11 +349,10 @@ class ChildState(FdRef):
         takes the polling path. Signals run their handlers and the call is
         retried (PEP 475). ``None`` also for a ``PIDFD_NONBLOCK`` pidfd.
         """
-        # The buffers, allocated before sleeping, not after waking; the info
-        # struct is also this wait's token as a user of the fd, which tells
-        # _echild that a reap is under way.
-        info = ffi.new("struct pyclone3_waitinfo *")
-        ru = ffi.new("struct pyclone3_rusage *")
+        # The buffers, allocated before sleeping, not after waking; they are
+        # also this wait's token as a user of the fd, which tells _echild
+        # that a reap is under way.
+        bufs = syscalls.WaitBuffers()
         status = None
         echild = False
         try:
@@ -362,23 +361,15 @@ class ChildState(FdRef):
                     return self.status
                 if self.closed:
                     raise ValueError("I/O operation on closed PidFd")
-                self.users.add(info)
+                self.users.add(bufs)
                 fd = self.number
-            # The blocking waitid itself, inline: right after the wake-up the
-            # CPU is cold, and every step here adds to the exit's latency.
-            while lib.sys_waitid(_P_PIDFD, fd, info, WEXITED, ru) < 0:
-                err = ffi.errno
-                if err == errno.ECHILD:
-                    echild = True
-                    break
-                if err != errno.EINTR:  # EINTR: the next turn runs the handlers (PEP 475)
-                    raise_errno(err)
-            else:
-                if info.pid:
-                    status = status_from_kernel(info.pid, info.code, info.status, info.uid, ru)
+            try:
+                status = syscalls.waitid_with(_P_PIDFD, fd, WEXITED, bufs)
+            except ChildProcessError:
+                echild = True
         finally:
             # A single call into C, done first: nothing can stop it.
-            self.users.discard(info)
+            self.users.discard(bufs)
             callback = None
             if status is not None or self.closed:
                 with self.lock:

@@ -33,10 +33,12 @@ __all__ = [
     "PidfdInfo",
     "clone3",
     "close_range",
+    "get_child_subreaper",
     "pidfd_get_info",
     "pidfd_getfd",
     "pidfd_open",
     "pidfd_send_signal",
+    "set_child_subreaper",
     "setns",
     "waitid",
 ]
@@ -487,3 +489,22 @@ def clone3(
     if pid == 0:
         return 0, None
     return int(pid), (int(pidfd[0]) if flags & CloneFlag.CLONE_PIDFD else None)
+
+
+def set_child_subreaper(on: bool = True) -> None:
+    """``prctl(PR_SET_CHILD_SUBREAPER, on)``: make this process a child subreaper, or stop.
+
+    Orphans anywhere below a subreaper are reparented to it (not to init),
+    and it must reap them. A property of the whole process, kept across
+    ``execve`` and inherited by no child.
+    """
+    if lib.pyclone3_set_child_subreaper(1 if on else 0) < 0:
+        raise_errno(ffi.errno)
+
+
+def get_child_subreaper() -> bool:
+    """``prctl(PR_GET_CHILD_SUBREAPER)``: whether this process is a child subreaper."""
+    value = lib.pyclone3_get_child_subreaper()
+    if value < 0:
+        raise_errno(ffi.errno)
+    return bool(value)

@@ -39,7 +39,6 @@ import time
 from collections.abc import Iterable, Mapping
 
 from . import syscalls
-from ._clone3 import ffi, lib
 from ._features import features
 from ._signals import signal_or_kill
 from .flags import IdType, WaitFlag
@@ -66,18 +65,12 @@ def set_child_subreaper(on: bool = True) -> None:
     It is a property of the whole process, inherited by nothing: orphans
     anywhere below it are reparented to it, and it must reap them.
     """
-    if lib.pyclone3_set_child_subreaper(1 if on else 0) < 0:
-        err = ffi.errno
-        raise OSError(err, os.strerror(err))
+    syscalls.set_child_subreaper(on)
 
 
 def is_child_subreaper() -> bool:
     """Whether this process is a child subreaper."""
-    value = lib.pyclone3_get_child_subreaper()
-    if value < 0:
-        err = ffi.errno
-        raise OSError(err, os.strerror(err))
-    return bool(value)
+    return syscalls.get_child_subreaper()
 
 
 def _pid_now(pidfd: PidFd) -> int:

@@ -7,6 +7,8 @@ import fcntl
 import os
 import resource
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -447,3 +449,28 @@ def test_close_range_with_first_above_last_is_einval() -> None:
     with pytest.raises(OSError) as info:
         syscalls.close_range(10, 9)
     assert info.value.errno == errno.EINVAL
+
+
+def test_child_subreaper_is_set_read_and_cleared_and_adopts_orphans() -> None:
+    # In a child of its own: the flag is process-wide and would stay on this one.
+    script = (
+        "import os, sys\n"
+        "from pyclone3 import syscalls\n"
+        "assert syscalls.get_child_subreaper() is False\n"
+        "syscalls.set_child_subreaper(True)\n"
+        "assert syscalls.get_child_subreaper() is True\n"
+        "r, w = os.pipe()\n"
+        "if os.fork() == 0:\n"  # a middle process that leaves an orphan behind
+        "    if os.fork() == 0:\n"
+        "        os.read(r, 1)\n"
+        "        os._exit(7)\n"
+        "    os._exit(0)\n"
+        "os.wait()\n"
+        "os.write(w, b'x')\n"
+        "pid, status = os.wait()\n"  # the orphan came to us, not to init
+        "assert os.waitstatus_to_exitcode(status) == 7, status\n"
+        "syscalls.set_child_subreaper(False)\n"
+        "assert syscalls.get_child_subreaper() is False\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
