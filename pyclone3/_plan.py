@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._clone3 import ffi, lib
@@ -24,6 +24,10 @@ from ._request import (
 from .clone_options import CloneOptions
 
 __all__ = ["Plan"]
+
+#: The request fields every spawn sets; any other set field is an option
+#: that Plan._set_more looks at.
+_PLAIN_KEYS = frozenset({"args", "executable", "display_executable", "cwd", "env", "stdio"})
 
 _SIGCHLD = 17
 _INT_MAX = 2**31 - 1
@@ -64,14 +68,19 @@ def _pack(first: list[bytes], second: list[bytes], what: str, keep: list[Any]) -
     buf = ffi.from_buffer("char[]", blob)
     arr = ffi.new("char *[]", len(items) + 2)
     lib.pyclone3_split(buf, arr, len(first), len(second))
-    keep.append(blob)
-    keep.append(buf)
-    keep.append(arr)
+    keep += (blob, buf, arr)
     return arr
 
 
 class Plan:
     """The C struct for the child and every buffer it points to (kept alive here)."""
+
+    #: The fds the child keeps open across exec, sorted (from pass_fds).
+    pass_fds: Sequence[int] = ()
+    #: The child changes its ids: it must not share our memory (the kernel
+    #: would mark that memory, ours, non-dumpable), so it runs in a copy, on
+    #: every path; subprocess too refuses vfork then.
+    changes_ids = False
 
     def __init__(self, request: SpawnRequest) -> None:
         keep: list[Any] = []
@@ -92,8 +101,6 @@ class Plan:
                     raise ValueError("illegal environment variable name")
                 entries.append(k + b"=" + fsencode(value))
             s.envp = _pack(entries, [], "env", keep)
-        else:
-            s.envp = ffi.NULL
         exe = fsencode(request.executable)
         if b"/" in exe:
             candidates = [exe]
@@ -120,12 +127,18 @@ class Plan:
                 if fd != -1:
                     fd_number(fd, "file descriptor")
             (s.p2cread, s.p2cwrite, s.c2pread, s.c2pwrite, s.errread, s.errwrite) = fds
+        if not request.__dict__.keys() <= _PLAIN_KEYS:
+            # Options beyond the plain spawn's (Popen and spawn() set only
+            # those that differ from the defaults, so most spawns skip this).
+            self._set_more(request)
+
+    def _set_more(self, request: SpawnRequest) -> None:
+        s = self.s
+        keep = self._keep
         pass_fds = request.pass_fds
         if pass_fds:
             self.pass_fds = sorted({fd_number(fd, "pass_fds entry") for fd in pass_fds})
             self.set_keep(self.pass_fds)
-        else:
-            self.pass_fds = []
         if not request.close_fds:
             s.close_fds = 0
         if request.umask != -1:
@@ -157,9 +170,6 @@ class Plan:
             s.groups = groups
             s.n_groups = len(gids)
             changes_ids = True
-        #: The child changes its ids: it must not share our memory (the
-        #: kernel would mark that memory, ours, non-dumpable), so it runs in
-        #: a copy, on every path; subprocess too refuses vfork then.
         self.changes_ids = changes_ids
         if request.options is not None:
             self._set_options(request.options)
@@ -199,7 +209,7 @@ class Plan:
             os.close(self.cgroup_fd)
             self.cgroup_fd = -1
 
-    def set_keep(self, fds: list[int]) -> None:
+    def set_keep(self, fds: Sequence[int]) -> None:
         """The fds the child keeps open across exec (sorted): pass_fds, and an error pipe."""
         if fds:
             arr = ffi.new("int[]", fds)
