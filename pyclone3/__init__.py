@@ -23,38 +23,45 @@ Layers, from the bottom:
 
 from __future__ import annotations
 
-from . import clone_options, flags, syscalls, tree
-from ._errors import OutOfRangeError
-from ._executors import SpawnedChild
-from ._features import Features, features
-from ._paths import SPAWN_PATHS, get_spawn_path, set_spawn_path
-from ._request import check_pdeathsig
-from ._spawn import spawn
-from .flags import (
-    ChildCode,
-    CloneFlag,
-    IdType,
-    PidfdFlag,
-    PidfdInfoFlag,
-    PidfdSignalFlag,
-    WaitFlag,
-)
-from .multi import WaitAllTimeout, iter_exits, wait_all, wait_any
-from .pidfd import PidFd, WaitTimeout
-from .popen import (
-    ChildExt,
-    CommandExt,
-    PidfdUnavailableError,
-    Popen,
-    call,
-    check_call,
-    check_output,
-    getoutput,
-    getstatusoutput,
-    run,
-)
-from .status import WaitStatus
-from .syscalls import PidfdInfo
+import importlib
+
+# typing is not imported at run time: it alone costs a tenth of the import.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from . import clone_options, flags, syscalls, tree
+    from ._errors import OutOfRangeError
+    from ._executors import SpawnedChild
+    from ._features import Features, features
+    from ._paths import SPAWN_PATHS, get_spawn_path, set_spawn_path
+    from ._request import check_pdeathsig
+    from ._spawn import spawn
+    from .flags import (
+        ChildCode,
+        CloneFlag,
+        IdType,
+        PidfdFlag,
+        PidfdInfoFlag,
+        PidfdSignalFlag,
+        WaitFlag,
+    )
+    from .multi import WaitAllTimeout, iter_exits, wait_all, wait_any
+    from .pidfd import PidFd, WaitTimeout
+    from .popen import (
+        ChildExt,
+        CommandExt,
+        PidfdUnavailableError,
+        Popen,
+        call,
+        check_call,
+        check_output,
+        getoutput,
+        getstatusoutput,
+        run,
+    )
+    from .status import WaitStatus
+    from .syscalls import PidfdInfo
 
 __version__ = "0.1.0.dev0"
 
@@ -99,3 +106,63 @@ __all__ = [
     "wait_all",
     "wait_any",
 ]
+
+# Each public name, by the module that defines it: a module is imported when
+# one of its names is first used, so that ``import pyclone3`` costs about what
+# ``import subprocess`` does and a program pays only for what it uses.
+_WHERE = {
+    "ChildCode": "flags",
+    "CloneFlag": "flags",
+    "IdType": "flags",
+    "PidfdFlag": "flags",
+    "PidfdInfoFlag": "flags",
+    "PidfdSignalFlag": "flags",
+    "WaitFlag": "flags",
+    "OutOfRangeError": "_errors",
+    "SpawnedChild": "_executors",
+    "Features": "_features",
+    "features": "_features",
+    "SPAWN_PATHS": "_paths",
+    "get_spawn_path": "_paths",
+    "set_spawn_path": "_paths",
+    "check_pdeathsig": "_request",
+    "spawn": "_spawn",
+    "WaitAllTimeout": "multi",
+    "iter_exits": "multi",
+    "wait_all": "multi",
+    "wait_any": "multi",
+    "PidFd": "pidfd",
+    "WaitTimeout": "pidfd",
+    "ChildExt": "popen",
+    "CommandExt": "popen",
+    "PidfdUnavailableError": "popen",
+    "Popen": "popen",
+    "call": "popen",
+    "check_call": "popen",
+    "check_output": "popen",
+    "getoutput": "popen",
+    "getstatusoutput": "popen",
+    "run": "popen",
+    "WaitStatus": "status",
+    "PidfdInfo": "syscalls",
+}
+_SUBMODULES = frozenset(
+    {"aio", "cli", "clone_options", "flags", "multi", "popen", "syscalls", "tree"}
+)
+
+
+if not TYPE_CHECKING:  # hidden from type checkers: a misspelt name must stay an error there
+
+    def __getattr__(name: str) -> Any:
+        module = _WHERE.get(name)
+        if module is not None:
+            value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        elif name in _SUBMODULES:
+            value = importlib.import_module(f"{__name__}.{name}")
+        else:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        globals()[name] = value  # found once: later uses are plain lookups
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *__all__})

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
-import shutil
 import threading
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -76,6 +74,8 @@ class Features:
 
     def to_json(self) -> str:
         """:meth:`as_dict` as indented JSON."""
+        import json  # here, not at the top: few programs ask, and it costs every import
+
         return json.dumps(self.as_dict(), indent=2, sort_keys=False)
 
     def __str__(self) -> str:
@@ -419,6 +419,8 @@ def _probe_info_exit_spawned(p: _Prober) -> tuple[bool, int | None]:
 
 def _spawned_pidfd(p: _Prober, name: str) -> int | None:
     """posix_spawn `true`, open its pidfd (kept in *p*), reap it; None, noted as *name*, if not."""
+    import shutil  # here, not at the top: it pulls in compression modules at every import
+
     true = shutil.which("true") or "/bin/true"
     try:
         pid = os.posix_spawn(true, [true], {})
