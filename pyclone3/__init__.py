@@ -14,8 +14,9 @@ Layers, from the bottom:
 * :func:`spawn`, :func:`set_spawn_path` and the C spawn core behind them,
   with the spawn-time Linux options of :mod:`pyclone3.clone_options`
   (namespaces, cgroup, ``set_tid``, ID maps, ``setns``);
-* :class:`Popen`, :class:`CommandExt`, :class:`ChildExt`, :func:`run` & co.:
-  ``subprocess`` on pidfds (:mod:`pyclone3.popen`);
+* :class:`Popen`, :func:`run` & co. (:mod:`pyclone3.popen`), built from the
+  :class:`CommandExt` and :class:`ChildExt` mixins (:mod:`pyclone3.mixins`):
+  ``subprocess`` on pidfds;
 * :func:`iter_exits`, :func:`wait_all`, :func:`wait_any`: many children on
   one ``epoll`` (:mod:`pyclone3.multi`);
 * :mod:`pyclone3.tree`: a child's whole tree, found, killed and reaped.
@@ -46,12 +47,10 @@ if TYPE_CHECKING:
         PidfdSignalFlag,
         WaitFlag,
     )
+    from .mixins import ChildExt, CommandExt, PidfdUnavailableError
     from .multi import WaitAllTimeout, iter_exits, wait_all, wait_any
     from .pidfd import PidFd, WaitTimeout
     from .popen import (
-        ChildExt,
-        CommandExt,
-        PidfdUnavailableError,
         Popen,
         call,
         check_call,
@@ -133,9 +132,9 @@ _WHERE = {
     "wait_any": "multi",
     "PidFd": "pidfd",
     "WaitTimeout": "pidfd",
-    "ChildExt": "popen",
-    "CommandExt": "popen",
-    "PidfdUnavailableError": "popen",
+    "ChildExt": "mixins",
+    "CommandExt": "mixins",
+    "PidfdUnavailableError": "mixins",
     "Popen": "popen",
     "call": "popen",
     "check_call": "popen",
@@ -147,7 +146,7 @@ _WHERE = {
     "PidfdInfo": "syscalls",
 }
 _SUBMODULES = frozenset(
-    {"aio", "cli", "clone_options", "flags", "multi", "popen", "syscalls", "tree"}
+    {"aio", "cli", "clone_options", "flags", "mixins", "multi", "popen", "syscalls", "tree"}
 )
 
 

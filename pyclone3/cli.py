@@ -146,7 +146,7 @@ def _exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def _report_rusage(proc: Popen) -> None:
+def _report_rusage(proc: Popen[bytes]) -> None:
     try:
         status = proc.pidfd.status
     except PidfdUnavailableError:  # the vfork path: no pidfd, no rusage
@@ -176,19 +176,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.enter_ns is not None and args.enter is None:
         print("pyclone3 run: --enter-ns needs --enter PID", file=sys.stderr)
         return EXIT_FAILURE
-    options: dict[str, object] = {}
     flags = args.unshare or 0
+    uid_map: list[tuple[int, int, int]] | None = None
+    gid_map: list[tuple[int, int, int]] | None = None
     if args.map_root_user:
         flags |= CloneFlag.CLONE_NEWUSER
-        options["uid_map"] = [(0, os.getuid(), 1)]
-        options["gid_map"] = [(0, os.getgid(), 1)]
-    if flags:
-        options["clone_flags"] = flags
-    if args.cgroup is not None:
-        options["cgroup"] = args.cgroup
-    if args.kill_tree:
-        options["kill_tree"] = True
-        options["start_new_session"] = True
+        uid_map = [(0, os.getuid(), 1)]
+        gid_map = [(0, os.getgid(), 1)]
+    setns: tuple[PidFd | int, int] | None = None
     target = None
     try:
         if args.enter is not None:
@@ -201,8 +196,18 @@ def cmd_run(args: argparse.Namespace) -> int:
                 args.enter_ns if args.enter_ns is not None else _differing_namespaces(args.enter)
             )
             if enter:
-                options["setns"] = (target, enter)
-        proc = Popen(command, pdeathsig=args.pdeathsig, **options)  # type: ignore[arg-type]
+                setns = (target, enter)
+        proc = Popen(
+            command,
+            pdeathsig=args.pdeathsig,
+            clone_flags=flags,
+            uid_map=uid_map,
+            gid_map=gid_map,
+            cgroup=args.cgroup,
+            kill_tree=bool(args.kill_tree),
+            start_new_session=bool(args.kill_tree),
+            setns=setns,
+        )
     except ValueError as exc:
         print(f"pyclone3 run: {exc}", file=sys.stderr)
         return EXIT_FAILURE
@@ -234,7 +239,7 @@ def _spawn_error(program: str, exc: OSError) -> int:
     return EXIT_CANNOT_INVOKE
 
 
-def _supervise(proc: Popen, args: argparse.Namespace, *, tree: bool) -> int:
+def _supervise(proc: Popen[bytes], args: argparse.Namespace, *, tree: bool) -> int:
     def send(sig: int) -> None:
         if tree:
             proc.kill_tree(sig)

@@ -60,7 +60,7 @@ def _parameters(name: str) -> list[str]:
 def test_execute_child_takes_what_pyclone3_expects() -> None:
     assert _parameters("_execute_child") == EXECUTE_CHILD, (
         "subprocess.Popen._execute_child changed its parameters: "
-        "update pyclone3.popen.CommandExt._execute_child"
+        "update pyclone3.mixins.CommandExt._execute_child"
     )
     init = subprocess.Popen.__init__.__code__.co_names
     assert "_execute_child" in init, "subprocess.Popen.__init__ no longer calls _execute_child"

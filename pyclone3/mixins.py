@@ -1,0 +1,500 @@
+"""The :class:`CommandExt` and :class:`ChildExt` mixins: ``subprocess.Popen`` on pidfds.
+
+Compose the mixins onto any :class:`subprocess.Popen` subclass, in this
+order, before the base::
+
+    class MyPopen(pyclone3.CommandExt, pyclone3.ChildExt, subprocess.Popen): ...
+
+A class that puts ``subprocess.Popen`` before a mixin raises ``TypeError``
+when it is defined: the mixin's methods would never be reached.
+
+:class:`CommandExt` routes the spawn through pyclone3's core (every child
+gets its pidfd at creation) and adds spawn-time keywords; :class:`ChildExt`
+makes ``wait``, ``poll``, ``send_signal``, ``terminate`` and ``kill`` act on
+the pidfd: no polling loop, no PID race. Everything else is the standard
+library's own ``Popen``. :class:`pyclone3.Popen` is the two composed onto
+``subprocess.Popen`` (:mod:`pyclone3.popen`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import operator
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from . import tree
+from ._child import ChildState
+from ._clone3 import lib
+from ._paths import SPAWN_PATHS
+from ._request import SpawnRequest, check_pdeathsig
+from ._signals import signal_or_kill
+from ._spawn import start
+from ._waiting import WaitTimeout, deadline
+from .clone_options import IdMap, options_if_any
+from .pidfd import PidFd, state_of
+from .status import WaitStatus
+
+__all__ = ["ChildExt", "CommandExt", "PidfdUnavailableError"]
+
+
+#: Set once waitid(P_PIDFD) was found missing: Popen then reaps as subprocess does.
+_no_waitid_pidfd = False
+_new_request = object.__new__
+#: What waitid(P_PIDFD) answers where it is missing: ENOSYS before Linux 5.3
+#: (or a filter), EINVAL on 5.3, which has pidfds but not P_PIDFD.
+_NO_WAITID_ERRNOS = frozenset({errno.ENOSYS, errno.EINVAL})
+
+
+def _reap_orphans(session: int) -> None:
+    tree.reap_orphans(session)
+
+
+def _fall_back_to_waitpid() -> None:
+    global _no_waitid_pidfd
+    _no_waitid_pidfd = True
+
+
+def _check_mixin_order(cls: type, mixin: type) -> None:
+    """Refuse a class whose MRO puts subprocess.Popen before *mixin*: its methods would be dead."""
+    mro = cls.__mro__
+    if subprocess.Popen in mro and mro.index(subprocess.Popen) < mro.index(mixin):
+        raise TypeError(
+            f"{cls.__qualname__}: {mixin.__name__} must come before subprocess.Popen in the "
+            f"bases, as in class {cls.__name__}(CommandExt, ChildExt, subprocess.Popen); "
+            f"after it, subprocess's own methods win and {mixin.__name__} does nothing"
+        )
+
+
+class PidfdUnavailableError(RuntimeError):
+    """The child has no pidfd: spawned with ``create_pidfd=False`` or on the ``vfork`` path."""
+
+
+class CommandExt:
+    """Spawn-time options for a :class:`subprocess.Popen` subclass.
+
+    Keywords added to ``Popen(...)``:
+
+    *create_pidfd* (default ``True``)
+        take the child's pidfd at creation (see :attr:`ChildExt.pidfd`).
+    *spawn_path*
+        force one of :data:`pyclone3.SPAWN_PATHS` for this child.
+    *pdeathsig*
+        a signal the child gets when the spawning thread exits
+        (``PR_SET_PDEATHSIG``; see :func:`pyclone3.check_pdeathsig`).
+    *clone_flags*, *exit_signal*, *set_tid*, *cgroup*, *uid_map*, *gid_map*, *setgroups*, *setns*
+        the child is born in new namespaces, in a cgroup, with chosen PIDs,
+        ID maps, or inside another process's namespaces: see
+        :mod:`pyclone3.clone_options` for each and the rules they obey.
+    *kill_tree*
+        make :meth:`~subprocess.Popen.kill` and
+        :meth:`~subprocess.Popen.terminate` signal the child's whole tree
+        (:func:`pyclone3.tree.kill_tree`), and make this process a child
+        subreaper, for good, so that the tree's orphans stay findable; they
+        are reaped by ``kill()`` and when the child is. Best with
+        ``start_new_session=True``.
+
+    The child is set up exactly as ``subprocess`` does it (fds, ``cwd``,
+    ``env``, ``umask``, sessions, process groups, users and groups,
+    ``restore_signals``, ``preexec_fn``, ``close_fds``/``pass_fds``) and its
+    failures raise the same exceptions.
+    """
+
+    pid: int
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _check_mixin_order(cls, CommandExt)
+
+    _child_created: bool
+    if TYPE_CHECKING:  # subprocess.Popen's, which the mixin is composed with
+
+        def _close_pipe_fds(
+            self,
+            p2cread: int,
+            p2cwrite: int,
+            c2pread: int,
+            c2pwrite: int,
+            errread: int,
+            errwrite: int,
+        ) -> None: ...
+
+    def __init__(
+        self,
+        *args: Any,
+        create_pidfd: bool = True,
+        spawn_path: str | None = None,
+        pdeathsig: int | None = None,
+        clone_flags: int = 0,
+        exit_signal: int | None = None,
+        set_tid: Sequence[int] | None = None,
+        cgroup: Any = None,
+        uid_map: IdMap | None = None,
+        gid_map: IdMap | None = None,
+        setgroups: bool | None = None,
+        setns: tuple[PidFd | int, int] | None = None,
+        kill_tree: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if spawn_path is not None and spawn_path not in SPAWN_PATHS:
+            raise ValueError(f"unknown spawn path {spawn_path!r}; choose from {SPAWN_PATHS}")
+        # Every step here runs on each spawn: the common case goes straight through.
+        # object.__new__: the request's defaults are class attributes, and its
+        # __init__ (for keywords) is a Python call this path can do without.
+        request = self._pyclone3_request = _new_request(SpawnRequest)
+        if pdeathsig is not None:
+            request.pdeathsig = check_pdeathsig(pdeathsig)
+        options = options_if_any(
+            clone_flags, exit_signal, set_tid, cgroup, uid_map, gid_map, setgroups, setns
+        )
+        if options is not None:
+            request.options = options
+        self._pyclone3_kill_tree = bool(kill_tree)
+        if kwargs:
+            for name in ("stdin", "stdout", "stderr"):
+                stream = kwargs.get(name)
+                if not (
+                    stream is None
+                    or isinstance(stream, int)
+                    or callable(getattr(stream, "fileno", None))
+                ):
+                    # subprocess would fail later with an AttributeError
+                    raise TypeError(
+                        f"{name} must be None, PIPE, DEVNULL, an fd or a file object, "
+                        f"not {type(stream).__name__}"
+                    )
+        if not create_pidfd:
+            request.create_pidfd = False
+        if spawn_path is not None:
+            request.spawn_path = spawn_path
+        self._pidfd: PidFd | None = None
+        self.spawn_path: str | None = None
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            # Interrupted after the spawn (a signal handler raised): the
+            # caller never gets this Popen, so its child is killed and reaped.
+            pidfd = self._pidfd
+            if pidfd is not None:
+                state_of(pidfd).abandon()
+            elif self.__dict__.get("_child_created") and (
+                self.__dict__.get("_pyclone3_returncode") is None
+            ):
+                # No pidfd (the vfork path): unreaped, so its PID is still its own.
+                wstatus = lib.pyclone3_kill_and_reap(-1, self.pid, 1)
+                if wstatus >= 0:
+                    self.__dict__["_pyclone3_returncode"] = os.waitstatus_to_exitcode(wstatus)
+            raise
+        state = self.__dict__.get("_pyclone3_state")
+        if state is not None:
+            state.abandon_on_drop = False  # handed over
+
+    def _execute_child(
+        self,
+        args: Any,
+        executable: Any,
+        preexec_fn: Any,
+        close_fds: bool,
+        pass_fds: Any,
+        cwd: Any,
+        env: Any,
+        startupinfo: Any,
+        creationflags: int,
+        shell: bool,
+        p2cread: int,
+        p2cwrite: int,
+        c2pread: int,
+        c2pwrite: int,
+        errread: int,
+        errwrite: int,
+        restore_signals: bool,
+        gid: int | None,
+        gids: Any,
+        uid: int | None,
+        umask: int,
+        start_new_session: bool,
+        process_group: int = -1,  # 3.11+
+    ) -> None:
+        if type(args) is list:  # the common case, without the ABC check below
+            args = list(args)
+        elif isinstance(args, (str, bytes)):
+            args = [args]
+        elif isinstance(args, os.PathLike):
+            if shell:
+                raise TypeError("path-like args is not allowed when shell is true")
+            args = [args]
+        else:
+            args = list(args)
+        if shell:
+            args = ["/bin/sh", "-c", *args]
+            if executable:
+                args[0] = executable
+        if executable is None:
+            executable = args[0]
+        sys.audit("subprocess.Popen", executable, args, cwd, env)
+        if self._pyclone3_kill_tree and not tree.is_child_subreaper():
+            tree.set_child_subreaper(True)
+
+        # subprocess's own options, onto the request CommandExt.__init__ began;
+        # only what differs from the defaults, as this runs on every spawn.
+        request = self._pyclone3_request
+        request.args = args
+        request.executable = request.display_executable = executable
+        request.cwd = cwd
+        request.env = env
+        request.stdio = (p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
+        if pass_fds:
+            request.pass_fds = pass_fds
+        if not close_fds:
+            request.close_fds = False
+        if not restore_signals:
+            request.restore_signals = False
+        if start_new_session:
+            request.start_new_session = True
+        if process_group != -1:
+            request.process_group = process_group
+        if gid is not None:
+            request.gid = gid
+        if gids is not None:
+            request.extra_groups = gids
+        if uid is not None:
+            request.uid = uid
+        if umask != -1:
+            request.umask = umask
+        if preexec_fn is not None:
+            request.preexec_fn = preexec_fn
+        child = start(request, self._pyclone3_failed)
+        self.pid = child.pid
+        pidfd = child.pidfd
+        if pidfd is not None:
+            state = state_of(pidfd)
+            state.close_on_exit = True  # the Popen owns it: closed once the exit is known
+            state.returncode_sink = (self.__dict__, "_pyclone3_returncode")
+            self._pyclone3_state = state
+            if self._pyclone3_kill_tree:  # the tree's orphans are reaped with the child
+                pid = child.pid
+                state.on_exit(lambda _status: _reap_orphans(pid))
+            self._pidfd = pidfd
+        self.spawn_path = child.path
+        self._child_created = True
+        self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
+
+    def _pyclone3_failed(self, pid: int, returncode: int | None) -> None:
+        """``start``'s *on_failed*: the child failed before exec and was reaped."""
+        self.pid = pid
+        self.__dict__["_pyclone3_returncode"] = (
+            returncode if returncode is not None else sys.maxsize
+        )
+        self._close_pipe_fds(*self._pyclone3_request.stdio)
+
+
+class ChildExt:
+    """Waiting and signalling through the child's pidfd, for a :class:`subprocess.Popen` subclass.
+
+    ``wait(timeout)`` sleeps in ``poll(2)`` on the pidfd (no 50 ms polling
+    loop); ``poll()`` is one ``waitid(P_PIDFD, WNOHANG)``; ``send_signal``,
+    ``terminate`` and ``kill`` use ``pidfd_send_signal``, so they can never
+    reach a process that reused the child's PID. The pidfd owns the child's
+    exit: :attr:`returncode` reads the status it recorded, whoever observed
+    the exit (this ``Popen``, ``wait_all``, the asyncio reader, another
+    thread), and the pidfd is closed as soon as it is recorded (unless taken
+    with :meth:`take_pidfd`). A ``returncode`` set from outside (asyncio's
+    child watcher does this) is recorded the same way, closing the pidfd.
+    Without a pidfd (``create_pidfd=False``, the ``vfork`` path, or a
+    ``Popen`` not spawned by :class:`CommandExt`), or where
+    ``waitid(P_PIDFD)`` is missing, every method falls back to the standard
+    library's.
+
+    If something else reaps the child behind the ``Popen``'s back (a
+    ``SIGCHLD`` handler, ``os.waitpid(-1)``), the status still comes back
+    right on Linux 6.15+ (``PIDFD_INFO_EXIT``); before, ``returncode`` is 0,
+    as the standard library sets it.
+    """
+
+    pid: int
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _check_mixin_order(cls, ChildExt)
+
+    args: Any
+
+    # The pidfd's owner writes the returncode here as it records the exit
+    # (ChildState.returncode_sink), with no call between that write and the
+    # status's: whoever finds the exit recorded (or the pidfd closed by its
+    # owner) finds the returncode written. Reading it is a C-level lookup,
+    # as subprocess's plain attribute is, on every spawn.
+    _pyclone3_returncode: int | None = None
+
+    def _set_returncode(self, value: int | None) -> None:
+        # Not through self.__dict__: subprocess sets returncode first thing
+        # in __init__, and asking for __dict__ then would make the object
+        # keep a dict for everything it stores after.
+        state: ChildState | None = getattr(self, "_pyclone3_state", None)
+        if state is not None:
+            if value is not None:
+                # Learnt elsewhere (subprocess's own waitpid, a child watcher):
+                # recorded by the pidfd's owner, which closes an owned pidfd and
+                # writes the returncode of the status it keeps (the first).
+                state.settle(WaitStatus.from_returncode(self.pid, value))
+                if self._pyclone3_returncode is not None:
+                    return
+            elif state.status is not None:
+                return  # a recorded exit is not forgotten
+        self._pyclone3_returncode = value
+
+    if TYPE_CHECKING:
+
+        @property
+        def returncode(self) -> int | None: ...
+
+        @returncode.setter
+        def returncode(self, value: int | None) -> None: ...
+
+    else:
+        returncode = property(
+            operator.attrgetter("_pyclone3_returncode"),
+            _set_returncode,
+            doc="The child's exit code (``-N`` for signal N) once known, else ``None``.",
+        )
+
+    @property
+    def pidfd(self) -> PidFd:
+        """The child's pidfd, borrowed: the ``Popen`` closes it once the child is reaped.
+
+        Raises :class:`PidfdUnavailableError` if the child has none.
+        """
+        pidfd: PidFd | None = self.__dict__.get("_pidfd")
+        if pidfd is None:
+            raise PidfdUnavailableError(
+                "this child has no pidfd (create_pidfd=False, or spawned on the 'vfork' path)"
+            )
+        return pidfd
+
+    def take_pidfd(self) -> PidFd:
+        """Take ownership of the pidfd (like Rust's ``into_pidfd``); the ``Popen`` won't close it.
+
+        The ``Popen`` goes on reaping through it while it is open; both see
+        the same :class:`~pyclone3.WaitStatus`.
+        """
+        pidfd = self.pidfd
+        state_of(pidfd).close_on_exit = False
+        return pidfd
+
+    def _pidfd_for_reap(self) -> ChildState | None:
+        """The pidfd's state, unless there is none, it is closed, or waitid(P_PIDFD) is missing."""
+        state: ChildState | None = getattr(self, "_pyclone3_state", None)
+        if state is None or state.closed or _no_waitid_pidfd:
+            return None
+        return state
+
+    def _reap_tree(self) -> None:
+        if self.__dict__.get("_pyclone3_kill_tree"):
+            tree.reap_orphans(self.pid)
+
+    def kill_tree(self, sig: int = signal.SIGKILL, *, timeout: float = 5.0) -> int:
+        """Signal the child and its whole tree: :func:`pyclone3.tree.kill_tree`.
+
+        Returns how many processes were signalled (0 once the child is
+        reaped). Needs the child's pidfd.
+        """
+        self._internal_poll()
+        if self.returncode is not None:
+            self._reap_tree()
+            return 0
+        try:
+            return tree.kill_tree(self.pidfd, sig, timeout=timeout)
+        except ValueError:  # the pidfd was closed meanwhile: reaped
+            return 0
+
+    def kill(self) -> None:
+        """``SIGKILL`` to the child, or to its whole tree with ``kill_tree=True``."""
+        if self.__dict__.get("_pyclone3_kill_tree") and self._pidfd_for_reap() is not None:
+            self.kill_tree(signal.SIGKILL)
+        else:
+            self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        """``SIGTERM`` to the child, or to its whole tree with ``kill_tree=True``."""
+        if self.__dict__.get("_pyclone3_kill_tree") and self._pidfd_for_reap() is not None:
+            self.kill_tree(signal.SIGTERM)
+        else:
+            self.send_signal(signal.SIGTERM)
+
+    def _internal_poll(
+        self, _deadstate: int | None = None, *args: Any, **kwargs: Any
+    ) -> int | None:
+        code = self.returncode
+        if code is not None:  # every Popen's __del__ comes here once
+            owner: ChildState | None = getattr(self, "_pyclone3_state", None)
+            if owner is not None and not owner.closed and owner.close_on_exit:
+                owner.close()  # a close after the exit that was cut short
+            return code
+        state = self._pidfd_for_reap()
+        if state is None:
+            return super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc, no-any-return]
+        try:
+            state.try_reap()
+        except ChildProcessError:  # reaped elsewhere, and no PIDFD_INFO_EXIT to tell how
+            self.returncode = _deadstate if _deadstate is not None else 0
+        except ValueError:  # closed meanwhile: by the owner, with the exit recorded?
+            if self.returncode is None:
+                return super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc, no-any-return]
+        except OSError as exc:
+            if exc.errno not in _NO_WAITID_ERRNOS:
+                raise
+            _fall_back_to_waitpid()
+            return super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc, no-any-return]
+        return self.returncode
+
+    def _wait(self, timeout: float | None) -> int | None:
+        code = self.returncode
+        if code is not None:
+            return code
+        state: ChildState | None = getattr(self, "_pyclone3_state", None)
+        if state is None or state.closed or _no_waitid_pidfd:
+            return super()._wait(timeout)  # type: ignore[misc, no-any-return]
+        when = None if timeout is None else deadline(timeout)  # a bad timeout raises here
+        try:
+            if when is None:  # the common wait(): one blocking waitid, the lean way
+                status = state.reap_blocking()
+                if status is not None:
+                    code = self._pyclone3_returncode  # written as the status was recorded
+                    return code if code is not None else status.returncode
+            state.wait(timeout, when)
+        except WaitTimeout:
+            raise subprocess.TimeoutExpired(self.args, timeout or 0.0) from None
+        except ChildProcessError:  # reaped elsewhere, and no PIDFD_INFO_EXIT to tell how
+            self.returncode = 0
+        except ValueError:  # closed meanwhile: by the owner, with the exit recorded?
+            if self.returncode is None:
+                return super()._wait(timeout)  # type: ignore[misc, no-any-return]
+        except OSError as exc:
+            if exc.errno not in _NO_WAITID_ERRNOS:
+                raise
+            _fall_back_to_waitpid()
+            return super()._wait(timeout)  # type: ignore[misc, no-any-return]
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        """Signal the child through its pidfd; nothing happens once it has been reaped.
+
+        Where ``pidfd_send_signal`` is missing (before Linux 5.1) or refused
+        (a seccomp filter), ``kill(2)`` is used while the pidfd shows the
+        child still running.
+        """
+        pidfd: PidFd | None = self.__dict__.get("_pidfd")
+        if pidfd is None or pidfd.closed:
+            super().send_signal(sig)  # type: ignore[misc]
+            return
+        self._internal_poll()
+        if self.returncode is not None:
+            return
+        # ProcessLookupError: exited, not yet reaped; ValueError: closed meanwhile.
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            signal_or_kill(pidfd, sig)
