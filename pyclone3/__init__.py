@@ -24,7 +24,7 @@ Layers, from the bottom:
 
 from __future__ import annotations
 
-import importlib
+import sys
 
 # typing is not imported at run time: it alone costs a tenth of the import.
 TYPE_CHECKING = False
@@ -154,10 +154,13 @@ if not TYPE_CHECKING:  # hidden from type checkers: a misspelt name must stay an
 
     def __getattr__(name: str) -> Any:
         module = _WHERE.get(name)
+        # __import__, not importlib: importlib is not loaded at start-up on 3.9.
         if module is not None:
-            value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+            __import__(f"{__name__}.{module}")
+            value = getattr(sys.modules[f"{__name__}.{module}"], name)
         elif name in _SUBMODULES:
-            value = importlib.import_module(f"{__name__}.{name}")
+            __import__(f"{__name__}.{name}")
+            value = sys.modules[f"{__name__}.{name}"]
         else:
             raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
         globals()[name] = value  # found once: later uses are plain lookups
