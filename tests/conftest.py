@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import sys
 import threading
@@ -43,6 +44,11 @@ def children() -> dict[int, str]:
         if int(fields[1]) == me:
             found[int(name)] = fields[0]
     return found
+
+
+def thread_sleeps() -> int:
+    """How many times this thread has gone to sleep (voluntary context switches)."""
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
 
 
 def zombies() -> list[int]:
@@ -122,14 +128,35 @@ def sleeper(seconds: float = 30.0) -> PidFd:
     return spawn("/bin/sleep", str(seconds))
 
 
+def _end_strays(known: set[int]) -> list[int]:
+    """Kill and reap this process's children not in *known*; their PIDs.
+
+    Each is our own unreaped child, so its PID is still its own: killing and
+    reaping it by PID cannot reach a stranger.
+    """
+    strays = sorted(set(children()) - known)
+    for pid in strays:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.__dict__.get("__WALL", 0x40000000))
+    return strays
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> object:
-    """Every test must leave no fd, no zombie child, and no subreaper flag behind."""
+    """Every test must leave no fd, no child process, and no subreaper flag behind.
+
+    A child the test left, running or a zombie, is killed and reaped here
+    and fails that test: it cannot linger into, and fail, a later one.
+    """
     from pyclone3 import tree
 
     before = open_fds()
+    known = set(children())
     subreaper = tree.is_child_subreaper()
     yield
+    strays = _end_strays(known)
     if tree.is_child_subreaper() != subreaper:
         tree.set_child_subreaper(subreaper)
         raise AssertionError("the test left this process's child-subreaper flag changed")
@@ -137,6 +164,7 @@ def no_leaks() -> object:
     # An fd that is gone again by now was a transient (e.g. a listdir handle).
     leaked = {fd for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")}
     assert not leaked, f"leaked fds: {sorted(leaked)}"
+    assert not strays, f"child processes left behind (killed and reaped now): {strays}"
     assert zombies() == [], "zombie children left behind"
 
 
