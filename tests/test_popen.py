@@ -638,6 +638,8 @@ def test_take_pidfd_transfers_ownership(spawn_path: str) -> None:
 def test_wait_sleeps_instead_of_polling(spawn_path: str) -> None:
     if spawn_path == "vfork":
         pytest.skip("no pidfd: the standard library's loop is used")
+    if not FEATURES.waitid_pidfd:
+        pytest.skip("no waitid(P_PIDFD): the standard library's loop is used")
     with Popen(["/bin/sleep", "0.5"]) as p:
         switches = thread_sleeps()
         p.wait(timeout=30)
