@@ -644,7 +644,8 @@ def test_wait_sleeps_instead_of_polling(spawn_path: str) -> None:
         switches = thread_sleeps()
         p.wait(timeout=30)
         ours = thread_sleeps() - switches
-    with subprocess.Popen(["/bin/sleep", "0.5"]) as p:  # the polling loop, as a control
+    # The control: without a pidfd, Popen waits in the standard library's loop.
+    with Popen(["/bin/sleep", "0.5"], create_pidfd=False) as p:
         switches = thread_sleeps()
         p.wait(timeout=30)
         stdlib = thread_sleeps() - switches
