@@ -150,22 +150,32 @@ def spawn(
     args = list(args)
     if not args:
         raise ValueError("args must not be empty")
-    for name, value in (
-        ("stdin", stdin),
-        ("stdout", stdout),
-        ("stderr", stderr),
-        ("process_group", process_group),
-        ("umask", umask),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not (
+        type(stdin) is int
+        and type(stdout) is int
+        and type(stderr) is int
+        and type(process_group) is int
+        and type(umask) is int
+    ):  # the exact-int case passes with no loop: this runs on every spawn
+        for name, value in (
+            ("stdin", stdin),
+            ("stdout", stdout),
+            ("stderr", stderr),
+            ("process_group", process_group),
+            ("umask", umask),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if spawn_path is not None and spawn_path not in SPAWN_PATHS:
         raise ValueError(f"unknown spawn path {spawn_path!r}; choose from {SPAWN_PATHS}")
-    death = check_pdeathsig(pdeathsig)
+    request = SpawnRequest()
+    if pdeathsig is not None:
+        request.pdeathsig = check_pdeathsig(pdeathsig)
     options = options_if_any(
         clone_flags, exit_signal, set_tid, cgroup, uid_map, gid_map, setgroups, setns
     )
-    request = SpawnRequest()
+    if options is not None:
+        request.options = options
     request.args = args
     request.executable = request.display_executable = (
         executable if executable is not None else args[0]
@@ -173,20 +183,32 @@ def spawn(
     request.cwd = cwd
     request.env = env
     request.stdio = (stdin, -1, -1, stdout, -1, stderr)
-    request.pass_fds = pass_fds
-    request.close_fds = close_fds
-    request.restore_signals = restore_signals
-    request.start_new_session = start_new_session
-    request.process_group = process_group
-    request.uid = uid
-    request.gid = gid
-    request.extra_groups = extra_groups
-    request.umask = umask
-    request.preexec_fn = preexec_fn
-    request.create_pidfd = create_pidfd
-    request.spawn_path = spawn_path
-    request.pdeathsig = death
-    request.options = options
+    # Only what differs from the request's defaults: the plan looks at the
+    # other options only when one is set.
+    if pass_fds:
+        request.pass_fds = pass_fds
+    if not close_fds:
+        request.close_fds = False
+    if not restore_signals:
+        request.restore_signals = False
+    if start_new_session:
+        request.start_new_session = True
+    if process_group != -1:
+        request.process_group = process_group
+    if uid is not None:
+        request.uid = uid
+    if gid is not None:
+        request.gid = gid
+    if extra_groups is not None:
+        request.extra_groups = extra_groups
+    if umask != -1:
+        request.umask = umask
+    if preexec_fn is not None:
+        request.preexec_fn = preexec_fn
+    if not create_pidfd:
+        request.create_pidfd = False
+    if spawn_path is not None:
+        request.spawn_path = spawn_path
     child = start(request)
     if child.pidfd is not None:
         state_of(child.pidfd).abandon_on_drop = False  # handed over

@@ -282,7 +282,11 @@ class CommandExt:
             self._pidfd = pidfd
         self.spawn_path = child.path
         self._child_created = True
-        self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
+        if p2cread != -1 or c2pwrite != -1 or errwrite != -1:
+            self._close_pipe_fds(p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
+        # Else there is nothing of the child's to close: subprocess's DEVNULL fd
+        # is always one of these three (test_subprocess_contract pins that), and
+        # skipping the call saves its ExitStack on the common, unredirected spawn.
 
     def _pyclone3_failed(self, pid: int, returncode: int | None) -> None:
         """``start``'s *on_failed*: the child failed before exec and was reaped."""

@@ -13,6 +13,7 @@ name, on the first day, not somewhere deep in a spawn.
 from __future__ import annotations
 
 import inspect
+import os
 import subprocess
 import sys
 
@@ -49,6 +50,9 @@ EXECUTE_CHILD = [
 ]
 if sys.version_info >= (3, 11):
     EXECUTE_CHILD.append("process_group")
+
+
+STREAMS = ("stdin", "stdout", "stderr")
 
 
 def _parameters(name: str) -> list[str]:
@@ -91,6 +95,29 @@ def test_close_pipe_fds_takes_the_six_pipe_fds() -> None:
         "errread",
         "errwrite",
     ], "subprocess.Popen._close_pipe_fds changed: CommandExt._execute_child calls it"
+
+
+@pytest.mark.parametrize("stream", ["stdin", "stdout", "stderr"])
+def test_every_fd_close_pipe_fds_closes_is_a_child_end(stream: str) -> None:
+    """CommandExt._execute_child skips _close_pipe_fds when p2cread, c2pwrite
+    and errwrite are all -1: that is sound only while the DEVNULL fd
+    _get_handles opens always travels as one of them."""
+    p = subprocess.Popen.__new__(subprocess.Popen)
+    handles = p._get_handles(*[subprocess.DEVNULL if s == stream else None for s in STREAMS])
+    devnull = getattr(p, "_devnull", None)
+    try:
+        assert devnull is not None, "subprocess no longer keeps its DEVNULL fd as _devnull"
+        assert len(handles) == 6, "subprocess.Popen._get_handles no longer gives six fds"
+        p2cread, _, _, c2pwrite, _, errwrite = handles
+        assert devnull in (p2cread, c2pwrite, errwrite), (
+            f"subprocess.Popen._get_handles gives DEVNULL for {stream} outside the child "
+            "ends: CommandExt._execute_child must call _close_pipe_fds for it"
+        )
+        # And with nothing redirected, there is nothing to close.
+        assert p._get_handles(None, None, None) == (-1,) * 6
+    finally:
+        if devnull is not None:
+            os.close(devnull)
 
 
 def test_child_created_is_what_del_and_init_look_at() -> None:
