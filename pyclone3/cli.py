@@ -24,6 +24,11 @@ from ._features import features
 from .flags import CloneFlag
 from .pidfd import PidFd
 from .popen import PidfdUnavailableError, Popen
+from .status import WaitStatus
+
+TYPE_CHECKING = False  # typing itself is not imported: the command starts faster
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 #: timeout(1)'s exit statuses.
 EXIT_TIMEDOUT = 124
@@ -68,6 +73,26 @@ def _pid(value: str) -> int:
     if not 0 < pid < 2**31:
         raise argparse.ArgumentTypeError(f"not a process ID: {value!r}")
     return pid
+
+
+def _process(value: str) -> tuple[int, int | None]:
+    """``PID`` or util-linux's ``PID:inode`` (pidfs): a process no PID reuse can stand in for."""
+    pid, colon, inode = value.partition(":")
+    if not colon:
+        return _pid(value), None
+    try:
+        number = int(inode)
+    except ValueError:
+        number = 0
+    if number <= 0 or number >= 2**64:
+        raise argparse.ArgumentTypeError(f"not a process ID or PID:inode: {value!r}")
+    return _pid(pid), number
+
+
+def _name(handle: PidFd) -> str:
+    """How -v names a process: ``PID:inode`` where pidfs gives the inode, else ``PID``."""
+    inode = handle.inode
+    return f"{handle.pid}:{inode}" if inode is not None else str(handle.pid)
 
 
 def _duration(value: str) -> float:
@@ -187,16 +212,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     target = None
     try:
         if args.enter is not None:
+            pid, inode = args.enter
             try:
-                target = PidFd.open(args.enter)
+                target = PidFd.open(pid, inode=inode)
             except OSError as exc:
-                print(f"pyclone3 run: cannot enter {args.enter}: {exc.strerror}", file=sys.stderr)
+                given = f"{pid}:{inode}" if inode is not None else str(pid)
+                print(f"pyclone3 run: cannot enter {given}: {exc.strerror}", file=sys.stderr)
                 return EXIT_FAILURE
-            enter = (
-                args.enter_ns if args.enter_ns is not None else _differing_namespaces(args.enter)
-            )
+            # Read by PID from /proc: the pidfd, open meanwhile, keeps the PID its own.
+            enter = args.enter_ns if args.enter_ns is not None else _differing_namespaces(pid)
             if enter:
                 setns = (target, enter)
+        if not args.foreground and not args.kill_tree:
+            _lead_a_process_group()
         proc = Popen(
             command,
             pdeathsig=args.pdeathsig,
@@ -239,15 +267,66 @@ def _spawn_error(program: str, exc: OSError) -> int:
     return EXIT_CANNOT_INVOKE
 
 
+def _lead_a_process_group() -> None:
+    """Become the leader of a process group of our own, as timeout(1) does.
+
+    The command is born into it, and so is everything it starts that does
+    not leave: on timeout the whole group is signalled. From an interactive
+    shell we lead our job's group already, and the command keeps the
+    terminal. Refused for a session leader, which is then left as it is.
+    """
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+
+
+def _signal_our_group(sig: int) -> None:
+    """*sig* to every other process of our process group (``--foreground`` not given).
+
+    We ignore it meanwhile, as timeout(1) does, so it does not come back to
+    us as a signal to forward. SIGKILL cannot be ignored: it goes member by
+    member, each named by a pidfd checked to be in our group once open.
+    """
+    if sig == signal.SIGKILL:
+        _kill_group_members()
+        return
+    previous = signal.signal(sig, signal.SIG_IGN)
+    try:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(0, sig)
+    finally:
+        signal.signal(sig, previous)
+
+
+def _kill_group_members() -> None:
+    me = os.getpid()
+    group = os.getpgid(0)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        pid = int(entry)
+        try:
+            if os.getpgid(pid) != group:
+                continue
+            with PidFd.open(pid) as member:
+                if os.getpgid(pid) == group:  # still ours, now that the pidfd holds it
+                    member.send_signal(signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            continue  # gone, or (a setuid member) not ours to signal
+
+
 def _supervise(proc: Popen[bytes], args: argparse.Namespace, *, tree: bool) -> int:
+    group = not tree and not args.foreground
+
     def send(sig: int) -> None:
         if tree:
             proc.kill_tree(sig)
-        else:
-            proc.send_signal(sig)
+            return
+        proc.send_signal(sig)  # through its pidfd: never a recycled PID
+        if group:
+            _signal_our_group(sig)
 
     def forward(signum: int, frame: object) -> None:
-        send(signum)  # through pidfds: never a recycled PID
+        send(signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     timed_out = False
@@ -267,6 +346,12 @@ def _supervise(proc: Popen[bytes], args: argparse.Namespace, *, tree: bool) -> i
             except subprocess.TimeoutExpired:
                 send(signal.SIGKILL)
                 proc.wait()
+        if tree:
+            # What the command left behind (reparented to us, the subreaper)
+            # goes with it, as the help promises.
+            from . import tree as process_tree
+
+            process_tree.kill_orphans(proc.pid)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -281,25 +366,24 @@ def _supervise(proc: Popen[bytes], args: argparse.Namespace, *, tree: bool) -> i
 def cmd_wait(args: argparse.Namespace) -> int:
     handles: list[PidFd] = []
     try:
-        for pid in args.pids:
+        for pid, inode in args.pids:
+            given = f"{pid}:{inode}" if inode is not None else str(pid)
             try:
-                handles.append(PidFd.open(pid))
+                handles.append(PidFd.open(pid, inode=inode))
             except ProcessLookupError:
-                print(f"pyclone3 wait: no process {pid}", file=sys.stderr)
+                print(f"pyclone3 wait: no process {given}", file=sys.stderr)
                 return EXIT_FAILURE
             except OSError as exc:
-                print(f"pyclone3 wait: cannot watch {pid}: {exc.strerror}", file=sys.stderr)
+                print(f"pyclone3 wait: cannot watch {given}: {exc.strerror}", file=sys.stderr)
                 return EXIT_FAILURE
+        names = {h: _name(h) for h in handles} if args.verbose else {}
         deadline = None if args.timeout is None else time.monotonic() + args.timeout
         poller = select.poll()
         by_fd = {h.fileno(): h for h in handles}
         for fd in by_fd:
             poller.register(fd, select.POLLIN)
         while by_fd:
-            ms = None
-            if deadline is not None:
-                ms = max(math.ceil(min((deadline - time.monotonic()) * 1000, 2**31 - 1)), 0)
-            ready = poller.poll(ms)
+            ready = poller.poll(_ms_left(deadline))
             if not ready:
                 left = " ".join(str(h.pid) for h in by_fd.values())
                 print(
@@ -310,11 +394,68 @@ def cmd_wait(args: argparse.Namespace) -> int:
                 handle = by_fd.pop(fd)
                 poller.unregister(fd)
                 if args.verbose:
-                    _output(f"{handle.pid} exited")
-        return 0
+                    _output(f"{names[handle]} {_how_it_ended(handle)}")
+        if not args.exit_status:
+            return 0
+        return _last_status(handles[-1], deadline, args.timeout)
     finally:
         for handle in handles:
             handle.close()
+
+
+def _ms_left(deadline: float | None) -> int | None:
+    if deadline is None:
+        return None
+    return max(math.ceil(min((deadline - time.monotonic()) * 1000, 2**31 - 1)), 0)
+
+
+def _known_status(handle: PidFd) -> WaitStatus | None:
+    """How an exited process ended, if the kernel keeps it now (PIDFD_INFO_EXIT, 6.15+)."""
+    try:
+        return handle.try_wait()
+    except ChildProcessError:  # an older kernel: it exited, nobody can say how
+        return None
+
+
+def _how_it_ended(handle: PidFd) -> str:
+    status = _known_status(handle)
+    if status is None:
+        return "exited"
+    return _describe(status)
+
+
+def _describe(status: WaitStatus) -> str:
+    if status.signal is not None:
+        return f"was killed by {signal.Signals(status.signal).name}"
+    return f"exited with status {status.exit_code}"
+
+
+def _last_status(handle: PidFd, deadline: float | None, timeout: float | None) -> int:
+    """--exit-status: the last process's status, as the shell's ``wait`` gives it.
+
+    The kernel records it when the process's parent reaps it, so a zombie is
+    waited for until then, within the same time limit.
+    """
+    try:
+        left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        status = handle.wait(left)
+    except TimeoutError:
+        print(
+            f"pyclone3 wait: {handle.pid} has exited but its parent has not reaped it "
+            f"after {timeout}s: no status yet",
+            file=sys.stderr,
+        )
+        return EXIT_TIMEDOUT
+    except ChildProcessError:
+        print(
+            f"pyclone3 wait: cannot tell how {handle.pid} ended: this kernel does not keep "
+            "the status of a process that is not our child (PIDFD_INFO_EXIT, Linux 6.15+)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    code = status.returncode
+    assert code is not None  # wait() returns an end, not a stop
+    return _exit_status(code)
 
 
 def cmd_features(args: argparse.Namespace) -> int:
@@ -323,8 +464,18 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with timeout(1)'s conventions for a usage error: one line, exit 125.
+
+    argparse's own exit status, 2, could not be told from a command's.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_FAILURE, f"{self.prog}: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="pyclone3",
         description="Run, wait for and inspect processes through pidfds, race-free. "
         "With no command, print the feature report.",
@@ -366,6 +517,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also send KILL if CMD still runs this long after the signal (0: never)",
     )
     run.add_argument(
+        "--foreground",
+        action="store_true",
+        help="as timeout(1): do not make a process group of our own, so that CMD, run "
+        "from a script, may read from the terminal; signals then reach CMD only, not "
+        "the processes it started",
+    )
+    run.add_argument(
         "--rusage", action="store_true", help="print CMD's resource usage to stderr when it ends"
     )
     run.add_argument(
@@ -395,8 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     linux.add_argument(
         "--enter",
-        type=int,
-        metavar="PID",
+        type=_process,
+        metavar="PID[:INODE]",
         help="start CMD inside PID's namespaces (as nsenter -t PID -a)",
     )
     linux.add_argument(
@@ -409,8 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     linux.add_argument(
         "--kill-tree",
         action="store_true",
-        help="signals, on timeout too, go to CMD's whole process tree, which is reaped "
-        "(CMD gets a new session)",
+        help="signals, on timeout too, go to CMD's whole process tree, and what is left of "
+        "it when CMD ends is killed and reaped (CMD gets a new session)",
     )
     run.add_argument(
         "command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...", help="the command to run"
@@ -421,11 +579,30 @@ def build_parser() -> argparse.ArgumentParser:
         "wait",
         help="wait for processes (not only children) to exit",
         description="Wait until every PID has exited, through pidfds: a PID that is reused "
-        "meanwhile cannot fool it. Exits 0, 124 on timeout, 125 if a PID does not exist.",
+        "meanwhile cannot fool it. Exits 0 (or, with --exit-status, the last PID's status), "
+        "124 on timeout, 125 if a PID does not exist or on a usage error.",
     )
-    wait.add_argument("pids", type=_pid, nargs="+", metavar="PID")
+    wait.add_argument(
+        "pids",
+        type=_process,
+        nargs="+",
+        metavar="PID[:INODE]",
+        help="a process ID, or PID:inode (pidfs, Linux 6.9+) to name one process for ever",
+    )
     wait.add_argument("-t", "--timeout", type=_duration, metavar="DURATION")
-    wait.add_argument("-v", "--verbose", action="store_true", help="print each exit")
+    wait.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print each exit, as PID:INODE where the kernel has them, with how it ended "
+        "where the kernel keeps that",
+    )
+    wait.add_argument(
+        "--exit-status",
+        action="store_true",
+        help="exit with the last PID's status, as the shell's wait: its exit code, or 128+N "
+        "for signal N (Linux 6.15+ keeps it for any process once its parent has reaped it)",
+    )
     wait.set_defaults(func=cmd_wait)
 
     feats = sub.add_parser("features", help="report what this kernel and sandbox allow")

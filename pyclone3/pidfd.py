@@ -131,24 +131,42 @@ class PidFd:
         self._child = ChildState(fd, pid)
 
     @classmethod
-    def open(cls, pid: int, *, nonblock: bool = False, thread: bool = False) -> PidFd:
+    def open(
+        cls, pid: int, *, nonblock: bool = False, thread: bool = False, inode: int | None = None
+    ) -> PidFd:
         """Open a pidfd for process *pid* (``pidfd_open(2)``).
 
         Racy by nature if *pid* might already be reaped and reused: prefer a
-        pidfd taken at creation. *nonblock* sets ``PIDFD_NONBLOCK``
-        (5.10+); *thread* sets ``PIDFD_THREAD`` (6.9+) so *pid* may name a
-        thread. Raises ``ProcessLookupError`` if there is no such process,
-        and whatever :func:`pyclone3.syscalls.pidfd_open` raises.
+        pidfd taken at creation, or pass the process's *inode* (see
+        :attr:`inode`, and util-linux's ``PID:inode`` notation): the pidfd
+        opened is then checked to name that very process, and
+        ``ProcessLookupError`` is raised if *pid* now names another. *inode*
+        needs pidfs (Linux 6.9+; ``OSError(EOPNOTSUPP)`` before).
+        *nonblock* sets ``PIDFD_NONBLOCK`` (5.10+); *thread* sets
+        ``PIDFD_THREAD`` (6.9+) so *pid* may name a thread. Raises
+        ``ProcessLookupError`` if there is no such process, and whatever
+        :func:`pyclone3.syscalls.pidfd_open` raises.
         """
+        if inode is not None and (isinstance(inode, bool) or not isinstance(inode, int)):
+            raise TypeError(f"inode must be an int, not {type(inode).__name__}")
+        if inode is not None and inode <= 0:
+            raise ValueError(f"inode must be positive, got {inode}")
+        if inode is not None and not features().pidfd_identity:
+            raise OSError(
+                errno.EOPNOTSUPP, "PID:inode names need pidfs (Linux 6.9+)", f"{pid}:{inode}"
+            )
         flags = 0
         if nonblock:
             flags |= PidfdFlag.PIDFD_NONBLOCK
         if thread:
             flags |= PidfdFlag.PIDFD_THREAD
         fd = syscalls.pidfd_open(pid, flags)
-        return cls(fd, pid=pid)
-
-    # ---- ownership -------------------------------------------------------
+        self = cls(fd, pid=pid)
+        if inode is not None and self.inode != inode:
+            # The PID was reused: the process that had that inode is gone.
+            self.close()
+            raise ProcessLookupError(errno.ESRCH, os.strerror(errno.ESRCH), f"{pid}:{inode}")
+        return self
 
     # ---- ownership -------------------------------------------------------
 
@@ -228,6 +246,18 @@ class PidFd:
                     key = (st.st_dev, st.st_ino)
                 self._identity_key = key
         return key  # type: ignore[no-any-return]
+
+    @property
+    def inode(self) -> int | None:
+        """The pidfs inode number that names this process for ever (Linux 6.9+), else ``None``.
+
+        Every pidfd of one process shares it, and no other process of this
+        boot ever has it: with the PID, it makes util-linux's ``PID:inode``
+        name, which :meth:`open` takes back (``PidFd.open(pid, inode=...)``).
+        Worked out on first use while open, then kept.
+        """
+        key = self._identity()
+        return key[1] if key is not None else None
 
     def __eq__(self, other: object) -> bool:
         """Two ``PidFd`` objects are equal when they name the same process.

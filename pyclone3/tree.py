@@ -47,6 +47,7 @@ from .pidfd import PidFd
 __all__ = [
     "descendants",
     "is_child_subreaper",
+    "kill_orphans",
     "kill_tree",
     "reap_orphans",
     "set_child_subreaper",
@@ -385,6 +386,62 @@ def kill_tree(pidfd: PidFd, sig: int = signal.SIGKILL, *, timeout: float = 5.0) 
         for member in held.values():
             with contextlib.suppress(OSError):
                 member.close()
+
+
+def kill_orphans(session: int, sig: int = signal.SIGKILL, *, timeout: float = 5.0) -> int:
+    """Signal what is left of a tree whose root has ended; return how many were signalled.
+
+    *session* is the ended root's PID, where the root led a session (as a
+    ``start_new_session`` or ``kill_tree=True`` child does). Its orphans were
+    reparented to this process, a child subreaper: each of our children in
+    that session gets :func:`kill_tree` (it and everything below it), through
+    a pidfd checked, once open, to name our child in *session*. With
+    ``SIGKILL`` they are reaped too, waiting up to *timeout* seconds, and
+    the rounds go on until none is left (a dying member's own orphans come
+    to us in turn). A member that left the session (``setsid``) is not seen.
+    """
+    if isinstance(sig, bool) or not isinstance(sig, int):
+        raise TypeError(f"sig must be an int, not {type(sig).__name__}")
+    deadline = time.monotonic() + timeout
+    count = 0
+    me = os.getpid()
+    for _ in range(1000):  # a fork bomb gets no more rounds than this
+        table = _process_table()
+        orphans = [
+            pid
+            for pid, (ppid, sid, state) in table.items()
+            if ppid == me and sid == session and pid != session and state != b"Z"
+        ]
+        _reap_orphans(session, table)
+        if not orphans:
+            break
+        for pid in orphans:
+            count += _kill_orphan(pid, session, sig, deadline)
+        if sig != signal.SIGKILL or time.monotonic() >= deadline:
+            break
+    return count
+
+
+def _kill_orphan(pid: int, session: int, sig: int, deadline: float) -> int:
+    if not features().pidfd_open:
+        # Our unreaped child: only a reap by this process can free its PID.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+            return 1
+        return 0
+    try:
+        fd = syscalls.pidfd_open(pid)
+    except ProcessLookupError:
+        return 0
+    with PidFd(fd, pid=pid) as orphan:
+        stat = _stat(pid)
+        if stat is None or stat[1:] != (os.getpid(), session) or not _holds_pid(orphan):
+            return 0  # not the orphan that was listed
+        count = kill_tree(orphan, sig, timeout=max(deadline - time.monotonic(), 0.0))
+        if sig == signal.SIGKILL:
+            with contextlib.suppress(TimeoutError, ChildProcessError):
+                orphan.wait(max(deadline - time.monotonic(), 0.0))  # ours to reap
+        return count
 
 
 def _continue(pidfd: PidFd, members: Iterable[PidFd]) -> None:

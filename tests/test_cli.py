@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -12,6 +14,8 @@ from typing import Any
 
 import pytest
 from conftest import PYTHON, requires_userns
+
+from pyclone3 import PidFd, features
 
 CLI = [PYTHON, "-m", "pyclone3"]
 
@@ -76,7 +80,50 @@ def test_run_without_a_command_explains() -> None:
 )
 def test_bad_options_say_what_to_do(bad: list[str]) -> None:
     r = run_cli(*bad)
-    assert r.returncode == 2 and ("duration" in r.stderr or "signal" in r.stderr)
+    assert r.returncode == 125 and ("duration" in r.stderr or "signal" in r.stderr)
+
+
+# Every bad input issue 18 names, and their kin: each a one-line error, exit
+# 125 (argparse's own 2 could not be told from a command's status).
+BAD_INPUTS = [
+    ["run", "--bogus", "--", "true"],
+    ["run", "-t", "soon", "--", "true"],
+    ["run", "-t", "-1", "--", "true"],
+    ["run", "-k", "nan", "--", "true"],
+    ["run", "-s", "NOPE", "--", "true"],
+    ["run", "-s", "99", "--", "true"],
+    ["run", "--pdeathsig", "x", "--", "true"],
+    ["run", "--unshare", "bogus", "--", "true"],
+    ["run", "--enter", "x", "--", "true"],
+    ["run", "--enter", "1:x", "--", "true"],
+    ["run", "--enter-ns", "uts", "--", "true"],
+    ["run"],
+    ["wait"],
+    ["wait", "0"],
+    ["wait", "--", "-1"],
+    ["wait", "99999999999"],
+    ["wait", "x"],
+    ["wait", "1:0"],
+    ["wait", "1:x"],
+    ["wait", "-t", "soon", "1"],
+    ["features", "--bogus"],
+    ["no-such-command"],
+]
+
+
+@pytest.mark.parametrize("bad", BAD_INPUTS, ids=" ".join)
+def test_every_bad_input_is_one_line_and_exit_125(bad: list[str]) -> None:
+    r = run_cli(*bad)
+    assert r.returncode == 125, r.stderr
+    assert len(r.stderr.splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("pyclone3") and "Traceback" not in r.stderr
+    assert r.stdout == ""
+
+
+def test_help_and_version_still_exit_0() -> None:
+    assert run_cli("--help").returncode == 0
+    assert run_cli("run", "--help").returncode == 0
+    assert run_cli("--version").returncode == 0
 
 
 def test_run_forwards_sigint_to_the_command() -> None:
@@ -98,10 +145,98 @@ def test_wait_for_processes_that_are_not_children() -> None:
     try:
         started = time.monotonic()
         r = run_cli("wait", "-v", str(other.pid))
-        assert r.returncode == 0 and f"{other.pid} exited" in r.stdout
+        assert r.returncode == 0 and r.stdout.startswith(f"{other.pid}"), r.stdout
+        assert " exited" in r.stdout
         assert time.monotonic() - started >= 0.2
     finally:
         other.wait()
+
+
+def _inode_of(pid: int) -> int:
+    with PidFd.open(pid) as handle:
+        inode = handle.inode
+    assert inode is not None
+    return inode
+
+
+needs_pidfs = pytest.mark.skipif(
+    not features().pidfd_identity, reason="PID:inode needs pidfs (Linux 6.9+)"
+)
+needs_exit_info = pytest.mark.skipif(
+    not features().pidfd_info_exit, reason="PIDFD_INFO_EXIT needs Linux 6.15+"
+)
+
+
+@needs_pidfs
+def test_wait_verbose_names_the_process_pid_colon_inode_and_takes_it_back() -> None:
+    other = subprocess.Popen(["/bin/sleep", "0.3"])
+    try:
+        name = f"{other.pid}:{_inode_of(other.pid)}"
+        r = run_cli("wait", "-v", name)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split()[0] == name
+    finally:
+        other.wait()
+
+
+@needs_pidfs
+def test_a_pid_colon_inode_of_another_process_is_no_such_process() -> None:
+    """The PID is alive, but the inode is not its: as after a PID reuse, it is refused."""
+    other = subprocess.Popen(["/bin/sleep", "30"])
+    try:
+        wrong = f"{other.pid}:{_inode_of(os.getpid())}"
+        r = run_cli("wait", "-t", "5", wrong)
+        assert r.returncode == 125 and f"no process {wrong}" in r.stderr, r.stderr
+        r = run_cli("run", "--enter", wrong, "--", "/bin/true")
+        assert r.returncode == 125 and f"cannot enter {wrong}" in r.stderr, r.stderr
+    finally:
+        other.kill()
+        other.wait()
+
+
+@needs_pidfs
+def test_run_enter_takes_pid_colon_inode() -> None:
+    r = run_cli("run", "--enter", f"{os.getpid()}:{_inode_of(os.getpid())}", "--", "/bin/true")
+    assert r.returncode == 0, r.stderr
+
+
+@needs_exit_info
+@pytest.mark.parametrize(
+    ("script", "status", "said"),
+    [
+        ("sleep 0.3; exit 7", 7, "exited with status 7"),
+        ("sleep 0.3; kill -USR1 $$", 128 + signal.SIGUSR1, "was killed by SIGUSR1"),
+    ],
+)
+def test_wait_exit_status_of_a_process_that_is_not_its_child(
+    script: str, status: int, said: str
+) -> None:
+    """As the shell's wait, for any process: the kernel keeps the status once its parent
+    (here, this test) reaps it."""
+    other = subprocess.Popen(["/bin/sh", "-c", script])
+    try:
+        cli = subprocess.Popen(
+            [*CLI, "wait", "-v", "--exit-status", str(other.pid)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(0.1)  # let it open its pidfd while the process runs
+    finally:
+        other.wait()
+    out, err = cli.communicate(timeout=30)
+    assert cli.returncode == status, err
+    assert said in out
+
+
+def test_wait_without_exit_status_exits_0_whatever_the_status() -> None:
+    other = subprocess.Popen(["/bin/sh", "-c", "sleep 0.3; exit 7"])
+    try:
+        cli = subprocess.Popen([*CLI, "wait", str(other.pid)])
+        time.sleep(0.1)
+    finally:
+        other.wait()
+    assert cli.wait(timeout=30) == 0
 
 
 def test_wait_timeout_and_missing_pid() -> None:
@@ -255,7 +390,7 @@ def test_run_isolation_errors_are_125_with_the_reason() -> None:
     assert r.returncode == 125
     assert "/nonexistent/cg" in r.stderr
     r = run_cli("run", "--unshare", "bogus", "--", "/bin/true")
-    assert r.returncode == 2 and "unknown namespace" in r.stderr
+    assert r.returncode == 125 and "unknown namespace" in r.stderr
     r = run_cli("run", "--enter", "999999999", "--", "/bin/true")
     assert r.returncode == 125 and "cannot enter" in r.stderr
 
@@ -333,7 +468,7 @@ def test_run_timeout_wakes_a_stopped_command() -> None:
 @pytest.mark.parametrize("pid", ["0", "-1", "99999999999", "x"])
 def test_wait_rejects_what_is_not_a_pid_without_a_traceback(pid: str) -> None:
     r = run_cli("wait", "--", pid)
-    assert r.returncode == 2 and "not a process ID" in r.stderr, r.stderr
+    assert r.returncode == 125 and "not a process ID" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
 
 
@@ -382,3 +517,132 @@ def test_run_an_exec_failure_other_than_enoent_is_126(tmp_path: Any) -> None:
     assert run_cli("run", "--", str(loop)).returncode == 126
     assert run_cli("run", "--", "/" + "x" * 5000).returncode == 126
     assert run_cli("run", "--", "/etc/passwd/x").returncode == 126
+
+
+# ---- timeout(1)'s process group ---------------------------------------------------
+
+
+def _running(pids: list[int], within: float = 5.0) -> list[int]:
+    """Those of *pids* still running after *within* seconds (gone or a zombie: not running).
+
+    Each is watched through a pidfd, which turns readable at its exit: no
+    sleep loop, and a PID reused meanwhile cannot be taken for it.
+    """
+    left = []
+    deadline = time.monotonic() + within
+    for pid in pids:
+        try:
+            handle = PidFd.open(pid)
+        except ProcessLookupError:
+            continue
+        with handle:
+            poller = select.poll()
+            poller.register(handle.fileno(), select.POLLIN)
+            if not poller.poll(max(deadline - time.monotonic(), 0) * 1000):
+                left.append(pid)
+    return left
+
+
+def _end(pids: list[int], proc: subprocess.Popen[str] | None = None) -> None:
+    """Leave nothing behind, whatever the test found: the CLI, then the test's sleeps."""
+    if proc is not None:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    for pid in pids:
+        with contextlib.suppress(OSError), PidFd.open(pid) as handle:
+            if _cmdline(pid).startswith(b"sleep\0"):  # read with the pidfd holding the PID
+                handle.send_signal(signal.SIGKILL)
+
+
+def _cmdline(pid: int) -> bytes:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read()
+
+
+def _pids(proc: subprocess.Popen[str], n: int) -> list[int]:
+    assert proc.stdout is not None
+    return [int(proc.stdout.readline()) for _ in range(n)]
+
+
+def test_run_timeout_signals_the_whole_process_group() -> None:
+    """timeout(1) signals its process group: background jobs of the command die too,
+    and a reader of the pipe they held is not left waiting for them."""
+    script = "sleep 113 & echo $!; sleep 114 & echo $!; wait"
+    command = [*CLI, "run", "-t", "0.5", "--", "/bin/sh", "-c", script]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    try:
+        pids = _pids(proc, 2)
+        assert proc.wait(timeout=60) == 124
+        assert _running(pids) == []
+        assert proc.stdout is not None and proc.stdout.read() == ""  # EOF: no one holds it
+    finally:
+        _end(pids, proc)
+
+
+def test_run_timeout_kill_after_reaches_the_group_and_spares_pyclone3() -> None:
+    script = "trap '' TERM; sleep 115 & echo $!; while :; do sleep 0.05; done"
+    proc = subprocess.Popen(
+        [*CLI, "run", "-t", "0.3", "-k", "0.3", "--", "/bin/sh", "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    pids: list[int] = []
+    try:
+        pids = _pids(proc, 1)
+        assert proc.wait(timeout=60) == 128 + signal.SIGKILL  # as timeout(1): 137 after KILL
+        assert _running(pids) == []
+    finally:
+        _end(pids, proc)
+
+
+def test_run_foreground_signals_the_command_only() -> None:
+    """--foreground, as timeout(1)'s: no group of our own, so the command's children live on."""
+    script = "sleep 116 & echo $!; wait"
+    proc = subprocess.Popen(
+        [*CLI, "run", "--foreground", "-t", "0.3", "--", "/bin/sh", "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    pids: list[int] = []
+    try:
+        pids = _pids(proc, 1)
+        assert proc.wait(timeout=60) == 124
+        assert _running(pids, within=0.3) == pids  # untouched
+    finally:
+        _end(pids, proc)
+
+
+def test_run_kill_tree_reaps_what_the_command_leaves_when_it_exits_itself() -> None:
+    """--kill-tree promised the tree is reaped: when the command exits on its own too."""
+    script = "sleep 117 & echo $!; (sleep 118 & echo $!); exit 3"
+    proc = subprocess.Popen(
+        [*CLI, "run", "--kill-tree", "--", "/bin/sh", "-c", script],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    pids: list[int] = []
+    try:
+        pids = _pids(proc, 2)
+        assert proc.wait(timeout=60) == 3
+        assert _running(pids) == []
+    finally:
+        _end(pids, proc)
+
+
+def test_every_row_of_the_comparison_table_names_a_test_that_exists() -> None:
+    """docs/cli.rst's side-by-side table: each row's test must be here (a renamed or
+    deleted test would leave the row unchecked)."""
+    import re
+
+    doc = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "cli.rst")
+    if not os.path.exists(doc):
+        pytest.skip("docs/ is not next to the tests (an installed run)")
+    with open(doc, encoding="utf-8") as f:
+        named = set(re.findall(r"``(test_\w+)``", f.read()))
+    assert len(named) >= 20
+    missing = sorted(name for name in named if not callable(globals().get(name)))
+    assert missing == []

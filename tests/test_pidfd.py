@@ -537,6 +537,37 @@ def test_without_identity_a_pidfd_equals_only_itself() -> None:
     assert a == a and a != b and hash(a) != hash(b)
 
 
+@require("pidfd_identity")
+def test_inode_names_the_process_and_open_takes_it_back() -> None:
+    """util-linux's PID:inode: the pair reopens exactly that process, and no other."""
+    with PidFd.open(os.getpid()) as me, sleeper() as other:
+        assert me.inode is not None and other.inode is not None
+        assert me.inode == os.fstat(me.fileno()).st_ino and me.inode != other.inode
+        with PidFd.open(os.getpid(), inode=me.inode) as again:
+            assert again == me
+        with pytest.raises(ProcessLookupError) as info:
+            PidFd.open(os.getpid(), inode=other.inode)  # the PID is another's now
+        assert info.value.filename == f"{os.getpid()}:{other.inode}"
+        other.kill()
+        other.wait()
+
+
+@require("pidfd_open")
+@pytest.mark.parametrize(
+    ("inode", "error"), [("1", TypeError), (True, TypeError), (0, ValueError)]
+)
+def test_open_checks_the_inode_before_any_syscall(inode: object, error: type) -> None:
+    with pytest.raises(error):
+        PidFd.open(os.getpid(), inode=inode)  # type: ignore[arg-type]
+
+
+@require("pidfd_open")
+def test_a_closed_pidfd_whose_inode_was_never_asked_has_none() -> None:
+    a = PidFd.open(os.getpid())
+    a.close()
+    assert a.inode is None
+
+
 @require("pidfd_open")
 def test_comparing_with_other_types() -> None:
     with PidFd.open(os.getpid()) as a:

@@ -186,6 +186,32 @@ def test_kill_tree_after_the_child_is_reaped_signals_nothing() -> None:
         tree.set_child_subreaper(was)
 
 
+def test_kill_orphans_ends_what_a_finished_root_left(subreaper: None) -> None:
+    """The root exits on its own; its orphans (now ours) and theirs are killed and reaped."""
+    script = "sleep 100 & echo $!; sh -c 'sleep 100 & echo $!; wait' & echo $!; exit 0"
+    p = pyclone3.Popen(["/bin/sh", "-c", script], stdout=subprocess.PIPE, start_new_session=True)
+    assert p.stdout is not None
+    pids = [int(p.stdout.readline()) for _ in range(3)]  # the members hold the pipe: no EOF
+    p.stdout.close()
+    p.wait()
+    members = [PidFd(syscalls.pidfd_open(pid), pid=pid) for pid in pids]
+    try:
+        assert p.returncode == 0 and all(m.is_alive() for m in members)
+        assert tree.kill_orphans(p.pid) >= 3  # two sleeps and the nested shell
+        assert not any(m.is_alive() for m in members)
+        assert tree.kill_orphans(p.pid) == 0  # nothing left
+        ours = [pid for pid, (ppid, sid, _) in tree._process_table().items() if sid == p.pid]
+        assert ours == []  # all reaped: not even a zombie
+    finally:
+        for m in members:
+            end(m)
+
+
+def test_kill_orphans_rejects_a_non_int_signal() -> None:
+    with pytest.raises(TypeError):
+        tree.kill_orphans(os.getpid(), "KILL")  # type: ignore[arg-type]
+
+
 def test_kill_tree_rejects_a_non_int_signal() -> None:
     child = pyclone3.spawn(["/bin/true"])
     assert child.pidfd is not None
