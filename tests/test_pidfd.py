@@ -537,6 +537,7 @@ def test_without_identity_a_pidfd_equals_only_itself() -> None:
     assert a == a and a != b and hash(a) != hash(b)
 
 
+@require("pidfd_send_signal")
 @require("pidfd_identity")
 def test_inode_names_the_process_and_open_takes_it_back() -> None:
     """util-linux's PID:inode: the pair reopens exactly that process, and no other."""
