@@ -2,13 +2,16 @@
 
 Hypothesis puts arbitrary values (wrong types, NUL bytes, huge and negative
 numbers, NaN, empty and odd containers) into each public argument. The only
-acceptable outcomes are success, ``TypeError``, ``ValueError`` or an
-``OSError`` from the kernel; after each example no fd and no child is left.
+acceptable outcomes are success, a ``TypeError`` or ``ValueError`` that
+says what is wrong, or an ``OSError`` from the kernel that carries its
+errno (and, for a path, the path), as ``subprocess`` raises it; after each
+example no fd and no child is left.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 from typing import Any
@@ -78,6 +81,24 @@ SETTINGS = settings(
 )
 
 
+#: The keywords whose paths a kernel refusal names, as subprocess names them.
+PATH_KEYWORDS = ("executable", "cwd", "cgroup")
+
+
+def assert_clear(exc: BaseException, keyword: str | None = None) -> None:
+    """*exc* is a clear error: a message that says something, or the kernel's errno."""
+    if isinstance(exc, (TypeError, ValueError)):
+        assert str(exc).strip(), f"{type(exc).__name__} with no message"
+        return
+    assert isinstance(exc, OSError), exc
+    # Built as OSError(errno, strerror[, filename]): Python then picks the
+    # subclass for the errno (FileNotFoundError for ENOENT ...).
+    assert isinstance(exc.errno, int) and exc.errno > 0 and exc.strerror, repr(exc)
+    assert type(exc) is type(OSError(exc.errno, exc.strerror)), repr(exc)
+    if keyword in PATH_KEYWORDS and exc.errno not in (errno.EAGAIN, errno.ENOMEM):
+        assert exc.filename is not None, f"no path named: {exc!r}"
+
+
 def _reap(child: pyclone3.SpawnedChild) -> None:
     if child.pidfd is not None:
         with contextlib.suppress(ProcessLookupError):  # it may exit on its own first
@@ -106,8 +127,8 @@ def test_spawn_keywords(keyword: str, value: Any) -> None:
         args[keyword] = -1  # our own stdio: valid, and not worth a hang on a tty
     try:
         child = pyclone3.spawn(["/bin/true"], **args)
-    except CLEAR:
-        pass
+    except CLEAR as exc:
+        assert_clear(exc, keyword)
     else:
         _reap(child)
     _nothing_left(fds)
@@ -119,11 +140,15 @@ def test_spawn_argv(argv: Any) -> None:
     fds = open_fds()
     try:
         child = pyclone3.spawn(argv)
-    except CLEAR:
-        pass
+    except CLEAR as exc:
+        assert_clear(exc)
     else:
         _reap(child)
     _nothing_left(fds)
+
+
+#: Popen keywords that subprocess.Popen does not have.
+PYCLONE3_ONLY = ("create_pidfd", "spawn_path", "pdeathsig", "kill_tree")
 
 
 @SETTINGS
@@ -136,16 +161,22 @@ def test_popen_keywords(keyword: str, value: Any) -> None:
     if keyword in ("stdin", "stdout", "stderr") and value in (0, 1, 2):
         value = None
     reference: type[BaseException] | None = None
+    seen: BaseException | None = None
     try:
         with subprocess.Popen(["/bin/true"], **{keyword: value}):
             pass
     except BaseException as exc:
         reference = type(exc)
+        seen = exc
     subreaper = pyclone3.tree.is_child_subreaper()  # kill_tree=True sets it for good
     try:
         p = pyclone3.Popen(["/bin/true"], **{keyword: value})
-    except CLEAR:
-        pass
+    except CLEAR as exc:
+        assert_clear(exc, keyword)
+        if isinstance(exc, OSError) and keyword not in PYCLONE3_ONLY:
+            # The kernel refused the spawn: subprocess's spawn was refused alike.
+            assert isinstance(seen, OSError) and seen.errno == exc.errno, (exc, seen)
+            assert seen.filename == exc.filename, (exc, seen)
     except BaseException as exc:
         assert reference is not None and isinstance(exc, reference), (exc, reference)
     else:
@@ -161,8 +192,12 @@ def test_popen_keywords(keyword: str, value: Any) -> None:
 def test_wait_timeouts(timeout: Any) -> None:
     with sleeper(0.05) as child:
         first = None
-        with contextlib.suppress(WaitTimeout, *CLEAR):
+        try:
             first = child.wait(timeout)
+        except WaitTimeout:
+            pass
+        except CLEAR as exc:
+            assert_clear(exc)
         # Whatever the timeout did, it neither harmed the child nor lost its exit.
         status = child.wait()
         assert status.exited and status.exit_code == 0, status
@@ -177,8 +212,10 @@ def test_popen_wait_timeouts(timeout: Any) -> None:
     with pyclone3.Popen(["/bin/sleep", "0.05"]) as p:
         try:
             p.wait(timeout)
-        except (subprocess.TimeoutExpired, *CLEAR):
+        except subprocess.TimeoutExpired:
             pass
+        except CLEAR as exc:
+            assert_clear(exc)
     assert p.returncode == 0
 
 
@@ -190,8 +227,8 @@ def test_send_signal_arguments(sig: Any, flags: Any) -> None:
         try:
             child.send_signal(sig, flags=flags)
             sent = sig
-        except CLEAR:
-            pass
+        except CLEAR as exc:
+            assert_clear(exc)
         with contextlib.suppress(ProcessLookupError):  # the signal sent may have killed it
             child.kill()
         status = child.wait()
@@ -205,13 +242,16 @@ def test_send_signal_arguments(sig: Any, flags: Any) -> None:
 @given(value=junk)
 def test_pidfd_constructor_and_methods(value: Any) -> None:
     fds = open_fds()
-    with contextlib.suppress(CLEAR):
+    try:
         PidFd(value).close()
+    except CLEAR as exc:
+        assert_clear(exc)
     with sleeper() as child:
         for call in (child.setns, child.getfd, child.info, PidFd.open):
             try:
                 result = call(value)
-            except CLEAR:
+            except CLEAR as exc:
+                assert_clear(exc)
                 continue
             if isinstance(result, int) and call == child.getfd:
                 os.close(result)
@@ -254,8 +294,10 @@ def test_many_children_arguments(value: Any) -> None:
         ):
             try:
                 call()
-            except (*CLEAR, pyclone3.WaitAllTimeout):
+            except pyclone3.WaitAllTimeout:
                 pass
+            except CLEAR as exc:
+                assert_clear(exc)
         child.wait()
     _nothing_left(fds)
 
