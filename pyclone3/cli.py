@@ -21,6 +21,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from ._features import features
+from ._signals import signal_or_kill
 from .flags import CloneFlag
 from .pidfd import PidFd
 from .popen import PidfdUnavailableError, Popen
@@ -300,6 +301,7 @@ def _signal_our_group(sig: int) -> None:
 def _kill_group_members() -> None:
     me = os.getpid()
     group = os.getpgid(0)
+    held = features().pidfd_open
     for entry in os.listdir("/proc"):
         if not entry.isdigit() or int(entry) == me:
             continue
@@ -307,9 +309,12 @@ def _kill_group_members() -> None:
         try:
             if os.getpgid(pid) != group:
                 continue
+            if not held:  # no pidfds (before 5.3): by PID, as kill(0) would reach it
+                os.kill(pid, signal.SIGKILL)
+                continue
             with PidFd.open(pid) as member:
                 if os.getpgid(pid) == group:  # still ours, now that the pidfd holds it
-                    member.send_signal(signal.SIGKILL)
+                    signal_or_kill(member, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             continue  # gone, or (a setuid member) not ours to signal
 
