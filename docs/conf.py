@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import glob
+
+from sphinx.util import logging
+
 import pyclone3
 
 project = "pyclone3"
@@ -16,7 +20,23 @@ extensions = [
     "sphinx.ext.doctest",
     "sphinx.ext.intersphinx",
 ]
-intersphinx_mapping = {}  # offline builds: no inventories are fetched
+
+# Links into the standard library's documentation. Builds are offline, so its
+# inventory is read from the local copy a distribution's Python documentation
+# package installs (Debian: python3-doc, which .ci/run installs; Fedora:
+# python3-docs); the links themselves point at docs.python.org.
+_PYTHON_INVENTORIES = sorted(glob.glob("/usr/share/doc/python3*/html/objects.inv"))
+if _PYTHON_INVENTORIES:
+    intersphinx_mapping = {"python": ("https://docs.python.org/3", _PYTHON_INVENTORIES[0])}
+else:
+    intersphinx_mapping = {}
+    logging.getLogger(__name__).warning(
+        "no local inventory of the Python documentation: references to the standard "
+        "library stay unresolved (install python3-doc on Debian, python3-docs on Fedora)"
+    )
+# Documented under resource.getrusage(), with no target of its own.
+nitpick_ignore = [("py:class", "resource.struct_rusage")]
+
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 napoleon_google_docstring = True
