@@ -32,6 +32,7 @@ class Features:
     errno name the probe got). Print it for a table; :meth:`as_dict` for JSON.
     """
 
+    #: The kernel release, as ``uname -r`` prints it.
     kernel: str
     #: clone3(2) exists and may be called (Linux 5.3+).
     clone3: bool
@@ -53,19 +54,19 @@ class Features:
     pidfd_signal_process_group: bool
     #: the PIDFD_GET_INFO ioctl (6.13+).
     pidfd_get_info: bool
-    #: PIDFD_INFO_EXIT: exit status of a reaped process through its pidfd (6.15+).
+    #: PIDFD_INFO_EXIT, the exit status of a reaped process through its pidfd (6.15+).
     pidfd_info_exit: bool
     #: pidfds of one process share an inode and of two processes do not (pidfs, 6.9+).
     pidfd_identity: bool
-    #: close_range(2) (5.9+): a spawn's child born sharing our fd table
-    #: copies only the low fds it needs, so spawn cost does not grow with
-    #: the fds and live children we hold.
+    #: close_range(2) (5.9+). With it, a spawn's child born sharing our fd
+    #: table copies only the low fds it needs, so spawn cost does not grow
+    #: with the fds and live children we hold.
     close_range: bool
     #: where the cgroup v2 hierarchy is mounted, if it is.
     cgroup2_mount: str | None
     #: this process's cgroup v2 path (from /proc/self/cgroup), if any.
     cgroup: str | None
-    #: why a feature is False: feature name -> errno name or reason.
+    #: Why a feature is False, by feature name (an errno name or a reason).
     notes: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:

@@ -16,8 +16,12 @@ _FAST_TIMEOUT_MAX = 1e9  # seconds; NaN, infinities and the rest take the full c
 class WaitTimeout(TimeoutError):
     """:meth:`PidFd.wait` gave up: the process had not exited in time.
 
-    A :class:`TimeoutError`; :attr:`pid` and :attr:`timeout` tell which wait.
-    The process is untouched: call :meth:`PidFd.wait` again to go on waiting.
+    A :class:`TimeoutError`. The process is untouched: call
+    :meth:`PidFd.wait` again to go on waiting.
+
+    Attributes:
+        pid: the PID of the process waited for.
+        timeout: the timeout that passed, in seconds.
     """
 
     def __init__(self, pid: int, timeout: float) -> None:

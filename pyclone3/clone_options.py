@@ -99,7 +99,8 @@ MAX_PID_NS_LEVEL = 32
 _INT_MAX = 2**31 - 1
 _NSIG = 64
 
-#: One line of an ID map: (ID inside, ID outside, count).
+#: An ID map, as text in the kernel's ``/proc/PID/uid_map`` format or as
+#: ``(ID inside, ID outside, count)`` lines.
 IdMap = Union[str, Sequence[tuple[int, int, int]]]
 StrOrBytesPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
@@ -147,7 +148,7 @@ class CloneOptions:
 
     @property
     def fork_like(self) -> bool:
-        """The child must not share our memory: ID maps to wait for, or a time namespace."""
+        """The child must not share our memory (ID maps to wait for, or a time namespace)."""
         time_ns = CloneFlag.CLONE_NEWTIME
         return (
             self.uid_map is not None

@@ -304,7 +304,7 @@ class ChildExt:
     loop); ``poll()`` is one ``waitid(P_PIDFD, WNOHANG)``; ``send_signal``,
     ``terminate`` and ``kill`` use ``pidfd_send_signal``, so they can never
     reach a process that reused the child's PID. The pidfd owns the child's
-    exit: :attr:`returncode` reads the status it recorded, whoever observed
+    exit: :attr:`~subprocess.Popen.returncode` reads the status it recorded, whoever observed
     the exit (this ``Popen``, ``wait_all``, the asyncio reader, another
     thread), and the pidfd is closed as soon as it is recorded (unless taken
     with :meth:`take_pidfd`). A ``returncode`` set from outside (asyncio's
@@ -369,7 +369,7 @@ class ChildExt:
 
     @property
     def pidfd(self) -> PidFd:
-        """The child's pidfd, borrowed: the ``Popen`` closes it once the child is reaped.
+        """The child's pidfd, borrowed (the ``Popen`` closes it once the child is reaped).
 
         Raises :class:`PidfdUnavailableError` if the child has none.
         """

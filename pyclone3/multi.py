@@ -1,12 +1,13 @@
-"""Waiting on many children at once: :func:`iter_exits`, :func:`wait_all`, :func:`wait_any`.
+"""Waiting on many children at once: ``iter_exits``, ``wait_all``, ``wait_any``.
 
-None of them uses a thread per child or a polling loop. :func:`iter_exits`
-and :func:`wait_any` watch every child's pidfd with one ``epoll`` instance;
+None of them uses a thread per child or a polling loop.
+:func:`~pyclone3.iter_exits` and :func:`~pyclone3.wait_any` watch every
+child's pidfd with one ``epoll`` instance;
 each wake-up reaps every child that is ready (``epoll_wait`` hands back all
 of them at once) in one call into C, and while exits come often the next
 wake-up waits for a batch, so a burst of exits costs a few wake-ups, not one
 each.
-:func:`wait_all`, which needs only the last exit at once, sleeps on one
+:func:`~pyclone3.wait_all`, which needs only the last exit at once, sleeps on one
 child at a time and wakes up fewer times still. A child that turns
 readable but cannot be reaped yet (a traced child, or a non-child whose own
 parent has not reaped it) is re-checked with a growing pause, so it can
@@ -45,7 +46,7 @@ class HasPidFd(Protocol):
     def pidfd(self) -> PidFd: ...
 
 
-#: What the functions here accept: a PidFd, or a Popen with a pidfd.
+#: A child, as the functions here take it (a PidFd, or a Popen with a pidfd).
 Child = Union[PidFd, HasPidFd]
 
 _STALLED_MAX_S = 0.05
@@ -64,8 +65,10 @@ CATCH_UP_S = 1.0
 class WaitAllTimeout(TimeoutError):
     """The deadline passed with children still running.
 
-    :attr:`done` maps each child reported so far to its status; :attr:`pending`
-    lists the children still running, in the order they were given.
+    Attributes:
+        timeout: the timeout that passed, in seconds.
+        done: each child reported so far, mapped to its status.
+        pending: the children still running, in the order they were given.
     """
 
     def __init__(self, timeout: float, done: dict[Any, WaitStatus], pending: list[Any]) -> None:
@@ -120,7 +123,7 @@ def _timeout(
 
 
 class ExitStream(Iterator[tuple[Child, WaitStatus]]):
-    """What :func:`iter_exits` returns: an iterator of ``(child, status)``, in exit order.
+    """What :func:`~pyclone3.iter_exits` returns: an iterator of ``(child, status)`` in exit order.
 
     :meth:`close` (or the end of the iteration, or ``with``) lets go of the
     pidfds it holds.

@@ -85,7 +85,7 @@ class WaitStatus:
 
     @property
     def code(self) -> ChildCode:
-        """``si_code``: how the state changed."""
+        """How the state changed (``si_code``)."""
         code = self._code
         if type(code) is not ChildCode:
             code = self._code = ChildCode(code)
@@ -93,12 +93,12 @@ class WaitStatus:
 
     @property
     def status(self) -> int:
-        """``si_status``: the exit code, or the signal number."""
+        """The exit code, or the signal number (``si_status``)."""
         return self._status
 
     @property
     def uid(self) -> int | None:
-        """``si_uid``: the real UID of the child, when the kernel reported it."""
+        """The real UID of the child, when the kernel reported it (``si_uid``)."""
         return self._uid
 
     @property
@@ -163,7 +163,7 @@ class WaitStatus:
         # there no signal handler can run between that read and the store.
         returncode = property(
             operator.attrgetter("_returncode"),
-            doc=""":attr:`subprocess.Popen.returncode`'s value: the exit code, or ``-signal``.
+            doc="""The exit code, or ``-signal``, as :attr:`subprocess.Popen.returncode` has it.
 
         ``None`` for a stop or continue report, which is not a termination.
         """,

@@ -305,7 +305,7 @@ def setns(fd: FdLike, nstype: int) -> None:
 class PidfdInfo:
     """What the ``PIDFD_GET_INFO`` ioctl returned (``struct pidfd_info``).
 
-    Only the fields whose bit is set in :attr:`mask` are meaningful; the
+    Only the fields whose bit is set in *mask* are meaningful; the
     others are ``None``. IDs are as seen from the caller's namespaces.
     """
 
