@@ -7,6 +7,13 @@ import glob
 from sphinx.util import logging
 
 import pyclone3
+import pyclone3.clone_options
+import pyclone3.pidfd
+
+# clone_options imports PidFd for type checkers only; autodoc evaluates the
+# annotations at run time, and without it would show them as written, with
+# private aliases (StrOrBytesPath) and unresolvable names.
+pyclone3.clone_options.PidFd = pyclone3.pidfd.PidFd  # type: ignore[attr-defined]
 
 project = "pyclone3"
 author = "The pyclone3 developers"
@@ -39,6 +46,7 @@ nitpick_ignore = [("py:class", "resource.struct_rusage")]
 
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
+autodoc_type_aliases = {"FdLike": "~pyclone3.syscalls.FdLike"}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 exclude_patterns = ["_build"]
