@@ -59,9 +59,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHONS[2])
 def docs(session: nox.Session) -> None:
-    """The Sphinx site, warnings as errors."""
+    """The Sphinx site, warnings (a broken reference too) as errors."""
     session.install("-e", ".[docs]")
-    session.run("sphinx-build", "-q", "-W", "-b", "html", "docs", "docs/_build/html")
+    session.run("sphinx-build", "-q", "-W", "-n", "-b", "html", "docs", "docs/_build/html")
 
 
 @nox.session(python=PYTHONS[2])
