@@ -2,18 +2,46 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import glob
+import importlib
+import pkgutil
 
 from sphinx.util import logging
 
 import pyclone3
-import pyclone3.clone_options
-import pyclone3.pidfd
 
-# clone_options imports PidFd for type checkers only; autodoc evaluates the
-# annotations at run time, and without it would show them as written, with
-# private aliases (StrOrBytesPath) and unresolvable names.
-pyclone3.clone_options.PidFd = pyclone3.pidfd.PidFd  # type: ignore[attr-defined]
+
+def _import_what_annotations_name() -> None:
+    """Make, in each pyclone3 module, the imports it makes for type checkers only.
+
+    For start-up's sake pyclone3 imports ``typing``, and names only its
+    annotations use, under ``if TYPE_CHECKING:``. autodoc evaluates the
+    annotations, and would show them unresolved without those names. A name
+    the module has at run time is left as it is (``pyclone3.popen.run`` is
+    not ``subprocess.run``, whose types it borrows).
+    """
+    for info in pkgutil.iter_modules(pyclone3.__path__, "pyclone3."):
+        module = importlib.import_module(info.name)
+        if not (module.__file__ or "").endswith(".py"):
+            continue
+        with open(module.__file__, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        for node in tree.body:
+            if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING":
+                for stmt in node.body:
+                    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+                        code = compile(ast.Module([stmt], []), module.__file__, "exec")
+                        names = dict(vars(module))
+                        with contextlib.suppress(ImportError):  # typing_extensions, say
+                            exec(code, names)
+                        for name, value in names.items():
+                            if name not in vars(module):
+                                setattr(module, name, value)
+
+
+_import_what_annotations_name()
 
 project = "pyclone3"
 author = "The pyclone3 developers"
