@@ -6,13 +6,17 @@ import contextlib
 import errno
 import os
 import threading
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
 
 from . import syscalls
 from ._clone3 import ffi, lib
 from ._errors import raise_errno
+from ._frozen import Frozen
 from .flags import CloneFlag, IdType, PidfdFlag, PidfdInfoFlag, PidfdSignalFlag, WaitFlag
+
+# typing is not imported at run time (see pyclone3/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Features", "features"]
 
@@ -22,15 +26,35 @@ TRANSIENT_ERRNOS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class Features:
+class Features(Frozen):
     """What the running kernel, as this process sees it, supports.
 
     Each boolean was found by making the call, not by reading the kernel
     version: a seccomp filter or an emulator (qemu-user) may refuse what the
     version would promise. :attr:`notes` says why a feature is missing (the
     errno name the probe got). Print it for a table; :meth:`as_dict` for JSON.
+    Immutable; equal to another ``Features`` with the same fields.
     """
+
+    __match_args__ = (
+        "kernel",
+        "clone3",
+        "clone_pidfd",
+        "pidfd_open",
+        "pidfd_send_signal",
+        "waitid_pidfd",
+        "pidfd_getfd",
+        "pidfd_nonblock",
+        "pidfd_thread",
+        "pidfd_signal_process_group",
+        "pidfd_get_info",
+        "pidfd_info_exit",
+        "pidfd_identity",
+        "close_range",
+        "cgroup2_mount",
+        "cgroup",
+        "notes",
+    )
 
     #: The kernel release, as ``uname -r`` prints it.
     kernel: str
@@ -67,11 +91,52 @@ class Features:
     #: this process's cgroup v2 path (from /proc/self/cgroup), if any.
     cgroup: str | None
     #: Why a feature is False, by feature name (an errno name or a reason).
-    notes: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str]
+
+    def __init__(
+        self,
+        kernel: str,
+        clone3: bool,
+        clone_pidfd: bool,
+        pidfd_open: bool,
+        pidfd_send_signal: bool,
+        waitid_pidfd: bool,
+        pidfd_getfd: bool,
+        pidfd_nonblock: bool,
+        pidfd_thread: bool,
+        pidfd_signal_process_group: bool,
+        pidfd_get_info: bool,
+        pidfd_info_exit: bool,
+        pidfd_identity: bool,
+        close_range: bool,
+        cgroup2_mount: str | None,
+        cgroup: str | None,
+        notes: dict[str, str] | None = None,
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "kernel", kernel)
+        set_(self, "clone3", clone3)
+        set_(self, "clone_pidfd", clone_pidfd)
+        set_(self, "pidfd_open", pidfd_open)
+        set_(self, "pidfd_send_signal", pidfd_send_signal)
+        set_(self, "waitid_pidfd", waitid_pidfd)
+        set_(self, "pidfd_getfd", pidfd_getfd)
+        set_(self, "pidfd_nonblock", pidfd_nonblock)
+        set_(self, "pidfd_thread", pidfd_thread)
+        set_(self, "pidfd_signal_process_group", pidfd_signal_process_group)
+        set_(self, "pidfd_get_info", pidfd_get_info)
+        set_(self, "pidfd_info_exit", pidfd_info_exit)
+        set_(self, "pidfd_identity", pidfd_identity)
+        set_(self, "close_range", close_range)
+        set_(self, "cgroup2_mount", cgroup2_mount)
+        set_(self, "cgroup", cgroup)
+        set_(self, "notes", {} if notes is None else notes)
 
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready ``dict`` of every field."""
-        return asdict(self)
+        """A JSON-ready ``dict`` of every field (:attr:`notes` copied)."""
+        data = {name: getattr(self, name) for name in self.__match_args__}
+        data["notes"] = dict(self.notes)
+        return data
 
     def to_json(self) -> str:
         """:meth:`as_dict` as indented JSON."""
@@ -81,17 +146,17 @@ class Features:
 
     def __str__(self) -> str:
         rows = []
-        for f in fields(self):
-            if f.name == "notes":
+        for name in self.__match_args__:
+            if name == "notes":
                 continue
-            value = getattr(self, f.name)
+            value = getattr(self, name)
             if isinstance(value, bool):
                 shown = "yes" if value else "no"
-                if not value and f.name in self.notes:
-                    shown += f" ({self.notes[f.name]})"
+                if not value and name in self.notes:
+                    shown += f" ({self.notes[name]})"
             else:
                 shown = "-" if value is None else str(value)
-            rows.append((f.name, shown))
+            rows.append((name, shown))
         width = max(len(name) for name, _ in rows)
         return "\n".join(f"{name.ljust(width)}  {shown}" for name, shown in rows)
 

@@ -59,9 +59,9 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Union
 
+from ._frozen import Frozen
 from .flags import CloneFlag
 
 if TYPE_CHECKING:
@@ -105,9 +105,22 @@ IdMap = Union[str, Sequence[tuple[int, int, int]]]
 StrOrBytesPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
 
 
-@dataclass(frozen=True)
-class CloneOptions:
-    """Checked spawn-time options, as :func:`check_clone_options` returns them."""
+class CloneOptions(Frozen):
+    """Checked spawn-time options, as :func:`check_clone_options` returns them.
+
+    Immutable; equal to another ``CloneOptions`` with the same fields.
+    """
+
+    __match_args__ = (
+        "flags",
+        "exit_signal",
+        "set_tid",
+        "cgroup",
+        "uid_map",
+        "gid_map",
+        "setgroups",
+        "setns",
+    )
 
     flags: int = 0
     exit_signal: int = signal.SIGCHLD
@@ -117,6 +130,27 @@ class CloneOptions:
     gid_map: bytes | None = None
     setgroups: bool | None = None
     setns: tuple[PidFd | int, int] | None = None
+
+    def __init__(
+        self,
+        flags: int = 0,
+        exit_signal: int = signal.SIGCHLD,
+        set_tid: tuple[int, ...] = (),
+        cgroup: StrOrBytesPath | int | None = None,
+        uid_map: bytes | None = None,
+        gid_map: bytes | None = None,
+        setgroups: bool | None = None,
+        setns: tuple[PidFd | int, int] | None = None,
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "flags", flags)
+        set_(self, "exit_signal", exit_signal)
+        set_(self, "set_tid", set_tid)
+        set_(self, "cgroup", cgroup)
+        set_(self, "uid_map", uid_map)
+        set_(self, "gid_map", gid_map)
+        set_(self, "setgroups", setgroups)
+        set_(self, "setns", setns)
 
     @property
     def any(self) -> bool:

@@ -20,11 +20,11 @@ import operator
 import os
 import signal
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any, Protocol, Union
 
 from ._clone3 import ffi, lib
 from ._errors import raise_errno
+from ._frozen import Frozen
 from .flags import CloneFlag, PidfdInfoFlag
 from .status import WaitStatus, status_from_kernel
 
@@ -301,13 +301,31 @@ def setns(fd: FdLike, nstype: int) -> None:
         raise_errno(ffi.errno)
 
 
-@dataclass(frozen=True)
-class PidfdInfo:
+class PidfdInfo(Frozen):
     """What the ``PIDFD_GET_INFO`` ioctl returned (``struct pidfd_info``).
 
     Only the fields whose bit is set in *mask* are meaningful; the
     others are ``None``. IDs are as seen from the caller's namespaces.
+    Immutable; equal to another ``PidfdInfo`` with the same fields.
     """
+
+    __match_args__ = (
+        "mask",
+        "pid",
+        "tgid",
+        "ppid",
+        "ruid",
+        "rgid",
+        "euid",
+        "egid",
+        "suid",
+        "sgid",
+        "fsuid",
+        "fsgid",
+        "cgroupid",
+        "exit_code",
+        "coredump_mask",
+    )
 
     mask: PidfdInfoFlag
     pid: int | None
@@ -325,6 +343,41 @@ class PidfdInfo:
     #: The raw ``wait(2)``-style status word (``PIDFD_INFO_EXIT``, 6.15+).
     exit_code: int | None
     coredump_mask: int | None
+
+    def __init__(
+        self,
+        mask: PidfdInfoFlag,
+        pid: int | None,
+        tgid: int | None,
+        ppid: int | None,
+        ruid: int | None,
+        rgid: int | None,
+        euid: int | None,
+        egid: int | None,
+        suid: int | None,
+        sgid: int | None,
+        fsuid: int | None,
+        fsgid: int | None,
+        cgroupid: int | None,
+        exit_code: int | None,
+        coredump_mask: int | None,
+    ) -> None:
+        set_ = object.__setattr__
+        set_(self, "mask", mask)
+        set_(self, "pid", pid)
+        set_(self, "tgid", tgid)
+        set_(self, "ppid", ppid)
+        set_(self, "ruid", ruid)
+        set_(self, "rgid", rgid)
+        set_(self, "euid", euid)
+        set_(self, "egid", egid)
+        set_(self, "suid", suid)
+        set_(self, "sgid", sgid)
+        set_(self, "fsuid", fsuid)
+        set_(self, "fsgid", fsgid)
+        set_(self, "cgroupid", cgroupid)
+        set_(self, "exit_code", exit_code)
+        set_(self, "coredump_mask", coredump_mask)
 
     def wait_status(self) -> WaitStatus | None:
         """The exit status as a :class:`~pyclone3.WaitStatus`, if reported."""

@@ -179,6 +179,22 @@ def test_id_maps_are_formatted_for_the_kernel() -> None:
     assert opts.setgroups is False  # denied by default with a gid_map, as unshare -r
 
 
+def test_options_are_an_immutable_record() -> None:
+    opts = check_clone_options(CloneFlag.CLONE_NEWUTS, set_tid=[])
+    same = clone_options.CloneOptions(int(CloneFlag.CLONE_NEWUTS), exit_signal=signal.SIGCHLD)
+    assert opts == same and hash(opts) == hash(same)
+    assert opts != clone_options.CloneOptions() and opts != (opts.flags,)
+    assert repr(clone_options.CloneOptions(setgroups=False)) == (
+        "CloneOptions(flags=0, exit_signal=<Signals.SIGCHLD: 17>, set_tid=(), cgroup=None, "
+        "uid_map=None, gid_map=None, setgroups=False, setns=None)"
+    )
+    with pytest.raises(AttributeError):
+        opts.flags = 0  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        del opts.set_tid  # type: ignore[misc]
+    assert opts.flags == CloneFlag.CLONE_NEWUTS
+
+
 def test_options_exclude_preexec_fn_and_no_pidfd() -> None:
     with pytest.raises(ValueError, match="no-preexec"):
         pyclone3.spawn(["/bin/true"], clone_flags=CloneFlag.CLONE_NEWUTS, preexec_fn=lambda: None)

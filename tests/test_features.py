@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
 import sys
 import textwrap
-from dataclasses import fields
 
 import pytest
 from conftest import FEATURES as FEATURES_REAL
@@ -15,6 +15,9 @@ from conftest import PYTHON, sleeper
 
 import pyclone3
 from pyclone3 import Features, PidFd, features, syscalls
+
+#: Every field of the report, as its constructor takes them.
+_FIELDS = list(inspect.signature(Features).parameters)
 
 
 def test_cached_until_refreshed() -> None:
@@ -27,9 +30,9 @@ def test_cached_until_refreshed() -> None:
 def test_every_field_is_printed() -> None:
     report = features()
     text = str(report)
-    for f in fields(Features):
-        if f.name != "notes":
-            assert f.name in text
+    for name in _FIELDS:
+        if name != "notes":
+            assert name in text
     assert os.uname().release in text
 
 
@@ -37,7 +40,20 @@ def test_json_round_trips() -> None:
     report = features()
     data = json.loads(report.to_json())
     assert data == report.as_dict()
-    assert set(data) == {f.name for f in fields(Features)}
+    assert set(data) == set(_FIELDS)
+
+
+def test_the_report_is_an_immutable_record() -> None:
+    report = features()
+    again = Features(*(getattr(report, name) for name in _FIELDS))
+    assert again == report and again is not report
+    assert repr(again) == repr(report)
+    assert repr(report).startswith(f"Features(kernel={report.kernel!r}, clone3={report.clone3!r}")
+    with pytest.raises(AttributeError):
+        report.clone3 = False  # type: ignore[misc]
+    with pytest.raises(TypeError):  # notes is a dict
+        hash(report)
+    assert report.as_dict()["notes"] is not report.notes
 
 
 def test_reported_features_work() -> None:
