@@ -27,7 +27,6 @@ import math
 import select
 import threading
 import time
-from typing import Any, Callable
 
 from . import syscalls
 from ._clone3 import lib
@@ -36,6 +35,11 @@ from ._features import features
 from ._waiting import WaitTimeout, poll_fd
 from .flags import IdType, PidfdInfoFlag, WaitFlag
 from .status import WaitStatus
+
+# typing is not imported at run time (see pyclone3/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Callable
 
 __all__ = ["ChildState", "sweeps"]
 
@@ -50,7 +54,8 @@ _REAP_RECHECK_MS = 100
 #: Longest pause after a spurious wake-up (readable pidfd, nothing to reap).
 _SPURIOUS_MAX_S = 0.05
 
-OnExit = Callable[[WaitStatus], None]
+if TYPE_CHECKING:
+    OnExit = Callable[[WaitStatus], None]
 
 
 class _Sweeps:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
-from typing import NoReturn
+
+# typing is not imported at run time (see pyclone3/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
 
 
 def raise_errno(err: int, filename: str | None = None) -> NoReturn:

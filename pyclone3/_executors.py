@@ -26,8 +26,8 @@ from __future__ import annotations
 import gc
 import os
 import threading
+from collections import namedtuple
 from collections.abc import Callable
-from typing import Any, NamedTuple
 
 from ._clone3 import ffi, lib
 from ._features import features
@@ -36,18 +36,31 @@ from ._report import REPORT, ChildFailed, parse_report, read_report
 from .clone_options import CloneOptions
 from .pidfd import PidFd, adopt_spawned
 
+# typing is not imported at run time (see pyclone3/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+
 __all__ = ["SpawnedChild", "buffers", "learned", "spawn_copied", "spawn_forked", "spawn_vm"]
 
 _STACK_SIZE = 64 * 1024
 _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 
 
-class SpawnedChild(NamedTuple):
-    """What :func:`pyclone3.spawn` made: PID, pidfd (``None`` on ``vfork``), and the path used."""
+if TYPE_CHECKING:
 
-    pid: int
-    pidfd: PidFd | None
-    path: str
+    class SpawnedChild(NamedTuple):
+        pid: int
+        pidfd: PidFd | None
+        path: str
+
+else:
+    # The class typing.NamedTuple makes, made without importing typing.
+    SpawnedChild = namedtuple("SpawnedChild", ("pid", "pidfd", "path"))
+    SpawnedChild.__annotations__ = {"pid": "int", "pidfd": "PidFd | None", "path": "str"}
+SpawnedChild.__doc__ = (
+    """What :func:`pyclone3.spawn` made: PID, pidfd (``None`` on ``vfork``), and the path used."""
+)
 
 
 class _ThreadBuffers(threading.local):

@@ -20,9 +20,13 @@ import contextlib
 import os
 import sys
 import threading
-from typing import Any
 
 from ._clone3 import ffi, lib
+
+# typing is not imported at run time (see pyclone3/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["FdRef"]
 

@@ -16,7 +16,6 @@ import errno
 import os
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from ._clone3 import lib
 from ._executors import SpawnedChild, learned, spawn_copied, spawn_forked, spawn_vm
@@ -25,6 +24,11 @@ from ._plan import Plan
 from ._report import ChildFailed
 from .clone_options import CloneOptions
 from .pidfd import PidFd
+
+# typing is not imported at run time (see pyclone3/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "SPAWN_PATHS",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from ._clone3 import ffi, lib
 from ._request import (
@@ -22,6 +21,11 @@ from ._request import (
     user_or_group_id,
 )
 from .clone_options import CloneOptions
+
+# typing is not imported at run time (see pyclone3/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Plan"]
 

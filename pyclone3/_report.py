@@ -11,9 +11,13 @@ from __future__ import annotations
 import os
 import struct
 import sys
-from typing import Any
 
 from ._clone3 import lib
+
+# typing is not imported at run time (see pyclone3/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "BAD_REPORT",

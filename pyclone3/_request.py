@@ -15,14 +15,17 @@ does, so that ``pyclone3.Popen`` raises what ``subprocess.Popen`` raises:
 from __future__ import annotations
 
 import operator
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Union
 
 from ._errors import OutOfRangeError
 from .clone_options import CloneOptions
 
-StrOrBytesPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+# typing is not imported at run time (see pyclone3/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .clone_options import StrOrBytesPath
 
 #: No fds given: (p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite).
 NO_FDS = (-1, -1, -1, -1, -1, -1)

@@ -23,16 +23,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
 
 from ._clone3 import lib
 from ._executors import SpawnedChild, buffers
 from ._paths import SPAWN_PATHS, get_spawn_path, in_pid_namespace, run_option_paths, run_paths
 from ._plan import Plan
 from ._report import ChildFailed, child_error
-from ._request import SpawnRequest, StrOrBytesPath, check_pdeathsig
-from .clone_options import IdMap, options_if_any
+from ._request import SpawnRequest, check_pdeathsig
+from .clone_options import options_if_any
 from .pidfd import PidFd, state_of
+
+# typing is not imported at run time (see pyclone3/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .clone_options import IdMap, StrOrBytesPath
 
 __all__ = ["SpawnRequest", "SpawnedChild", "check_pdeathsig", "spawn", "start"]
 

@@ -59,12 +59,15 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Union
 
 from ._frozen import Frozen
 from .flags import CloneFlag
 
+# typing is not imported at run time (see pyclone3/__init__.py).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any, Union
+
     from .pidfd import PidFd
 
 __all__ = [
@@ -99,10 +102,28 @@ MAX_PID_NS_LEVEL = 32
 _INT_MAX = 2**31 - 1
 _NSIG = 64
 
-#: An ID map, as text in the kernel's ``/proc/PID/uid_map`` format or as
-#: ``(ID inside, ID outside, count)`` lines.
-IdMap = Union[str, Sequence[tuple[int, int, int]]]
-StrOrBytesPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+if TYPE_CHECKING:
+    #: An ID map, as text in the kernel's ``/proc/PID/uid_map`` format or as
+    #: ``(ID inside, ID outside, count)`` lines.
+    IdMap = Union[str, Sequence[tuple[int, int, int]]]
+    StrOrBytesPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+else:
+    # The type aliases are made on first use, and typing imported then.
+    _ALIASES = ("IdMap", "StrOrBytesPath")
+
+    def __getattr__(name: str) -> Any:
+        if name not in _ALIASES:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from typing import Union
+
+        globals().update(
+            IdMap=Union[str, Sequence[tuple[int, int, int]]],
+            StrOrBytesPath=Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"],
+        )
+        return globals()[name]
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_ALIASES})
 
 
 class CloneOptions(Frozen):

@@ -26,7 +26,6 @@ import signal
 import subprocess
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from . import tree
 from ._child import ChildState
@@ -36,9 +35,16 @@ from ._request import SpawnRequest, check_pdeathsig
 from ._signals import signal_or_kill
 from ._spawn import start
 from ._waiting import WaitTimeout, deadline
-from .clone_options import IdMap, options_if_any
+from .clone_options import options_if_any
 from .pidfd import PidFd, state_of
 from .status import WaitStatus
+
+# typing is not imported at run time (see pyclone3/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .clone_options import IdMap
 
 __all__ = ["ChildExt", "CommandExt", "PidfdUnavailableError"]
 

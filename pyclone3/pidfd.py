@@ -14,7 +14,6 @@ import select
 import signal
 import warnings
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
 
 from . import syscalls
 from ._child import ChildState
@@ -22,6 +21,11 @@ from ._features import features
 from ._waiting import WaitTimeout, deadline, poll_fd
 from .flags import PidfdFlag, PidfdInfoFlag, PidfdSignalFlag
 from .status import WaitStatus
+
+# typing is not imported at run time (see pyclone3/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["PidFd", "WaitTimeout"]
 

@@ -16,13 +16,14 @@ import os
 import subprocess
 import sys
 import types
-from typing import TYPE_CHECKING, Any, AnyStr
 
 from .mixins import ChildExt, CommandExt, PidfdUnavailableError
 
+# typing is not imported at run time (see pyclone3/__init__.py).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
-    from typing import IO, Literal, TypedDict, Union, overload
+    from typing import IO, Any, AnyStr, Literal, TypedDict, Union, overload
 
     from typing_extensions import Unpack
 
@@ -76,6 +77,12 @@ if TYPE_CHECKING:
         setgroups: bool | None
         setns: tuple[PidFd | int, int] | None
         kill_tree: bool
+
+else:
+    # Popen is generic for type checkers (Popen[bytes], Popen[str]); at run
+    # time subprocess.Popen[...] takes any parameter, so typing's AnyStr is
+    # not needed: only named.
+    AnyStr = "AnyStr"
 
 
 __all__ = [

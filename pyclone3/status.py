@@ -6,9 +6,13 @@ import operator
 import os
 import resource
 import signal
-from typing import TYPE_CHECKING, Any
 
 from .flags import ChildCode
+
+# typing is not imported at run time (see pyclone3/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["WaitStatus"]
 

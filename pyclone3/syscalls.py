@@ -20,13 +20,17 @@ import operator
 import os
 import signal
 from collections.abc import Iterable
-from typing import Any, Protocol, Union
 
 from ._clone3 import ffi, lib
 from ._errors import raise_errno
 from ._frozen import Frozen
 from .flags import CloneFlag, PidfdInfoFlag
 from .status import WaitStatus, status_from_kernel
+
+# typing is not imported at run time (see pyclone3/__init__.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Protocol, Union
 
 __all__ = [
     "FdLike",
@@ -50,12 +54,32 @@ _NSIG = 65  # signal numbers run 1..64 on Linux
 _MAX_PID_NS_LEVEL = 32
 
 
-class _HasFileno(Protocol):
-    def fileno(self) -> int: ...
+if TYPE_CHECKING:
 
+    class _HasFileno(Protocol):
+        def fileno(self) -> int: ...
 
-#: A file descriptor: an ``int`` or any object with a ``fileno()`` method.
-FdLike = Union[int, _HasFileno]
+    #: A file descriptor: an ``int`` or any object with a ``fileno()`` method.
+    FdLike = Union[int, _HasFileno]
+else:
+    # The type alias is made on first use, and typing imported then.
+    _ALIASES = ("FdLike", "_HasFileno")
+
+    def __getattr__(name: str) -> Any:
+        if name not in _ALIASES:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from typing import Protocol, Union
+
+        class _HasFileno(Protocol):
+            __qualname__ = "_HasFileno"
+
+            def fileno(self) -> int: ...
+
+        globals().update(_HasFileno=_HasFileno, FdLike=Union[int, _HasFileno])
+        return globals()[name]
+
+    def __dir__() -> list[str]:
+        return sorted({*globals(), *_ALIASES})
 
 
 def _int(name: str, value: object) -> int:

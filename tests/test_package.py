@@ -31,6 +31,19 @@ def test_import_loads_no_submodule_and_no_heavy_library() -> None:
     assert heavy.isdisjoint(loaded), sorted(heavy & set(loaded))
 
 
+@pytest.mark.parametrize(
+    "code", ["from pyclone3 import Popen", "import pyclone3.cli", "from pyclone3 import spawn"]
+)
+def test_spawning_loads_no_heavy_library(code: str) -> None:
+    """What a program that spawns, and the command, load: no more than they must."""
+    loaded = _fresh(
+        f"import sys; before = set(sys.modules); {code}; "
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    ).split()
+    heavy = {"dataclasses", "inspect", "json", "shutil", "typing"}
+    assert heavy.isdisjoint(loaded), sorted(heavy & set(loaded))
+
+
 def test_a_name_loads_only_what_it_needs() -> None:
     loaded = _fresh(
         "import sys, pyclone3; pyclone3.CloneFlag; "
