@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 import select
 import time
 
@@ -41,6 +40,8 @@ def deadline(timeout: float | None) -> float | None:
     kind = type(timeout)
     if (kind is float or kind is int) and 0 <= timeout < _FAST_TIMEOUT_MAX:
         return time.monotonic() + timeout  # the common case, checked cheaply
+    import numbers  # here, not at the top: only the uncommon cases need it
+
     if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
         raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
     seconds = float(timeout)

@@ -27,7 +27,6 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from . import tree
 from ._child import ChildState
 from ._clone3 import lib
 from ._paths import SPAWN_PATHS
@@ -58,6 +57,8 @@ _NO_WAITID_ERRNOS = frozenset({errno.ENOSYS, errno.EINVAL})
 
 
 def _reap_orphans(session: int) -> None:
+    from . import tree  # here, not at the top: only kill_tree=True needs it
+
     tree.reap_orphans(session)
 
 
@@ -243,8 +244,11 @@ class CommandExt:
         if executable is None:
             executable = args[0]
         sys.audit("subprocess.Popen", executable, args, cwd, env)
-        if self._pyclone3_kill_tree and not tree.is_child_subreaper():
-            tree.set_child_subreaper(True)
+        if self._pyclone3_kill_tree:
+            from . import tree
+
+            if not tree.is_child_subreaper():
+                tree.set_child_subreaper(True)
 
         # subprocess's own options, onto the request CommandExt.__init__ began;
         # only what differs from the defaults, as this runs on every spawn.
@@ -405,7 +409,7 @@ class ChildExt:
 
     def _reap_tree(self) -> None:
         if self.__dict__.get("_pyclone3_kill_tree"):
-            tree.reap_orphans(self.pid)
+            _reap_orphans(self.pid)
 
     def kill_tree(self, sig: int = signal.SIGKILL, *, timeout: float = 5.0) -> int:
         """Signal the child and its whole tree: :func:`pyclone3.tree.kill_tree`.
@@ -417,6 +421,8 @@ class ChildExt:
         if self.returncode is not None:
             self._reap_tree()
             return 0
+        from . import tree
+
         try:
             return tree.kill_tree(self.pidfd, sig, timeout=timeout)
         except ValueError:  # the pidfd was closed meanwhile: reaped

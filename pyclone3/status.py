@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import operator
 import os
-import resource
 import signal
 
 from .flags import ChildCode
@@ -12,6 +11,7 @@ from .flags import ChildCode
 # typing is not imported at run time (see pyclone3/__init__.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import resource
     from typing import Any
 
 __all__ = ["WaitStatus"]
@@ -228,6 +228,8 @@ def status_from_kernel(pid: int, code: int, status: int, uid: int, raw_rusage: A
 
 def _rusage_from_c(ru: Any) -> resource.struct_rusage:
     """Convert the kernel's ``struct rusage`` (a cffi object) as :func:`os.wait4` would."""
+    import resource  # here, not at the top: few programs ask for a child's rusage
+
     return resource.struct_rusage(
         (
             ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6,

@@ -40,8 +40,9 @@ def test_spawning_loads_no_heavy_library(code: str) -> None:
         f"import sys; before = set(sys.modules); {code}; "
         "print(' '.join(sorted(set(sys.modules) - before)))"
     ).split()
-    heavy = {"dataclasses", "inspect", "json", "shutil", "typing"}
+    heavy = {"dataclasses", "inspect", "json", "numbers", "resource", "shutil", "typing"}
     assert heavy.isdisjoint(loaded), sorted(heavy & set(loaded))
+    assert "pyclone3.tree" not in loaded
 
 
 def test_a_name_loads_only_what_it_needs() -> None:
