@@ -32,7 +32,7 @@ from collections.abc import Callable
 from ._clone3 import ffi, lib
 from ._features import features
 from ._plan import Plan
-from ._report import REPORT, ChildFailed, parse_report, read_report
+from ._report import PREEXEC_REPORT, ChildFailed, parse_report, read_report
 from .clone_options import CloneOptions
 from .pidfd import PidFd, adopt_spawned
 
@@ -309,7 +309,7 @@ def spawn_forked(plan: Plan, path: str, preexec_fn: Callable[[], Any]) -> Spawne
                 try:
                     preexec_fn()
                 except BaseException:
-                    os.write(errpipe_w, REPORT.pack(lib.SPAWN_ERR_PREEXEC, 0))
+                    os.write(errpipe_w, PREEXEC_REPORT)
                     os._exit(255)
                 lib.pyclone3_child_exec(s)
             finally:

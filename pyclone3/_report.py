@@ -9,10 +9,9 @@ what ``subprocess`` raises for that step.
 from __future__ import annotations
 
 import os
-import struct
 import sys
 
-from ._clone3 import lib
+from ._clone3 import ffi, lib
 
 # typing is not imported at run time (see pyclone3/__init__.py).
 TYPE_CHECKING = False
@@ -21,7 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BAD_REPORT",
-    "REPORT",
+    "PREEXEC_REPORT",
+    "REPORT_SIZE",
     "STEPS",
     "ChildFailed",
     "child_error",
@@ -42,7 +42,8 @@ class ChildFailed(Exception):
 
 
 #: What a failing child writes to its error pipe: step, errno.
-REPORT = struct.Struct("ii")
+_REPORT = "int[2]"
+REPORT_SIZE = ffi.sizeof(_REPORT)
 #: The step of a report that is not one well-formed record.
 BAD_REPORT = -1
 STEPS = frozenset(
@@ -60,12 +61,14 @@ STEPS = frozenset(
 _ERRNO_MAX = 4095  # the kernel's errno range
 #: Until 3.13, subprocess named the cwd for any failure before exec.
 _CWD_FOR_ANY_STEP = sys.version_info < (3, 13)
+#: What a forked child writes when preexec_fn raised: made here, not in the child.
+PREEXEC_REPORT = ffi.buffer(ffi.new(_REPORT, (lib.SPAWN_ERR_PREEXEC, 0)))[:]
 
 
 def read_report(errpipe_r: int) -> bytes:
     """Read to EOF (the child exec'd or died) or past one full report."""
     report = b""
-    while len(report) <= REPORT.size:
+    while len(report) <= REPORT_SIZE:
         part = os.read(errpipe_r, 64)
         if not part:
             break
@@ -82,9 +85,9 @@ def parse_report(data: bytes) -> tuple[int, int] | None:
     """
     if not data:
         return None
-    if len(data) != REPORT.size:
+    if len(data) != REPORT_SIZE:
         return (BAD_REPORT, 0)
-    step, err = REPORT.unpack(data)
+    step, err = ffi.from_buffer(_REPORT, data)
     if step not in STEPS or not 0 <= err <= _ERRNO_MAX:
         return (BAD_REPORT, 0)
     return (step, err)
