@@ -646,3 +646,31 @@ def test_every_row_of_the_comparison_table_names_a_test_that_exists() -> None:
     assert len(named) >= 20
     missing = sorted(name for name in named if not callable(globals().get(name)))
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--", "/bin/true"],
+        ["run", "--", "/bin/sh", "-c", "exit 3"],
+        ["run", "/bin/true", "-t", "1"],
+        ["run", "--", "-t"],
+    ],
+)
+def test_the_plain_run_fast_path_parses_as_argparse_does(argv: list[str]) -> None:
+    """`run [--] CMD...` skips argparse (start-up): it must mean exactly what the parser says."""
+    from pyclone3.cli import _plain_run
+    from pyclone3.cli.args import build_parser
+
+    fast = _plain_run(argv)
+    assert fast is not None
+    assert vars(fast) == vars(build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize(
+    "argv", [["run"], ["run", "--"], ["run", "-t", "1", "--", "x"], ["wait", "1"], ["--json"], []]
+)
+def test_anything_else_goes_to_the_parser(argv: list[str]) -> None:
+    from pyclone3.cli import _plain_run
+
+    assert _plain_run(argv) is None
