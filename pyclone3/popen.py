@@ -102,10 +102,12 @@ __all__ = [
 class Popen(CommandExt, ChildExt, subprocess.Popen[AnyStr]):
     """:class:`subprocess.Popen`, with the child's pidfd taken at creation.
 
-    A drop-in: same arguments, same behaviour and exceptions, plus
-    *create_pidfd* and *spawn_path* (:class:`CommandExt`) and
-    :attr:`~ChildExt.pidfd` / :meth:`~ChildExt.take_pidfd`
-    (:class:`ChildExt`); waiting and signalling go through the pidfd.
+    A drop-in: same arguments, same behaviour and exceptions, plus the
+    keywords of :class:`CommandExt` (*create_pidfd*, *spawn_path*,
+    *pdeathsig*, *kill_tree* and the Linux options of
+    :mod:`pyclone3.clone_options`) and :attr:`~ChildExt.pidfd` /
+    :meth:`~ChildExt.take_pidfd` (:class:`ChildExt`); waiting and
+    signalling go through the pidfd.
     """
 
     if TYPE_CHECKING:
