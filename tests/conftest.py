@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import select
 import signal
 import sys
 import threading
+import time
+import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
@@ -143,20 +146,137 @@ def _end_strays(known: set[int]) -> list[int]:
     return strays
 
 
+#: Every process this run starts inherits ``PYCLONE3_TEST_RUN=<token>`` in its
+#: environment, unless a test hands it an environment of its own. That is how
+#: no_leaks finds what a test left that is no longer our child: a grandchild,
+#: orphaned and re-parented to init or to a subreaper. A nested run (the sandbox
+#: and guard tests start pytest in a child) marks its own processes with its own
+#: token.
+RUN_MARK = "PYCLONE3_TEST_RUN"
+_RUN_TOKEN = f"{os.getpid()}-{uuid.uuid4().hex}"
+os.environ[RUN_MARK] = _RUN_TOKEN
+_RUN_ENTRY = f"{RUN_MARK}={_RUN_TOKEN}".encode()
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _boot_ticks() -> int:
+    """Now, as /proc/PID/stat counts a process's start time (clock ticks since boot)."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * _TICKS)
+
+
+def _started_at(pid: int) -> int | None:
+    """*pid*'s start time in clock ticks since boot, or None if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] in "ZX":
+        return None
+    return int(fields[19])
+
+
+def _marked(pid: int) -> bool:
+    """Whether *pid* carries this run's mark (unreadable: a zombie, or not ours to read)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return _RUN_ENTRY in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _end_marked_strays(since: int, grace: float = 0.5) -> list[int]:
+    """Kill the live processes that carry this run's mark and started at or
+    after *since* (clock ticks since boot); their PIDs.
+
+    They are the ones no longer our children, which _end_strays cannot see.
+    Each is given *grace* seconds to end on its own first (one killed by the
+    test may still be on its way out), then SIGKILLed through a pidfd taken
+    and checked against its start time and mark: never a recycled PID. Where
+    pidfd_open is refused (a sandboxed run) it is killed by PID after the
+    same check, with the small race that leaves.
+    """
+    me = os.getpid()
+    found: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == me:
+            continue
+        pid = int(name)
+        started = _started_at(pid)
+        # A tick of slack: the test's start is rounded down, the process's too.
+        if started is not None and started >= since - 1 and _marked(pid):
+            found[pid] = started
+    if not found:
+        return []
+    handles: dict[int, int | None] = {}
+    for pid, started in found.items():
+        fd = None
+        with contextlib.suppress(OSError):
+            fd = os.pidfd_open(pid)
+        if _started_at(pid) == started and _marked(pid):  # the same process, still live
+            handles[pid] = fd
+        elif fd is not None:
+            os.close(fd)
+    deadline = time.monotonic() + grace
+    left = []
+    try:
+        for pid, fd in handles.items():
+            while True:
+                remaining = deadline - time.monotonic()
+                if fd is not None:
+                    gone = bool(select.select([fd], [], [], max(remaining, 0))[0])
+                else:
+                    gone = _started_at(pid) != found[pid]
+                    if not gone and remaining > 0:
+                        time.sleep(min(0.01, remaining))
+                        continue
+                break
+            if gone:
+                continue
+            left.append(pid)
+            try:
+                if fd is not None:
+                    signal.pidfd_send_signal(fd, signal.SIGKILL)
+                elif _started_at(pid) == found[pid]:
+                    os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            except OSError:  # pidfd_send_signal refused by a sandbox
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    finally:
+        for fd in handles.values():
+            if fd is not None:
+                os.close(fd)
+    return sorted(left)
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> object:
-    """Every test must leave no fd, no child process, and no subreaper flag behind.
+    """Every test must leave no fd, no process, and no subreaper flag behind.
 
     A child the test left, running or a zombie, is killed and reaped here
-    and fails that test: it cannot linger into, and fail, a later one.
+    and fails that test: it cannot linger into, and fail, a later one. So
+    is a process no longer our child (a grandchild orphaned to init or to
+    a subreaper) that carries this run's mark in its environment and
+    started during the test (see RUN_MARK): a left child's own children
+    are found that way once it is killed. What this cannot see: a process
+    started with an environment of its own without the mark (``env={}``);
+    one forked from this process that did not exec (its /proc environ is
+    the one this process was started with, from before the mark was set);
+    one whose environment may not be read (another user's, when the suite
+    is not run as root).
     """
     from pyclone3 import tree
 
     before = open_fds()
     known = set(children())
+    since = _boot_ticks()
     subreaper = tree.is_child_subreaper()
     yield
     strays = _end_strays(known)
+    descendants = _end_marked_strays(since)
     if tree.is_child_subreaper() != subreaper:
         tree.set_child_subreaper(subreaper)
         raise AssertionError("the test left this process's child-subreaper flag changed")
@@ -165,6 +285,9 @@ def no_leaks() -> object:
     leaked = {fd for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")}
     assert not leaked, f"leaked fds: {sorted(leaked)}"
     assert not strays, f"child processes left behind (killed and reaped now): {strays}"
+    assert not descendants, (
+        f"processes left behind that are no longer our children (killed now): {descendants}"
+    )
     assert zombies() == [], "zombie children left behind"
 
 
