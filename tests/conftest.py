@@ -291,6 +291,63 @@ def no_leaks() -> object:
     assert zombies() == [], "zombie children left behind"
 
 
+_CATCHABLE = sorted(set(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP})
+
+
+def _signal_state() -> tuple[dict[int, Any], set[int]]:
+    """This process's Python-level signal handlers, and the main thread's signal mask."""
+    handlers: dict[int, Any] = {sig: signal.getsignal(sig) for sig in _CATCHABLE}
+    mask: set[int] = set(signal.pthread_sigmask(signal.SIG_BLOCK, []))
+    return handlers, mask
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:  # a real-time signal between SIGRTMIN and SIGRTMAX
+        return f"signal {sig}"
+
+
+@pytest.fixture(autouse=True)
+def signals_restored() -> object:
+    """Every test must leave the signal handlers and the signal mask as it found them.
+
+    A handler or mask a test leaves changed would change what every later
+    test sees, and what each child it starts inherits (an ignored signal
+    stays ignored across exec). It is put back here, and fails that test.
+    """
+    handlers, mask = _signal_state()
+    yield
+    now_handlers, now_mask = _signal_state()
+    changed = [
+        _signal_name(sig) for sig, handler in handlers.items() if now_handlers[sig] != handler
+    ]
+    for sig, handler in handlers.items():
+        if now_handlers[sig] != handler and handler is not None:
+            signal.signal(sig, handler)
+    if now_mask != mask:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        changed.append("the signal mask")
+    assert not changed, f"the test left signal dispositions changed (restored now): {changed}"
+
+
+@pytest.fixture
+def sigint_default() -> object:
+    """SIGINT handled as Python does by default (KeyboardInterrupt) for the test.
+
+    For a test that needs its children to get SIGINT's default action. A
+    run started with SIGINT ignored (as ``pytest &`` is in a non-interactive
+    shell) passes the ignore on to every child it starts: an ignored signal
+    stays ignored across exec, where a handled one becomes SIG_DFL.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: set outside Python, and not ours to put back
+            signal.signal(signal.SIGINT, previous)
+
+
 requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 NOBODY = 65534

@@ -156,6 +156,7 @@ def test_streams_line_by_line_and_large_output() -> None:
     assert run(main()) == ([b"0\n", b"1\n", b"2\n"], 3_000_000)
 
 
+@pytest.mark.usefixtures("sigint_default")  # the SIGINT below must kill: not inherited ignored
 def test_shell_and_signals() -> None:
     async def main() -> list[int | None]:
         codes = []

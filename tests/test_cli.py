@@ -46,6 +46,7 @@ def test_run_kill_after_for_a_command_that_ignores_the_signal() -> None:
     assert r.returncode == 128 + signal.SIGKILL
 
 
+@pytest.mark.usefixtures("sigint_default")  # else the command inherits SIGINT ignored
 def test_run_custom_signal() -> None:
     r = run_cli(
         "run",
@@ -53,6 +54,8 @@ def test_run_custom_signal() -> None:
         "0.2",
         "-s",
         "INT",
+        "-k",
+        "20",  # should the INT not end it: a 137, not a loop left running
         "--",
         "/bin/sh",
         "-c",
@@ -126,13 +129,21 @@ def test_help_and_version_still_exit_0() -> None:
     assert run_cli("--version").returncode == 0
 
 
+@pytest.mark.usefixtures("sigint_default")  # else the command inherits SIGINT ignored
 def test_run_forwards_sigint_to_the_command() -> None:
     proc = subprocess.Popen([*CLI, "run", "--", "/bin/sleep", "30"], stderr=subprocess.PIPE)
-    time.sleep(0.5)  # let it start the command
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=20) == 128 + signal.SIGINT
-    assert proc.stderr is not None
-    proc.stderr.close()
+    try:
+        time.sleep(0.5)  # let it start the command
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 128 + signal.SIGINT
+    finally:
+        if proc.poll() is None:  # the command is in the group pyclone3 leads: both go
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
 
 
 def test_run_rusage_report() -> None:

@@ -41,6 +41,7 @@ def test_exit_codes(code: int) -> None:
     assert pyclone3.call(["/bin/sh", "-c", f"exit {code}"]) == code
 
 
+@pytest.mark.usefixtures("sigint_default")  # the SIGINT below must kill: not inherited ignored
 def test_terminate_and_kill_give_negative_signals() -> None:
     with Popen(["/bin/sleep", "30"]) as p:
         p.terminate()
