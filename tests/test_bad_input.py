@@ -188,6 +188,7 @@ def test_popen_keywords(keyword: str, value: Any) -> None:
     _nothing_left(fds)
 
 
+@pytest.mark.slow  # 300 examples, each waiting on a 0.05 s sleep
 @SETTINGS
 @given(timeout=junk)
 def test_wait_timeouts(timeout: Any) -> None:
@@ -205,6 +206,7 @@ def test_wait_timeouts(timeout: Any) -> None:
         assert first is None or first == status
 
 
+@pytest.mark.slow  # 300 examples, each waiting on a 0.05 s sleep
 @SETTINGS
 @given(timeout=junk)
 def test_popen_wait_timeouts(timeout: Any) -> None:
@@ -280,6 +282,7 @@ def test_clone_option_checks(keyword: str, value: Any) -> None:
     assert opts.any is not default, (keyword, value, opts)
 
 
+@pytest.mark.slow  # 300 examples of a child and four calls
 @SETTINGS
 @given(value=junk)
 def test_many_children_arguments(value: Any) -> None:

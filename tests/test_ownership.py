@@ -518,6 +518,7 @@ def _noop() -> None:
     pass
 
 
+@pytest.mark.slow  # a signal storm over many spawns
 @needs_311_signals
 def test_interrupted_preexec_fn_spawn_raises_only_the_interrupt() -> None:
     """Only the handler's exception escapes (a pipe closed twice raised EBADF instead),
@@ -529,6 +530,7 @@ def test_interrupted_preexec_fn_spawn_raises_only_the_interrupt() -> None:
     )
 
 
+@pytest.mark.slow  # a signal storm over many spawns
 @needs_311_signals
 @requires_root
 @requires_userns

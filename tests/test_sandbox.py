@@ -437,6 +437,7 @@ PROFILES = {
 }
 
 
+@pytest.mark.slow  # each profile reruns six suites in a filtered pytest
 @pytest.mark.parametrize("profile", list(PROFILES))
 def test_the_suites_pass_under_a_locked_down_kernel(profile: str) -> None:
     """Every test passes, or skips for a feature features() says is missing.

@@ -227,6 +227,7 @@ def test_8_threads_spawning_at_once(spawn_path: str) -> None:
     assert len(codes) == 320
 
 
+@pytest.mark.slow  # a stress test: 200 spawns per path
 @needs_threads
 def test_spawn_while_another_thread_hammers_malloc(spawn_path: str) -> None:
     with malloc_churn():
@@ -234,6 +235,7 @@ def test_spawn_while_another_thread_hammers_malloc(spawn_path: str) -> None:
             assert pyclone3.call([PYTHON, "-c", ""] if i % 50 == 0 else ["/bin/true"]) == 0
 
 
+@pytest.mark.slow  # a stress test: 50 forks per path
 @needs_threads
 def test_preexec_fn_while_another_thread_hammers_malloc(spawn_path: str) -> None:
     # The preexec_fn child runs Python after a real fork(): glibc's fork
