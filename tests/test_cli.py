@@ -223,7 +223,8 @@ def test_wait_exit_status_of_a_process_that_is_not_its_child(
     script: str, status: int, said: str
 ) -> None:
     """As the shell's wait, for any process: the kernel keeps the status once its parent
-    (here, this test) reaps it."""
+    (here, this test) reaps it. The reap comes well after the exit, so that -v too must
+    wait for it (it once printed a bare "exited" when it lost that race)."""
     other = subprocess.Popen(["/bin/sh", "-c", script])
     try:
         cli = subprocess.Popen(
@@ -233,6 +234,8 @@ def test_wait_exit_status_of_a_process_that_is_not_its_child(
             text=True,
         )
         time.sleep(0.1)  # let it open its pidfd while the process runs
+        os.waitid(os.P_PID, other.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
+        time.sleep(0.3)  # the command sees the exit now, and no status yet
     finally:
         other.wait()
     out, err = cli.communicate(timeout=30)

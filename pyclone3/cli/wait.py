@@ -54,6 +54,12 @@ def cmd_wait(args: Args) -> int:
                 handle = by_fd.pop(fd)
                 poller.unregister(fd)
                 if args.verbose:
+                    if args.exit_status:
+                        # The status is asked for: wait until the kernel has it
+                        # (the parent's reap), so that -v can say it too.
+                        failed = _await_status(handle, deadline, args.timeout)
+                        if failed is not None:
+                            return failed
                     output(f"{names[handle]} {_how_it_ended(handle)}")
         if not args.exit_status:
             return 0
@@ -91,14 +97,26 @@ def _describe(status: WaitStatus) -> str:
 
 
 def _last_status(handle: PidFd, deadline: float | None, timeout: float | None) -> int:
-    """--exit-status: the last process's status, as the shell's ``wait`` gives it.
+    """--exit-status: the last process's status, as the shell's ``wait`` gives it."""
+    failed = _await_status(handle, deadline, timeout)
+    if failed is not None:
+        return failed
+    status = handle.status
+    assert status is not None
+    code = status.returncode
+    assert code is not None  # wait() returns an end, not a stop
+    return exit_status(code)
+
+
+def _await_status(handle: PidFd, deadline: float | None, timeout: float | None) -> int | None:
+    """Wait until the kernel keeps *handle*'s status; ``None``, or the exit status of a failure.
 
     The kernel records it when the process's parent reaps it, so a zombie is
     waited for until then, within the same time limit.
     """
     try:
         left = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-        status = handle.wait(left)
+        handle.wait(left)
     except TimeoutError:
         print(
             f"pyclone3 wait: {handle.pid} has exited but its parent has not reaped it "
@@ -113,6 +131,4 @@ def _last_status(handle: PidFd, deadline: float | None, timeout: float | None) -
             file=sys.stderr,
         )
         return EXIT_FAILURE
-    code = status.returncode
-    assert code is not None  # wait() returns an end, not a stop
-    return exit_status(code)
+    return None
