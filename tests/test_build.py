@@ -87,11 +87,11 @@ def test_a_compile_error_is_not_mistaken_for_a_missing_compiler(tmp_path: pathli
 
 
 def _setuptools_at_least(major: int) -> bool:
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
     try:
         return int(version("setuptools").split(".")[0]) >= major
-    except ValueError:
+    except (PackageNotFoundError, ValueError):  # a 3.12+ venv has no setuptools
         return False
 
 
