@@ -46,7 +46,6 @@ def test_run_kill_after_for_a_command_that_ignores_the_signal() -> None:
     assert r.returncode == 128 + signal.SIGKILL
 
 
-@pytest.mark.usefixtures("sigint_default")  # else the command inherits SIGINT ignored
 def test_run_custom_signal() -> None:
     r = run_cli(
         "run",
@@ -129,7 +128,6 @@ def test_help_and_version_still_exit_0() -> None:
     assert run_cli("--version").returncode == 0
 
 
-@pytest.mark.usefixtures("sigint_default")  # else the command inherits SIGINT ignored
 def test_run_forwards_sigint_to_the_command() -> None:
     proc = subprocess.Popen([*CLI, "run", "--", "/bin/sleep", "30"], stderr=subprocess.PIPE)
     try:
@@ -522,6 +520,64 @@ def test_run_passes_sigalrm_on() -> None:
             proc.wait()
         assert proc.stdout is not None
         proc.stdout.close()
+
+
+def test_run_gives_the_command_the_signals_it_passes_on_at_their_default() -> None:
+    """Started with SIGINT ignored (``cmd &`` in a script), as timeout(1) is.
+
+    timeout(1) catches the signals it passes on before it forks, so exec
+    gives the command their default action back. Left ignored, a command
+    started from a background job could never be interrupted.
+    """
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        r = run_cli("run", "--", "grep", "^SigIgn:", "/proc/self/status")
+        reference = subprocess.run(
+            ["timeout", "60", "grep", "^SigIgn:", "/proc/self/status"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert r.returncode == 0, r.stderr
+    ignored = int(r.stdout.split()[1], 16)
+    assert not ignored & (1 << (signal.SIGINT - 1)), r.stdout
+    assert r.stdout == reference.stdout
+
+
+def test_run_a_signal_received_while_the_command_is_made_reaches_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Not lost, nor ours to die of with the command orphaned: it waits for the command.
+
+    The signal is raised at ourselves just before the spawn, in-process, so
+    it lands on a run that has no command yet, every time.
+    """
+    from pyclone3.cli import main
+    from pyclone3.cli import run as cli_run
+
+    made: list[Any] = []
+
+    def popen_after_a_signal(*args: Any, **kwargs: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGUSR1)  # its handler runs here, before the spawn
+        proc = real_popen(*args, **kwargs)
+        made.append(proc)
+        return proc
+
+    def not_passed_on(signum: int, frame: object) -> None:
+        raise AssertionError("the signal came to the caller's handler, not to the command")
+
+    real_popen = cli_run.Popen
+    monkeypatch.setattr(cli_run, "Popen", popen_after_a_signal)
+    previous = signal.signal(signal.SIGUSR1, not_passed_on)
+    try:
+        status = main(["run", "--foreground", "--", "/bin/sleep", "30"])
+        assert signal.getsignal(signal.SIGUSR1) is not_passed_on  # given back
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert len(made) == 1 and made[0].returncode == -signal.SIGUSR1
+    assert status == 128 + signal.SIGUSR1
 
 
 def test_run_an_exec_failure_other_than_enoent_is_126(tmp_path: Any) -> None:

@@ -29,6 +29,8 @@ from .common import (
 
 TYPE_CHECKING = False  # typing itself is not imported: the command starts faster
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .common import Args
 
 #: Signals pyclone3 run passes on to the command when it receives them.
@@ -94,6 +96,28 @@ def cmd_run(args: Args) -> int:
         flags |= CloneFlag.CLONE_NEWUSER
         uid_map = [(0, os.getuid(), 1)]
         gid_map = [(0, os.getgid(), 1)]
+    # Handlers first, as timeout(1): a signal that comes while the command
+    # is being made waits for it instead of killing us and orphaning it, and
+    # a signal we inherited ignored is caught, so exec gives the command its
+    # default action back.
+    relay = _Relay()
+    try:
+        proc = _start(command, args, flags, uid_map, gid_map)
+        if isinstance(proc, int):
+            return proc
+        return _supervise(proc, args, relay, tree=args.kill_tree)
+    finally:
+        relay.restore()
+
+
+def _start(
+    command: list[str],
+    args: Args,
+    flags: int,
+    uid_map: list[tuple[int, int, int]] | None,
+    gid_map: list[tuple[int, int, int]] | None,
+) -> Popen[bytes] | int:
+    """The command started, or the exit status that says why it was not."""
     setns: tuple[PidFd | int, int] | None = None
     target = None
     try:
@@ -111,7 +135,7 @@ def cmd_run(args: Args) -> int:
                 setns = (target, enter)
         if not args.foreground and not args.kill_tree:
             _lead_a_process_group()
-        proc = Popen(
+        return Popen(
             command,
             pdeathsig=args.pdeathsig,
             clone_flags=flags,
@@ -130,8 +154,6 @@ def cmd_run(args: Args) -> int:
     finally:
         if target is not None:
             target.close()
-
-    return _supervise(proc, args, tree=args.kill_tree)
 
 
 def _spawn_error(program: str, exc: OSError) -> int:
@@ -204,7 +226,37 @@ def _kill_group_members() -> None:
             continue  # gone, or (a setuid member) not ours to signal
 
 
-def _supervise(proc: Popen[bytes], args: Args, *, tree: bool) -> int:
+class _Relay:
+    """Passes the signals in :data:`FORWARDED` on to the command once there is one.
+
+    Installed before the spawn; until :meth:`attach` names where signals
+    go, those received wait in order, and are passed on at once then.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[int] = []
+        self._send: Callable[[int], None] | None = None
+        self._previous = {sig: signal.signal(sig, self._received) for sig in FORWARDED}
+
+    def _received(self, signum: int, frame: object) -> None:
+        if self._send is None:
+            self._pending.append(signum)
+        else:
+            self._send(signum)
+
+    def attach(self, send: Callable[[int], None]) -> None:
+        self._send = send
+        while self._pending:
+            send(self._pending.pop(0))
+
+    def restore(self) -> None:
+        """Give back the handlers we found (idempotent)."""
+        previous, self._previous = self._previous, {}
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _supervise(proc: Popen[bytes], args: Args, relay: _Relay, *, tree: bool) -> int:
     group = not tree and not args.foreground
 
     def send(sig: int) -> None:
@@ -215,36 +267,30 @@ def _supervise(proc: Popen[bytes], args: Args, *, tree: bool) -> int:
         if group:
             _signal_our_group(sig)
 
-    def forward(signum: int, frame: object) -> None:
-        send(signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    relay.attach(send)
     timed_out = False
     # As timeout(1): a duration of 0 disables the timeout, or the SIGKILL.
     timeout = args.timeout or None
     kill_after = args.kill_after or None
     try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        send(args.signal)
+        if args.signal not in (signal.SIGKILL, signal.SIGCONT):
+            send(signal.SIGCONT)  # a stopped command must wake to act on it, as timeout(1)
         try:
-            proc.wait(timeout=timeout)
+            proc.wait(timeout=kill_after)
         except subprocess.TimeoutExpired:
-            timed_out = True
-            send(args.signal)
-            if args.signal not in (signal.SIGKILL, signal.SIGCONT):
-                send(signal.SIGCONT)  # a stopped command must wake to act on it, as timeout(1)
-            try:
-                proc.wait(timeout=kill_after)
-            except subprocess.TimeoutExpired:
-                send(signal.SIGKILL)
-                proc.wait()
-        if tree:
-            # What the command left behind (reparented to us, the subreaper)
-            # goes with it, as the help promises.
-            from .. import tree as process_tree
+            send(signal.SIGKILL)
+            proc.wait()
+    if tree:
+        # What the command left behind (reparented to us, the subreaper)
+        # goes with it, as the help promises.
+        from .. import tree as process_tree
 
-            process_tree.kill_orphans(proc.pid)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        process_tree.kill_orphans(proc.pid)
+    relay.restore()
     if args.rusage:
         _report_rusage(proc)
     assert proc.returncode is not None
