@@ -21,20 +21,30 @@ import cffi
 HERE = pathlib.Path(__file__).resolve().parent
 PKG = HERE / "pyclone3"
 
-ffibuilder = cffi.FFI()
-ffibuilder.cdef((PKG / "_clone3.cdef").read_text(encoding="utf-8"))
 C_SOURCES = ["_syscalls.c", "_spawn_child.c", "_spawn_parent.c"]
 
-ffibuilder.set_source(
-    "pyclone3._clone3",
-    '#include "_clone3.h"\n',
-    # setuptools wants source paths relative to the project root.
-    sources=[f"pyclone3/{name}" for name in C_SOURCES],
-    include_dirs=["pyclone3"],
-    extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
-)
+
+def make_builder(package_dir: str) -> cffi.FFI:
+    """The builder, with the C found in *package_dir*.
+
+    setuptools wants it relative to the project root; a standalone
+    ``compile`` runs the compiler in its own directory, so it needs it absolute.
+    """
+    builder = cffi.FFI()
+    builder.cdef((PKG / "_clone3.cdef").read_text(encoding="utf-8"))
+    builder.set_source(
+        "pyclone3._clone3",
+        '#include "_clone3.h"\n',
+        sources=[f"{package_dir}/{name}" for name in C_SOURCES],
+        include_dirs=[package_dir],
+        extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
+    )
+    return builder
+
+
+ffibuilder = make_builder("pyclone3")
 
 if __name__ == "__main__":
-    built = ffibuilder.compile(tmpdir=str(HERE / "build" / "ffi"), verbose=True)
+    built = make_builder(str(PKG)).compile(tmpdir=str(HERE / "build" / "ffi"), verbose=True)
     shutil.copy(built, PKG)
     print(f"copied {built} into {PKG}")

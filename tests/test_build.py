@@ -132,3 +132,36 @@ def test_pip_building_the_project_without_a_compiler_says_so(tmp_path: pathlib.P
     assert output.count(MESSAGE) == 1, output
     assert f"{missing!r} was not found" in output
     assert "Errno" not in output, output
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cffi") is None, reason="needs cffi")
+def test_build_ffi_alone_compiles_the_module_from_any_directory(tmp_path: pathlib.Path) -> None:
+    """``python build_ffi.py``, as its docstring offers for working on the C."""
+    tree = tmp_path / "src"
+    tree.mkdir()
+    shutil.copy(ROOT / "build_ffi.py", tree)
+    shutil.copytree(
+        ROOT / "pyclone3",
+        tree / "pyclone3",
+        ignore=shutil.ignore_patterns("__pycache__", "*.so"),
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(tree / "build_ffi.py")],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    built = list((tree / "pyclone3").glob("_clone3*.so"))
+    assert len(built) == 1, built
+    check = subprocess.run(
+        [sys.executable, "-c", "import pyclone3._clone3 as m; print(m.lib.SPAWN_CLONE3)"],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert check.returncode == 0 and check.stdout.strip().isdigit(), check.stderr
