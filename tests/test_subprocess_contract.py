@@ -1,7 +1,8 @@
 """The parts of ``subprocess``'s insides that pyclone3.Popen relies on, pinned down.
 
-``pyclone3.Popen`` subclasses :class:`subprocess.Popen` and overrides three
-of its private methods (``_execute_child``, ``_internal_poll``, ``_wait``),
+``pyclone3.Popen`` subclasses :class:`subprocess.Popen` and overrides four
+of its private methods (``_execute_child``, ``_internal_poll``, ``_wait``,
+and ``_get_handles`` for the case of no redirection),
 calls one (``_close_pipe_fds``), keeps one private attribute
 (``_child_created``) as the standard library does, and turns the public
 ``returncode`` attribute into a property. ``run``, ``call`` & co. are the
@@ -83,6 +84,22 @@ def test_internal_poll_and_wait_take_what_pyclone3_expects() -> None:
     assert "_internal_poll" in subprocess.Popen.poll.__code__.co_names, (
         "Popen.poll no longer calls _internal_poll"
     )
+
+
+def test_get_handles_without_redirection_is_six_minus_ones_and_nothing_else() -> None:
+    """CommandExt._get_handles answers (None, None, None) itself: it must be
+    what the standard library answers, with nothing opened or kept."""
+    assert _parameters("_get_handles") == ["self", "stdin", "stdout", "stderr"], (
+        "subprocess.Popen._get_handles changed: update CommandExt._get_handles"
+    )
+    fds_before = sorted(os.listdir("/proc/self/fd"))
+    p = subprocess.Popen.__new__(subprocess.Popen)
+    assert p._get_handles(None, None, None) == (-1,) * 6
+    assert vars(p) == {}, f"subprocess.Popen._get_handles now keeps {vars(p)}"
+    assert sorted(os.listdir("/proc/self/fd")) == fds_before
+    ours = pyclone3.Popen.__new__(pyclone3.Popen)
+    assert ours._get_handles(None, None, None) == (-1,) * 6
+    assert vars(ours) == {}
 
 
 def test_close_pipe_fds_takes_the_six_pipe_fds() -> None:
