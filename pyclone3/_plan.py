@@ -29,10 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Plan"]
 
-#: The request fields every spawn sets; any other set field is an option
-#: that Plan._set_more looks at.
-_PLAIN_KEYS = frozenset({"args", "executable", "display_executable", "cwd", "env", "stdio"})
-
 _SIGCHLD = 17
 _INT_MAX = 2**31 - 1
 _FS_ENCODING = sys.getfilesystemencoding()
@@ -131,10 +127,8 @@ class Plan:
                 if fd != -1:
                     fd_number(fd, "file descriptor")
             (s.p2cread, s.p2cwrite, s.c2pread, s.c2pwrite, s.errread, s.errwrite) = fds
-        if not request.__dict__.keys() <= _PLAIN_KEYS:
-            # Options beyond the plain spawn's (Popen and spawn() set only
-            # those that differ from the defaults, so most spawns skip this).
-            self._set_more(request)
+        if request.customized or request.pdeathsig or request.options is not None:
+            self._set_more(request)  # most spawns set none of these
 
     def _set_more(self, request: SpawnRequest) -> None:
         s = self.s

@@ -66,6 +66,10 @@ class SpawnRequest:
     pdeathsig: int = 0
     #: Linux clone options, or None.
     options: CloneOptions | None = None
+    #: False while every option the plan checks one by one (those of
+    #: :meth:`set_process_options`, *pdeathsig*, *options*) is at its
+    #: default: the plan skips them all then.
+    customized: bool = False
 
     def __init__(self, args: Sequence[StrOrBytesPath] = (), **options: Any) -> None:
         """A request to run *args* (the executable: ``args[0]``), with *options* set by name."""
@@ -76,6 +80,57 @@ class SpawnRequest:
             if name.startswith("_") or not hasattr(SpawnRequest, name):
                 raise TypeError(f"SpawnRequest has no option {name!r}")
             setattr(self, name, value)
+        if options:
+            self.customized = True
+
+    def set_process_options(
+        self,
+        pass_fds: Iterable[int],
+        close_fds: bool,
+        restore_signals: bool,
+        start_new_session: bool,
+        process_group: int,
+        uid: int | None,
+        gid: int | None,
+        extra_groups: Iterable[int] | None,
+        umask: int,
+    ) -> None:
+        """``subprocess``'s options for the new process, as ``Popen`` and :func:`spawn` take them.
+
+        Only those that differ from the defaults are stored: this runs on
+        every spawn, and most set none.
+        """
+        if not (
+            pass_fds
+            or not close_fds
+            or not restore_signals
+            or start_new_session
+            or process_group != -1
+            or uid is not None
+            or gid is not None
+            or extra_groups is not None
+            or umask != -1
+        ):
+            return
+        self.customized = True
+        if pass_fds:
+            self.pass_fds = pass_fds
+        if not close_fds:
+            self.close_fds = False
+        if not restore_signals:
+            self.restore_signals = False
+        if start_new_session:
+            self.start_new_session = True
+        if process_group != -1:
+            self.process_group = process_group
+        if uid is not None:
+            self.uid = uid
+        if gid is not None:
+            self.gid = gid
+        if extra_groups is not None:
+            self.extra_groups = extra_groups
+        if umask != -1:
+            self.umask = umask
 
 
 def c_int(value: Any, what: str) -> int:

@@ -189,26 +189,17 @@ def spawn(
     request.cwd = cwd
     request.env = env
     request.stdio = (stdin, -1, -1, stdout, -1, stderr)
-    # Only what differs from the request's defaults: the plan looks at the
-    # other options only when one is set.
-    if pass_fds:
-        request.pass_fds = pass_fds
-    if not close_fds:
-        request.close_fds = False
-    if not restore_signals:
-        request.restore_signals = False
-    if start_new_session:
-        request.start_new_session = True
-    if process_group != -1:
-        request.process_group = process_group
-    if uid is not None:
-        request.uid = uid
-    if gid is not None:
-        request.gid = gid
-    if extra_groups is not None:
-        request.extra_groups = extra_groups
-    if umask != -1:
-        request.umask = umask
+    request.set_process_options(
+        pass_fds,
+        close_fds,
+        restore_signals,
+        start_new_session,
+        process_group,
+        uid,
+        gid,
+        extra_groups,
+        umask,
+    )
     if preexec_fn is not None:
         request.preexec_fn = preexec_fn
     if not create_pidfd:

@@ -260,32 +260,24 @@ class CommandExt:
             if not tree.is_child_subreaper():
                 tree.set_child_subreaper(True)
 
-        # subprocess's own options, onto the request CommandExt.__init__ began;
-        # only what differs from the defaults, as this runs on every spawn.
+        # subprocess's own options, onto the request CommandExt.__init__ began.
         request = self._pyclone3_request
         request.args = args
         request.executable = request.display_executable = executable
         request.cwd = cwd
         request.env = env
         request.stdio = (p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite)
-        if pass_fds:
-            request.pass_fds = pass_fds
-        if not close_fds:
-            request.close_fds = False
-        if not restore_signals:
-            request.restore_signals = False
-        if start_new_session:
-            request.start_new_session = True
-        if process_group != -1:
-            request.process_group = process_group
-        if gid is not None:
-            request.gid = gid
-        if gids is not None:
-            request.extra_groups = gids
-        if uid is not None:
-            request.uid = uid
-        if umask != -1:
-            request.umask = umask
+        request.set_process_options(
+            pass_fds,
+            close_fds,
+            restore_signals,
+            start_new_session,
+            process_group,
+            uid,
+            gid,
+            gids,
+            umask,
+        )
         if preexec_fn is not None:
             request.preexec_fn = preexec_fn
         child = start(request, self._pyclone3_failed)
