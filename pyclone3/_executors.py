@@ -118,7 +118,6 @@ def _stop_sharing(failed: ChildFailed) -> None:
 def spawn_vm(plan: Plan, path: str) -> SpawnedChild:
     """One attempt on a vfork-family path, the child sharing our memory."""
     s = plan.s
-    s.pidfd_sock = -1
     # With close_fds=False the child keeps every inheritable fd, so it would
     # copy the whole table anyway: sharing gains nothing. The C core shares
     # only once our table is big (see _spawn_parent.c).

@@ -113,6 +113,11 @@ class CommandExt:
     """
 
     pid: int
+    #: The spawn path that made the child (``None`` until one did).
+    spawn_path: str | None = None
+    # Class defaults, so that a plain spawn need not store them.
+    _pidfd: PidFd | None = None
+    _pyclone3_kill_tree = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -161,7 +166,8 @@ class CommandExt:
         )
         if options is not None:
             request.options = options
-        self._pyclone3_kill_tree = bool(kill_tree)
+        if kill_tree:
+            self._pyclone3_kill_tree = True
         if kwargs:
             for name in ("stdin", "stdout", "stderr"):
                 stream = kwargs.get(name)
@@ -179,8 +185,6 @@ class CommandExt:
             request.create_pidfd = False
         if spawn_path is not None:
             request.spawn_path = spawn_path
-        self._pidfd: PidFd | None = None
-        self.spawn_path: str | None = None
         try:
             super().__init__(*args, **kwargs)
         except BaseException:
