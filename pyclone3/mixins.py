@@ -67,10 +67,15 @@ def _fall_back_to_waitpid() -> None:
     _no_waitid_pidfd = True
 
 
+#: The standard library's Popen, as it was when we were imported: a program
+#: may later set ``subprocess.Popen = pyclone3.Popen``, and subclass that.
+_STDLIB_POPEN = subprocess.Popen
+
+
 def _check_mixin_order(cls: type, mixin: type) -> None:
     """Refuse a class whose MRO puts subprocess.Popen before *mixin*: its methods would be dead."""
     mro = cls.__mro__
-    if subprocess.Popen in mro and mro.index(subprocess.Popen) < mro.index(mixin):
+    if _STDLIB_POPEN in mro and mro.index(_STDLIB_POPEN) < mro.index(mixin):
         raise TypeError(
             f"{cls.__qualname__}: {mixin.__name__} must come before subprocess.Popen in the "
             f"bases, as in class {cls.__name__}(CommandExt, ChildExt, subprocess.Popen); "

@@ -688,3 +688,19 @@ def test_mixins_after_subprocess_popen_are_refused_at_class_creation() -> None:
         cls = type("Right", bases, {})
         with cls(["/bin/true"]) as p:
             assert p.wait() == 0
+
+
+def test_a_subclass_of_subprocess_popen_once_it_is_pyclone3s_is_accepted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``subprocess.Popen = pyclone3.Popen``, then ``class X(subprocess.Popen)``.
+
+    What CPython's own test_subprocess does, run against pyclone3: the
+    mixin-order check must measure against the standard library's class,
+    not whatever ``subprocess.Popen`` names now.
+    """
+    monkeypatch.setattr(subprocess, "Popen", pyclone3.Popen)
+    cls = type("Sub", (subprocess.Popen,), {})
+    with cls(["/bin/true"]) as p:
+        assert p.wait() == 0
+        assert p.spawn_path is not None  # spawned by pyclone3
