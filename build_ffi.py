@@ -1,10 +1,10 @@
 """cffi out-of-line (API mode) builder for pyclone3's private module.
 
 The C declarations for Python live in ``pyclone3/_clone3.cdef``; the C is
-three translation units sharing one header, ``pyclone3/_clone3.h``:
+four translation units sharing one header, ``pyclone3/_clone3.h``:
 ``_syscalls.c`` (syscall wrappers), ``_spawn_child.c`` (what the child runs
-between clone and exec) and ``_spawn_parent.c`` (the parent's side of a
-spawn). cffi's generated module only includes the header, so each file
+between clone and exec), ``_sandbox_child.c`` (the child's sandbox steps)
+and ``_spawn_parent.c`` (the parent's side of a spawn). cffi's generated module only includes the header, so each file
 compiles on its own and editors see C as C. setuptools runs it through
 ``cffi_modules`` (see ``setup.py``). ``python build_ffi.py`` compiles the
 module under ``build/ffi`` and copies it next to the sources, for working on
@@ -21,7 +21,7 @@ import cffi
 HERE = pathlib.Path(__file__).resolve().parent
 PKG = HERE / "pyclone3"
 
-C_SOURCES = ["_syscalls.c", "_spawn_child.c", "_spawn_parent.c"]
+C_SOURCES = ["_syscalls.c", "_spawn_child.c", "_sandbox_child.c", "_spawn_parent.c"]
 
 
 def make_builder(package_dir: str) -> cffi.FFI:

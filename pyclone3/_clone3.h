@@ -4,6 +4,7 @@
  *
  *   _syscalls.c      thin syscall wrappers, the wait_all sweep, fork hooks
  *   _spawn_child.c   what the child runs between clone and exec
+ *   _sandbox_child.c the child's sandbox steps, just before exec
  *   _spawn_parent.c  the parent's side of a spawn, and its fd cells
  *
  * Declared for Python in _clone3.cdef; build_ffi.py compiles the files.
@@ -62,6 +63,15 @@ static const int HAS_HEADER_SYS_PIDFD_OPEN = 0;
 #endif
 #ifndef SYS_pidfd_getfd
 # define SYS_pidfd_getfd 438
+#endif
+#ifndef SYS_landlock_create_ruleset
+# define SYS_landlock_create_ruleset 444
+#endif
+#ifndef SYS_landlock_add_rule
+# define SYS_landlock_add_rule 445
+#endif
+#ifndef SYS_landlock_restrict_self
+# define SYS_landlock_restrict_self 446
 #endif
 
 /* ---- struct clone_args (Linux 5.3; set_tid 5.5; cgroup 5.7) ------------ */
@@ -232,6 +242,18 @@ extern char **environ;
 #define SPAWN_ERR_SETNS 6    /* the child could not enter the namespaces */
 #define SPAWN_ERR_FILES 7    /* the child could not take its own fd table */
 #define SPAWN_ERR_CHDIR 8    /* chdir(cwd) failed */
+/* The sandbox steps (_sandbox_child.c). A step's report may carry a detail
+ * in its bits 8 and up: which rlimit, which capability. */
+#define SPAWN_ERR_RLIMIT 9         /* prlimit64: detail = index in rlimits */
+#define SPAWN_ERR_NICE 10          /* setpriority */
+#define SPAWN_ERR_OOM_SCORE_ADJ 11 /* writing /proc/self/oom_score_adj */
+#define SPAWN_ERR_AFFINITY 12      /* sched_setaffinity */
+#define SPAWN_ERR_CAPS 13          /* PR_CAPBSET_DROP: detail = the capability;
+                                      capset / PR_CAP_AMBIENT: detail = 255 */
+#define SPAWN_ERR_NO_NEW_PRIVS 14  /* PR_SET_NO_NEW_PRIVS */
+#define SPAWN_ERR_LANDLOCK 15      /* landlock_restrict_self */
+#define SPAWN_ERR_SECCOMP 16       /* seccomp(SECCOMP_SET_MODE_FILTER) */
+#define SPAWN_ERR_DETAIL_SHIFT 8
 
 #define SPAWN_CLONE3 0       /* clone3(CLONE_VM|CLONE_VFORK|CLONE_PIDFD) */
 #define SPAWN_CLONE 1        /* clone(CLONE_VM|CLONE_VFORK|CLONE_PIDFD) */
@@ -239,6 +261,33 @@ extern char **environ;
 #define SPAWN_CLONE3_FORK 3  /* clone3(CLONE_PIDFD), no shared memory */
 #define SPAWN_CLONE_FORK 4   /* clone(CLONE_PIDFD), no shared memory */
 #define SPAWN_FORK 5         /* clone(exit signal) as fork() makes it: no pidfd */
+
+/* One resource limit to set in the child: prlimit64's struct, and which. */
+struct pyclone3_rlimit {
+    int resource;
+    uint64_t soft;
+    uint64_t hard;
+};
+
+/* What the child sets up about itself just before exec, prepared by the
+ * parent (pyclone3/_sandbox_plan.py). -1 / 0 / NULL: leave it. */
+struct pyclone3_sandbox {
+    const struct pyclone3_rlimit *rlimits;
+    int n_rlimits;
+    int set_nice;
+    int nice;
+    const char *oom_score_adj;   /* the text to write, e.g. "-500" */
+    int oom_score_adj_len;       /* 0: leave it */
+    const unsigned long *cpu_mask;
+    size_t cpu_mask_size;        /* bytes; 0: leave the affinity */
+    int drop_caps;               /* 1: drop cap_drop from the bounding and
+                                    inheritable sets, clear the ambient set */
+    uint64_t cap_drop;           /* one bit per capability number */
+    int no_new_privs;
+    int landlock_fd;             /* >= 0: a ruleset to restrict ourselves with */
+    const void *seccomp_filter;  /* struct sock_filter[seccomp_len] */
+    unsigned short seccomp_len;  /* 0: no filter */
+};
 
 struct pyclone3_spawn {
     char *const *exec_paths;
@@ -279,6 +328,7 @@ struct pyclone3_spawn {
     int share_files;
     int share_from;
     long child_pid;
+    const struct pyclone3_sandbox *sandbox;  /* NULL: none */
 };
 
 
@@ -313,6 +363,12 @@ static inline void pidfd_msg_init(struct msghdr *msg, struct iovec *iov, char *b
 /* ---- shared between the translation units, not exposed to Python -------- */
 
 /* The child's whole life after clone: setup, then exec; never returns. */
+__attribute__((noreturn))
+void pyclone3_child_fail(struct pyclone3_spawn *s, int step, int err);
+/* The sandbox steps, in three places of the child's setup (_sandbox_child.c). */
+void pyclone3_sandbox_before_ids(struct pyclone3_spawn *s);
+void pyclone3_sandbox_after_ids(struct pyclone3_spawn *s);
+void pyclone3_sandbox_before_exec(struct pyclone3_spawn *s);
 int pyclone3_spawn_child(void *arg);
 #if HAVE_CLONE3_STACK
 long pyclone3_clone3_stack(struct clone_args *args, size_t size,
@@ -330,6 +386,8 @@ int sys_pidfd_getfd(int pidfd, int targetfd, unsigned int flags);
 int sys_waitid(int idtype, int id, struct pyclone3_waitinfo *info,
                int options, struct pyclone3_rusage *ru);
 int sys_setns(int fd, int nstype);
+int sys_landlock_create_ruleset(const void *attr, size_t size, uint32_t flags);
+int sys_landlock_add_rule(int ruleset_fd, int rule_type, const void *attr, uint32_t flags);
 int sys_close_range(unsigned int first, unsigned int last, unsigned int flags);
 int sys_pidfd_get_info(int pidfd, struct pidfd_info *info);
 int pyclone3_reap_exited(int *fds, int n, struct pollfd *pfds, int *where,

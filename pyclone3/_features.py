@@ -53,6 +53,7 @@ class Features(Frozen):
         "close_range",
         "cgroup2_mount",
         "cgroup",
+        "landlock_abi",
         "notes",
     )
 
@@ -90,6 +91,9 @@ class Features(Frozen):
     cgroup2_mount: str | None
     #: this process's cgroup v2 path (from /proc/self/cgroup), if any.
     cgroup: str | None
+    #: The Landlock ABI version (1: Linux 5.13, 4: TCP ports, 6.7; 0: none),
+    #: what a spawn's ``landlock=`` can use (see :mod:`pyclone3.landlock`).
+    landlock_abi: int
     #: Why a feature is False, by feature name (an errno name or a reason).
     notes: dict[str, str]
 
@@ -111,6 +115,7 @@ class Features(Frozen):
         close_range: bool,
         cgroup2_mount: str | None,
         cgroup: str | None,
+        landlock_abi: int = 0,
         notes: dict[str, str] | None = None,
     ) -> None:
         set_ = object.__setattr__
@@ -130,6 +135,7 @@ class Features(Frozen):
         set_(self, "close_range", close_range)
         set_(self, "cgroup2_mount", cgroup2_mount)
         set_(self, "cgroup", cgroup)
+        set_(self, "landlock_abi", landlock_abi)
         set_(self, "notes", {} if notes is None else notes)
 
     def as_dict(self) -> dict[str, Any]:
@@ -324,8 +330,15 @@ def _probe_with(p: _Prober) -> Features:
         close_range=close_range,
         cgroup2_mount=mount,
         cgroup=cgroup,
+        landlock_abi=_landlock_abi(),
         notes=p.notes,
     )
+
+
+def _landlock_abi() -> int:
+    from .landlock import abi_version
+
+    return abi_version()
 
 
 def _probe_with_a_child_pidfd(p: _Prober) -> tuple[bool, bool]:

@@ -81,6 +81,8 @@ class Plan:
     #: would mark that memory, ours, non-dumpable), so it runs in a copy, on
     #: every path; subprocess too refuses vfork then.
     changes_ids = False
+    #: A Landlock ruleset the plan built and owns: close() closes it.
+    landlock_fd = -1
 
     def __init__(self, request: SpawnRequest) -> None:
         keep: list[Any] = []
@@ -127,7 +129,12 @@ class Plan:
                 if fd != -1:
                     fd_number(fd, "file descriptor")
             (s.p2cread, s.p2cwrite, s.c2pread, s.c2pwrite, s.errread, s.errwrite) = fds
-        if request.customized or request.pdeathsig or request.options is not None:
+        if (
+            request.customized
+            or request.pdeathsig
+            or request.options is not None
+            or request.sandbox is not None
+        ):
             self._set_more(request)  # most spawns set none of these
 
     def _set_more(self, request: SpawnRequest) -> None:
@@ -171,6 +178,15 @@ class Plan:
         self.changes_ids = changes_ids
         if request.options is not None:
             self._set_options(request.options)
+        if request.sandbox is not None:
+            from ._sandbox_plan import sandbox_struct
+
+            try:
+                sandbox, self.landlock_fd = sandbox_struct(request.sandbox, keep)
+            except BaseException:
+                self.close()  # a cgroup opened above
+                raise
+            s.sandbox = sandbox
 
     def _set_options(self, opts: CloneOptions) -> None:
         s = self.s
@@ -203,9 +219,13 @@ class Plan:
                 raise ValueError(f"cgroup {cgroup!r} is not a directory of a cgroup v2 hierarchy")
 
     def close(self) -> None:
+        """Close the fds the plan opened (a cgroup directory, a Landlock ruleset)."""
         if self.cgroup_fd >= 0:
             os.close(self.cgroup_fd)
             self.cgroup_fd = -1
+        if self.landlock_fd >= 0:
+            os.close(self.landlock_fd)
+            self.landlock_fd = -1
 
     def set_keep(self, fds: Sequence[int]) -> None:
         """The fds the child keeps open across exec (sorted): pass_fds, and an error pipe."""

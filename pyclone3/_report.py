@@ -56,8 +56,20 @@ STEPS = frozenset(
         lib.SPAWN_ERR_CGROUP,
         lib.SPAWN_ERR_SETNS,
         lib.SPAWN_ERR_FILES,
+        lib.SPAWN_ERR_RLIMIT,
+        lib.SPAWN_ERR_NICE,
+        lib.SPAWN_ERR_OOM_SCORE_ADJ,
+        lib.SPAWN_ERR_AFFINITY,
+        lib.SPAWN_ERR_CAPS,
+        lib.SPAWN_ERR_NO_NEW_PRIVS,
+        lib.SPAWN_ERR_LANDLOCK,
+        lib.SPAWN_ERR_SECCOMP,
     }
 )
+#: The bits of a step that name it; the sandbox steps carry a detail above
+#: them (which rlimit, which capability).
+_STEP_MASK = (1 << lib.SPAWN_ERR_DETAIL_SHIFT) - 1
+_DETAIL_MAX = 255
 _ERRNO_MAX = 4095  # the kernel's errno range
 #: Until 3.13, subprocess named the cwd for any failure before exec.
 _CWD_FOR_ANY_STEP = sys.version_info < (3, 13)
@@ -88,20 +100,31 @@ def parse_report(data: bytes) -> tuple[int, int] | None:
     if len(data) != REPORT_SIZE:
         return (BAD_REPORT, 0)
     step, err = ffi.from_buffer(_REPORT, data)
-    if step not in STEPS or not 0 <= err <= _ERRNO_MAX:
+    if (
+        step < 0
+        or step & _STEP_MASK not in STEPS
+        or step >> lib.SPAWN_ERR_DETAIL_SHIFT > _DETAIL_MAX
+        or not 0 <= err <= _ERRNO_MAX
+    ):
         return (BAD_REPORT, 0)
     return (step, err)
 
 
 def child_error(
-    step: int, err: int, cwd: Any, executable: Any, cgroup: Any = None
+    step: int, err: int, cwd: Any, executable: Any, cgroup: Any = None, sandbox: Any = None
 ) -> BaseException:
     """The exception subprocess raises for a child that failed at *step*.
 
     As this Python's ``subprocess`` names them: the executable for a failed
     exec, the cwd for a failed ``chdir``, and for the other steps before
-    exec the cwd too before 3.13, no filename from 3.13 on.
+    exec the cwd too before 3.13, no filename from 3.13 on. A failed
+    sandbox step (*sandbox*: the spawn's
+    :class:`~pyclone3.sandbox.SandboxOptions`) raises an ``OSError`` naming it.
     """
+    if step > _STEP_MASK or lib.SPAWN_ERR_RLIMIT <= step <= lib.SPAWN_ERR_SECCOMP:
+        from ._sandbox_plan import sandbox_error
+
+        return sandbox_error(step, err, sandbox)
     if step == lib.SPAWN_ERR_PREEXEC or step == BAD_REPORT:
         import subprocess
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .clone_options import StrOrBytesPath
+    from .sandbox import SandboxOptions
 
 #: No fds given: (p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite).
 NO_FDS = (-1, -1, -1, -1, -1, -1)
@@ -66,6 +67,8 @@ class SpawnRequest:
     pdeathsig: int = 0
     #: Linux clone options, or None.
     options: CloneOptions | None = None
+    #: What the child sets on itself before exec (rlimits, seccomp, ...), or None.
+    sandbox: SandboxOptions | None = None
     #: False while every option the plan checks one by one (those of
     #: :meth:`set_process_options`, *pdeathsig*, *options*) is at its
     #: default: the plan skips them all then.

@@ -32,6 +32,7 @@ from ._report import ChildFailed, child_error
 from ._request import SpawnRequest, check_pdeathsig
 from .clone_options import options_if_any
 from .pidfd import PidFd, state_of
+from .sandbox import sandbox_if_any
 
 # typing is not imported at run time (see pyclone3/__init__.py).
 TYPE_CHECKING = False
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .clone_options import IdMap, StrOrBytesPath
+    from .landlock import Landlock
+    from .sandbox import RlimitValue
+    from .seccomp import SeccompFilter
 
 __all__ = ["SpawnRequest", "SpawnedChild", "check_pdeathsig", "spawn", "start"]
 
@@ -86,7 +90,12 @@ def start(
             on_failed(failed.pid, failed.returncode)
         cgroup = opts.cgroup if opts is not None else None
         raise child_error(
-            failed.step, failed.err, request.cwd, request.display_executable, cgroup
+            failed.step,
+            failed.err,
+            request.cwd,
+            request.display_executable,
+            cgroup,
+            request.sandbox,
         ) from None
     except BaseException:
         # Interrupted (a signal handler raised) with a child made and not yet
@@ -94,7 +103,7 @@ def start(
         lib.pyclone3_reap_cell(plan.s, cell, 1)
         raise
     finally:
-        if plan.cgroup_fd >= 0:
+        if plan.cgroup_fd >= 0 or plan.landlock_fd >= 0:
             plan.close()
 
 
@@ -128,6 +137,14 @@ def spawn(
     gid_map: IdMap | None = None,
     setgroups: bool | None = None,
     setns: tuple[PidFd | int, int] | None = None,
+    rlimits: Mapping[int | str, RlimitValue] | None = None,
+    nice: int | None = None,
+    oom_score_adj: int | None = None,
+    cpu_affinity: Iterable[int] | None = None,
+    capabilities: Iterable[int | str] | None = None,
+    no_new_privs: bool = False,
+    seccomp: bytes | SeccompFilter | None = None,
+    landlock: Landlock | None = None,
 ) -> SpawnedChild:
     """Start *args* and return its PID and pidfd: the low-level spawn.
 
@@ -147,6 +164,11 @@ def spawn(
     rules they are checked against, in :mod:`pyclone3.clone_options`. The
     child is born with them: in its new namespaces and its cgroup, with its
     ID maps written, before anything of the program runs.
+
+    The sandbox options (*rlimits*, *nice*, *oom_score_adj*, *cpu_affinity*,
+    *capabilities*, *no_new_privs*, *seccomp*, *landlock*) are set by the
+    child on itself just before exec, in the order :mod:`pyclone3.sandbox`
+    describes, on every spawn path.
 
     Raises ``ValueError`` (empty *args*, NUL bytes, bad spawn path) or
     ``TypeError`` before creating anything.
@@ -182,6 +204,11 @@ def spawn(
     )
     if options is not None:
         request.options = options
+    sandbox = sandbox_if_any(
+        rlimits, nice, oom_score_adj, cpu_affinity, capabilities, no_new_privs, seccomp, landlock
+    )
+    if sandbox is not None:
+        request.sandbox = sandbox
     request.args = args
     request.executable = request.display_executable = (
         executable if executable is not None else args[0]

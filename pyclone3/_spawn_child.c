@@ -15,8 +15,10 @@
 
 /* ---- the child ----------------------------------------------------------- */
 
+#define child_fail pyclone3_child_fail
+
 __attribute__((noreturn))
-static void child_fail(struct pyclone3_spawn *s, int step, int err)
+void pyclone3_child_fail(struct pyclone3_spawn *s, int step, int err)
 {
     s->err_step = step;        /* seen by the parent on the vfork paths */
     s->err_errno = err;
@@ -177,6 +179,11 @@ int pyclone3_child_setup(struct pyclone3_spawn *s)
         child_fail(s, SPAWN_ERR_NOEXEC, errno);
     if (s->pgid >= 0 && syscall(SYS_setpgid, 0, s->pgid) < 0)
         child_fail(s, SPAWN_ERR_NOEXEC, errno);
+    /* The sandbox steps that may need privilege the id change below gives
+     * up: raising a hard limit, lowering nice or oom_score_adj, dropping
+     * from the bounding set (CAP_SYS_RESOURCE, CAP_SYS_NICE, CAP_SETPCAP). */
+    if (s->sandbox)
+        pyclone3_sandbox_before_ids(s);
     if (s->n_groups >= 0 && syscall(SYS_setgroups, s->n_groups, s->groups) < 0)
         child_fail(s, SPAWN_ERR_NOEXEC, errno);
     if (s->gid >= 0 && syscall(SYS_setregid, (long)s->gid, (long)s->gid) < 0)
@@ -197,6 +204,9 @@ int pyclone3_child_setup(struct pyclone3_spawn *s)
         if (ppid != 0 && ppid != s->parent_pid)
             syscall(SYS_kill, syscall(SYS_getpid), s->pdeathsig);
     }
+    /* no_new_privs and Landlock: after every step that changes credentials. */
+    if (s->sandbox)
+        pyclone3_sandbox_after_ids(s);
     return 0;
 }
 
@@ -277,6 +287,10 @@ void pyclone3_child_exec(struct pyclone3_spawn *s)
         }
         child_close_range(lo, ~0U);
     }
+    /* The seccomp filter last: it need only allow execve (and, should that
+     * fail, write and exit_group for the report), not our setup. */
+    if (s->sandbox)
+        pyclone3_sandbox_before_exec(s);
     for (path = s->exec_paths; *path; path++) {
         syscall(SYS_execve, *path, s->argv, envp);
         err = errno;

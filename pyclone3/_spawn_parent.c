@@ -41,6 +41,8 @@ static int child_fds_end(const struct pyclone3_spawn *s)
     top = max_fd(top, s->setns_fd);
     if (s->cgroup_in_child)
         top = max_fd(top, s->cgroup_fd);
+    if (s->sandbox)
+        top = max_fd(top, s->sandbox->landlock_fd);
     return top + 1;
 }
 

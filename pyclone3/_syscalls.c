@@ -84,6 +84,17 @@ int sys_close_range(unsigned int first, unsigned int last, unsigned int flags)
     return (int)syscall(SYS_close_range, first, last, flags);
 }
 
+/* Landlock (5.13+), for building a child's ruleset in the parent. */
+int sys_landlock_create_ruleset(const void *attr, size_t size, uint32_t flags)
+{
+    return (int)syscall(SYS_landlock_create_ruleset, attr, size, flags);
+}
+
+int sys_landlock_add_rule(int ruleset_fd, int rule_type, const void *attr, uint32_t flags)
+{
+    return (int)syscall(SYS_landlock_add_rule, ruleset_fd, rule_type, attr, flags);
+}
+
 int sys_setns(int fd, int nstype)
 {
     return (int)syscall(SYS_setns, fd, nstype);

@@ -25,7 +25,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from ._child import ChildState
 from ._clone3 import lib
@@ -36,6 +36,7 @@ from ._spawn import start
 from ._waiting import WaitTimeout, deadline
 from .clone_options import options_if_any
 from .pidfd import PidFd, state_of
+from .sandbox import check_sandbox_options
 from .status import WaitStatus
 
 # typing is not imported at run time (see pyclone3/__init__.py).
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
     from typing import Any
 
     from .clone_options import IdMap
+    from .landlock import Landlock
+    from .sandbox import RlimitValue
+    from .seccomp import SeccompFilter
 
 __all__ = ["ChildExt", "CommandExt", "PidfdUnavailableError"]
 
@@ -103,6 +107,10 @@ class CommandExt:
         the child is born in new namespaces, in a cgroup, with chosen PIDs,
         ID maps, or inside another process's namespaces: see
         :mod:`pyclone3.clone_options` for each and the rules they obey.
+    *rlimits*, *nice*, *oom_score_adj*, *cpu_affinity*, *capabilities*, *no_new_privs*, \
+    *seccomp*, *landlock*
+        what the child sets on itself just before exec, in C, where
+        ``preexec_fn`` would run Python: see :mod:`pyclone3.sandbox`.
     *kill_tree*
         make :meth:`~subprocess.Popen.kill` and
         :meth:`~subprocess.Popen.terminate` signal the child's whole tree
@@ -156,6 +164,14 @@ class CommandExt:
         setgroups: bool | None = None,
         setns: tuple[PidFd | int, int] | None = None,
         kill_tree: bool = False,
+        rlimits: Mapping[int | str, RlimitValue] | None = None,
+        nice: int | None = None,
+        oom_score_adj: int | None = None,
+        cpu_affinity: Iterable[int] | None = None,
+        capabilities: Iterable[int | str] | None = None,
+        no_new_privs: bool = False,
+        seccomp: bytes | SeccompFilter | None = None,
+        landlock: Landlock | None = None,
         **kwargs: Any,
     ) -> None:
         if spawn_path is not None and spawn_path not in SPAWN_PATHS:
@@ -171,6 +187,26 @@ class CommandExt:
         )
         if options is not None:
             request.options = options
+        if (
+            rlimits is not None
+            or nice is not None
+            or oom_score_adj is not None
+            or cpu_affinity is not None
+            or capabilities is not None
+            or no_new_privs
+            or seccomp is not None
+            or landlock is not None
+        ):
+            request.sandbox = check_sandbox_options(
+                rlimits=rlimits,
+                nice=nice,
+                oom_score_adj=oom_score_adj,
+                cpu_affinity=cpu_affinity,
+                capabilities=capabilities,
+                no_new_privs=no_new_privs,
+                seccomp=seccomp,
+                landlock=landlock,
+            )
         if kill_tree:
             self._pyclone3_kill_tree = True
         if kwargs:

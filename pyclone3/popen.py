@@ -28,7 +28,10 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 
     from .clone_options import IdMap
+    from .landlock import Landlock
     from .pidfd import PidFd
+    from .sandbox import RlimitValue
+    from .seccomp import SeccompFilter
 
     _Path = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
     _CMD = Union[_Path, Sequence[_Path]]
@@ -77,6 +80,14 @@ if TYPE_CHECKING:
         setgroups: bool | None
         setns: tuple[PidFd | int, int] | None
         kill_tree: bool
+        rlimits: Mapping[int | str, RlimitValue] | None
+        nice: int | None
+        oom_score_adj: int | None
+        cpu_affinity: Iterable[int] | None
+        capabilities: Iterable[int | str] | None
+        no_new_privs: bool
+        seccomp: bytes | SeccompFilter | None
+        landlock: Landlock | None
 
 else:
     # Popen is generic for type checkers (Popen[bytes], Popen[str]); at run
@@ -104,9 +115,10 @@ class Popen(CommandExt, ChildExt, subprocess.Popen[AnyStr]):
 
     A drop-in: same arguments, same behaviour and exceptions, plus the
     keywords of :class:`CommandExt` (*create_pidfd*, *spawn_path*,
-    *pdeathsig*, *kill_tree* and the Linux options of
-    :mod:`pyclone3.clone_options`) and :attr:`~ChildExt.pidfd` /
-    :meth:`~ChildExt.take_pidfd` (:class:`ChildExt`); waiting and
+    *pdeathsig*, *kill_tree*, the Linux options of
+    :mod:`pyclone3.clone_options` and the sandbox of :mod:`pyclone3.sandbox`)
+    and :attr:`~ChildExt.pidfd` / :meth:`~ChildExt.take_pidfd`
+    (:class:`ChildExt`); waiting and
     signalling go through the pidfd.
     """
 
