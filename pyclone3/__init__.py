@@ -31,7 +31,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from . import clone_options, flags, syscalls, tree
+    from . import clone_options, flags, landlock, sandbox, seccomp, syscalls, tree
     from ._errors import OutOfRangeError
     from ._executors import SpawnedChild
     from ._features import Features, features
@@ -97,7 +97,10 @@ __all__ = [
     "getoutput",
     "getstatusoutput",
     "iter_exits",
+    "landlock",
     "run",
+    "sandbox",
+    "seccomp",
     "set_spawn_path",
     "spawn",
     "syscalls",
@@ -146,7 +149,20 @@ _WHERE = {
     "PidfdInfo": "syscalls",
 }
 _SUBMODULES = frozenset(
-    {"aio", "cli", "clone_options", "flags", "mixins", "multi", "popen", "syscalls", "tree"}
+    {
+        "aio",
+        "cli",
+        "clone_options",
+        "flags",
+        "landlock",
+        "mixins",
+        "multi",
+        "popen",
+        "sandbox",
+        "seccomp",
+        "syscalls",
+        "tree",
+    }
 )
 
 

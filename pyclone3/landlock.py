@@ -185,7 +185,7 @@ class Landlock(Frozen):
     def _add_path(fd: int, path: bytes, rights: int) -> None:
         if not rights:
             return
-        target = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        target = os.open(os.fsdecode(path), os.O_PATH | os.O_CLOEXEC)
         try:
             if not stat.S_ISDIR(os.fstat(target).st_mode):
                 rights &= _FILE_RIGHTS

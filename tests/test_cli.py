@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pathlib
 import select
 import signal
 import subprocess
@@ -99,6 +100,18 @@ BAD_INPUTS = [
     ["run", "--enter", "x", "--", "true"],
     ["run", "--enter", "1:x", "--", "true"],
     ["run", "--enter-ns", "uts", "--", "true"],
+    ["run", "--rlimit", "NOFILE", "--", "true"],
+    ["run", "--rlimit", "BOGUS=1", "--", "true"],
+    ["run", "--rlimit", "NOFILE=5:3", "--", "true"],
+    ["run", "--rlimit", "AS=1X", "--", "true"],
+    ["run", "--nice", "40", "--", "true"],
+    ["run", "--oom-score-adj", "x", "--", "true"],
+    ["run", "--cpus", "1-x", "--", "true"],
+    ["run", "--cap-drop", "CAP_NOPE", "--", "true"],
+    ["run", "--deny-syscall", "no_such_call", "--", "true"],
+    ["run", "--deny-syscall", "mkdir:EWHAT", "--", "true"],
+    ["run", "--landlock-rw", "/no/such/dir", "--", "true"],
+    ["run", "--landlock-rw", "", "--", "true"],
     ["run"],
     ["wait"],
     ["wait", "0"],
@@ -744,3 +757,22 @@ def test_anything_else_goes_to_the_parser(argv: list[str]) -> None:
     from pyclone3.cli import _plain_run
 
     assert _plain_run(argv) is None
+
+
+def test_run_sandbox_options_reach_the_command(tmp_path: pathlib.Path) -> None:
+    from pyclone3.landlock import abi_version
+
+    script = (
+        "grep -E 'NoNewPrivs|Seccomp:' /proc/self/status; grep 'open files' /proc/self/limits; "
+        f"cat /proc/self/oom_score_adj; mkdir {tmp_path}/d 2>&1 || true"
+    )
+    landlock = ["--landlock-rw", str(tmp_path)] if abi_version() else []
+    r = run_cli(
+        "run", "--rlimit", "NOFILE=100:200", "--oom-score-adj", "50",
+        "--deny-syscall", "mkdir:EROFS", "--deny-syscall", "mkdirat:EROFS", *landlock,
+        "--", "/bin/sh", "-c", script,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "NoNewPrivs:\t1" in r.stdout and "Seccomp:\t2" in r.stdout
+    assert "100                  200" in r.stdout and "\n50\n" in r.stdout
+    assert "Read-only file system" in r.stdout

@@ -11,6 +11,7 @@ import sys
 
 from .. import __version__
 from .common import ALIASES, EXIT_FAILURE, NAMESPACES, RUN_DEFAULTS
+from .sandbox_args import add_sandbox_arguments
 
 TYPE_CHECKING = False  # typing itself is not imported: the command starts faster
 if TYPE_CHECKING:
@@ -243,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="signals, on timeout too, go to CMD's whole process tree, and what is left of "
         "it when CMD ends is killed and reaped (CMD gets a new session)",
     )
+    add_sandbox_arguments(run)
     run.add_argument(
         "command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...", help="the command to run"
     )

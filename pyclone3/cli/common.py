@@ -38,6 +38,21 @@ NAMESPACES = {
 ALIASES = {"mnt": "mount"}
 
 
+#: The sandbox options of ``pyclone3 run`` (:mod:`pyclone3.cli.sandbox_args`), not given.
+SANDBOX_DEFAULTS = {
+    "rlimit": None,
+    "no_new_privs": False,
+    "nice": None,
+    "oom_score_adj": None,
+    "cpu_affinity": None,
+    "cap_drop": None,
+    "cap_add": None,
+    "deny_syscall": None,
+    "landlock_ro": None,
+    "landlock_rw": None,
+}
+
+
 #: What ``pyclone3 run`` is given when an option is not: the parser's
 #: defaults, and the fast path's (see ``pyclone3.cli.main``).
 RUN_DEFAULTS = {
@@ -53,6 +68,7 @@ RUN_DEFAULTS = {
     "enter": None,
     "enter_ns": None,
     "kill_tree": False,
+    **SANDBOX_DEFAULTS,
 }
 
 

@@ -24,6 +24,7 @@ from .common import (
     EXIT_FAILURE,
     EXIT_TIMEDOUT,
     NAMESPACES,
+    SANDBOX_DEFAULTS,
     exit_status,
 )
 
@@ -133,6 +134,11 @@ def _start(
             enter = args.enter_ns if args.enter_ns is not None else _differing_namespaces(pid)
             if enter:
                 setns = (target, enter)
+        sandbox = {}
+        if any(getattr(args, name) for name in SANDBOX_DEFAULTS):
+            from .sandbox_args import sandbox_keywords
+
+            sandbox = sandbox_keywords(args)
         if not args.foreground and not args.kill_tree:
             _lead_a_process_group()
         return Popen(
@@ -145,6 +151,7 @@ def _start(
             kill_tree=bool(args.kill_tree),
             start_new_session=bool(args.kill_tree),
             setns=setns,
+            **sandbox,
         )
     except ValueError as exc:
         print(f"pyclone3 run: {exc}", file=sys.stderr)
