@@ -91,8 +91,8 @@ class Features(Frozen):
     cgroup2_mount: str | None
     #: this process's cgroup v2 path (from /proc/self/cgroup), if any.
     cgroup: str | None
-    #: The Landlock ABI version (1: Linux 5.13, 4: TCP ports, 6.7; 0: none),
-    #: what a spawn's ``landlock=`` can use (see :mod:`pyclone3.landlock`).
+    #: the Landlock ABI version, what a spawn's ``landlock=`` can use
+    #: (1 from Linux 5.13, 4 with TCP ports from 6.7; 0 without Landlock).
     landlock_abi: int
     #: Why a feature is False, by feature name (an errno name or a reason).
     notes: dict[str, str]

@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
     from .clone_options import IdMap, StrOrBytesPath
     from .landlock import Landlock
-    from .sandbox import RlimitValue
     from .seccomp import SeccompFilter
 
 __all__ = ["SpawnRequest", "SpawnedChild", "check_pdeathsig", "spawn", "start"]
@@ -137,7 +136,7 @@ def spawn(
     gid_map: IdMap | None = None,
     setgroups: bool | None = None,
     setns: tuple[PidFd | int, int] | None = None,
-    rlimits: Mapping[int | str, RlimitValue] | None = None,
+    rlimits: Mapping[int | str, int | tuple[int, int]] | None = None,
     nice: int | None = None,
     oom_score_adj: int | None = None,
     cpu_affinity: Iterable[int] | None = None,

@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
     from .clone_options import IdMap
     from .landlock import Landlock
-    from .sandbox import RlimitValue
     from .seccomp import SeccompFilter
 
 __all__ = ["ChildExt", "CommandExt", "PidfdUnavailableError"]
@@ -164,7 +163,7 @@ class CommandExt:
         setgroups: bool | None = None,
         setns: tuple[PidFd | int, int] | None = None,
         kill_tree: bool = False,
-        rlimits: Mapping[int | str, RlimitValue] | None = None,
+        rlimits: Mapping[int | str, int | tuple[int, int]] | None = None,
         nice: int | None = None,
         oom_score_adj: int | None = None,
         cpu_affinity: Iterable[int] | None = None,

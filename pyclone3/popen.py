@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from .clone_options import IdMap
     from .landlock import Landlock
     from .pidfd import PidFd
-    from .sandbox import RlimitValue
     from .seccomp import SeccompFilter
 
     _Path = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
@@ -80,7 +79,7 @@ if TYPE_CHECKING:
         setgroups: bool | None
         setns: tuple[PidFd | int, int] | None
         kill_tree: bool
-        rlimits: Mapping[int | str, RlimitValue] | None
+        rlimits: Mapping[int | str, int | tuple[int, int]] | None
         nice: int | None
         oom_score_adj: int | None
         cpu_affinity: Iterable[int] | None

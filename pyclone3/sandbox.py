@@ -63,12 +63,10 @@ from ._frozen import Frozen
 # typing is not imported at run time (see pyclone3/__init__.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any, Union
+    from typing import Any
 
     from .landlock import Landlock
     from .seccomp import SeccompFilter
-
-    RlimitValue = Union[int, tuple[int, int]]
 
 __all__ = [
     "CAPABILITIES",
@@ -80,7 +78,7 @@ __all__ = [
     "sandbox_if_any",
 ]
 
-#: No limit: ``resource.RLIM_INFINITY`` as the kernel reads it (Python's -1 is accepted too).
+#: No limit, as the kernel has it (Python's ``resource.RLIM_INFINITY``, -1, is taken too).
 RLIM_INFINITY = 2**64 - 1
 
 #: The capabilities by number, named as ``<linux/capability.h>`` names them.
@@ -304,7 +302,7 @@ def _check_seccomp(value: Any) -> bytes:
 
 def check_sandbox_options(
     *,
-    rlimits: Mapping[int | str, RlimitValue] | None = None,
+    rlimits: Mapping[int | str, int | tuple[int, int]] | None = None,
     nice: int | None = None,
     oom_score_adj: int | None = None,
     cpu_affinity: Iterable[int] | None = None,
@@ -353,7 +351,7 @@ def check_sandbox_options(
 
 
 def sandbox_if_any(
-    rlimits: Mapping[int | str, RlimitValue] | None = None,
+    rlimits: Mapping[int | str, int | tuple[int, int]] | None = None,
     nice: int | None = None,
     oom_score_adj: int | None = None,
     cpu_affinity: Iterable[int] | None = None,

@@ -27,16 +27,9 @@ from collections.abc import Iterable, Mapping
 
 from ._frozen import Frozen
 
-# typing is not imported at run time (see pyclone3/__init__.py).
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from typing import Union
-
-    Action = Union[int, str]
-
 __all__ = ["AUDIT_ARCH", "KILL", "SeccompFilter", "allow_only", "deny", "syscall_number"]
 
-#: What a rule may do instead of failing with an errno: kill the whole process.
+#: The action that kills the whole process, in place of an errno.
 KILL = "kill"
 #: The ``AUDIT_ARCH_*`` value of each machine the name table covers.
 AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
@@ -113,7 +106,7 @@ def syscall_number(name: str | int, machine: str | None = None) -> int:
     return number
 
 
-def _action(action: Action, what: str) -> int:
+def _action(action: int | str, what: str) -> int:
     if action == KILL:
         return _RET_KILL_PROCESS
     if isinstance(action, bool) or not isinstance(action, int):
@@ -152,9 +145,9 @@ def _finish(program: list[bytes], arch: int) -> SeccompFilter:
 
 
 def deny(
-    syscalls: Iterable[str | int] | Mapping[str | int, Action],
+    syscalls: Iterable[str | int] | Mapping[str | int, int | str],
     *,
-    errno: Action = errno_module.EPERM,
+    errno: int | str = errno_module.EPERM,
     arch: int | None = None,
 ) -> SeccompFilter:
     """A filter that fails the named *syscalls* and allows every other call.
@@ -182,7 +175,7 @@ def deny(
 def allow_only(
     syscalls: Iterable[str | int],
     *,
-    errno: Action = errno_module.EPERM,
+    errno: int | str = errno_module.EPERM,
     arch: int | None = None,
 ) -> SeccompFilter:
     """A filter that allows the named *syscalls* only; every other call fails with *errno*.
