@@ -147,14 +147,19 @@ class WaitStatus:
         return self._status if self.exited else None
 
     @property
-    def signal(self) -> signal.Signals | None:
-        """The signal that killed or stopped the process, else ``None``."""
+    def signal(self) -> signal.Signals | int | None:
+        """The signal that killed or stopped the process, else ``None``.
+
+        A :class:`signal.Signals` member, or the bare number for a signal
+        that has no name in Python (32 and 33, which glibc keeps for itself,
+        can still be sent and kill).
+        """
         if self.exited or self.continued:
             return None
         try:
             return signal.Signals(self._status)
-        except ValueError:  # a real-time signal without a name
-            return None
+        except ValueError:
+            return self._status
 
     if TYPE_CHECKING:
 
@@ -191,7 +196,7 @@ class WaitStatus:
             what = "continued"
         else:
             sig = self.signal
-            name = sig.name if sig is not None else str(self._status)
+            name = sig.name if isinstance(sig, signal.Signals) else str(self._status)
             what = f"{self.code.name.lower()[4:]} signal={name}"
         return f"<WaitStatus pid={self._pid} {what}>"
 

@@ -31,6 +31,20 @@ def test_a_signal_status_word_gives_minus_the_signal(sig: int, core: bool) -> No
     status = WaitStatus.from_wait_status(1, word)
     assert status.signaled and status.core_dumped is core
     assert status.returncode == os.waitstatus_to_exitcode(word) == -sig
+    # Every signal is told, named or not (32 and 33 have no name in Python).
+    assert status.signal == sig
+    assert repr(status).endswith(f"signal={getattr(status.signal, 'name', sig)}>")
+
+
+def test_a_child_killed_by_a_signal_without_a_name_says_which() -> None:
+    """Signal 32 kills (glibc keeps it for itself, so Python has no name for it)."""
+    assert 32 not in {s.value for s in signal.Signals}
+    with pyclone3.Popen(["/bin/sleep", "30"]) as p:
+        p.pidfd.send_signal(32)
+        p.wait()
+        status = p.pidfd.status
+    assert status is not None and status.signaled and status.signal == 32
+    assert p.returncode == -32
 
 
 @given(returncode=st.integers(min_value=-64, max_value=255))

@@ -91,8 +91,11 @@ def _how_it_ended(handle: PidFd) -> str:
 
 
 def _describe(status: WaitStatus) -> str:
-    if status.signal is not None:
-        return f"was killed by {signal.Signals(status.signal).name}"
+    sig = status.signal
+    if isinstance(sig, signal.Signals):
+        return f"was killed by {sig.name}"
+    if sig is not None:
+        return f"was killed by signal {sig}"
     return f"exited with status {status.exit_code}"
 
 
