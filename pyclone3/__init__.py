@@ -19,7 +19,9 @@ Layers, from the bottom:
   ``subprocess`` on pidfds;
 * :func:`iter_exits`, :func:`wait_all`, :func:`wait_any`: many children on
   one ``epoll`` (:mod:`pyclone3.multi`);
-* :mod:`pyclone3.tree`: a child's whole tree, found, killed and reaped.
+* :mod:`pyclone3.tree`: a child's whole tree, found, killed and reaped;
+* :class:`Scope` (:mod:`pyclone3.scope`): a child and all it starts in a
+  cgroup of their own, killed and waited for as a whole.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from . import clone_options, flags, landlock, sandbox, seccomp, syscalls, tree
+    from . import clone_options, flags, landlock, sandbox, scope, seccomp, syscalls, tree
     from ._errors import OutOfRangeError
     from ._executors import SpawnedChild
     from ._features import Features, features
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
         getstatusoutput,
         run,
     )
+    from .scope import ControllerNotEnabledError, Scope, ScopeTimeout
     from .status import WaitStatus
     from .syscalls import PidfdInfo
 
@@ -70,6 +73,7 @@ __all__ = [
     "ChildExt",
     "CloneFlag",
     "CommandExt",
+    "ControllerNotEnabledError",
     "Features",
     "IdType",
     "OutOfRangeError",
@@ -80,6 +84,8 @@ __all__ = [
     "PidfdSignalFlag",
     "PidfdUnavailableError",
     "Popen",
+    "Scope",
+    "ScopeTimeout",
     "SpawnedChild",
     "WaitAllTimeout",
     "WaitFlag",
@@ -100,6 +106,7 @@ __all__ = [
     "landlock",
     "run",
     "sandbox",
+    "scope",
     "seccomp",
     "set_spawn_path",
     "spawn",
@@ -145,6 +152,9 @@ _WHERE = {
     "getoutput": "popen",
     "getstatusoutput": "popen",
     "run": "popen",
+    "ControllerNotEnabledError": "scope",
+    "Scope": "scope",
+    "ScopeTimeout": "scope",
     "WaitStatus": "status",
     "PidfdInfo": "syscalls",
 }
@@ -159,6 +169,7 @@ _SUBMODULES = frozenset(
         "multi",
         "popen",
         "sandbox",
+        "scope",
         "seccomp",
         "syscalls",
         "tree",
