@@ -30,7 +30,7 @@ from ._paths import SPAWN_PATHS, get_spawn_path, in_pid_namespace, run_option_pa
 from ._plan import Plan
 from ._report import ChildFailed, child_error
 from ._request import SpawnRequest, check_pdeathsig
-from .clone_options import options_if_any
+from .clone_options import options_if_any, options_with_cgroup
 from .pidfd import PidFd, state_of
 from .sandbox import sandbox_if_any
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from .clone_options import IdMap, StrOrBytesPath
     from .landlock import Landlock
     from .seccomp import SeccompFilter
+    from .scope import Scope
 
 __all__ = ["SpawnRequest", "SpawnedChild", "check_pdeathsig", "spawn", "start"]
 
@@ -144,6 +145,7 @@ def spawn(
     no_new_privs: bool = False,
     seccomp: bytes | SeccompFilter | None = None,
     landlock: Landlock | None = None,
+    scope: Scope | None = None,
 ) -> SpawnedChild:
     """Start *args* and return its PID and pidfd: the low-level spawn.
 
@@ -162,7 +164,9 @@ def spawn(
     *uid_map*, *gid_map*, *setgroups*, *setns*) are described, with the
     rules they are checked against, in :mod:`pyclone3.clone_options`. The
     child is born with them: in its new namespaces and its cgroup, with its
-    ID maps written, before anything of the program runs.
+    ID maps written, before anything of the program runs. *scope*: a
+    :class:`pyclone3.Scope` to be born into (its cgroup, as *cgroup*; the
+    two cannot be combined); the caller owns the scope.
 
     The sandbox options (*rlimits*, *nice*, *oom_score_adj*, *cpu_affinity*,
     *capabilities*, *no_new_privs*, *seccomp*, *landlock*) are set by the
@@ -201,6 +205,15 @@ def spawn(
     options = options_if_any(
         clone_flags, exit_signal, set_tid, cgroup, uid_map, gid_map, setgroups, setns
     )
+    if scope is not None:
+        from .scope import Scope  # here, not at the top: only scoped spawns need it
+
+        if not isinstance(scope, Scope):
+            raise TypeError(
+                f"scope must be a Scope, not {type(scope).__name__} (spawn() returns no "
+                "object to hold a scope it would make: make one with pyclone3.Scope())"
+            )
+        options = options_with_cgroup(options, scope.fileno())
     if options is not None:
         request.options = options
     sandbox = sandbox_if_any(

@@ -77,6 +77,7 @@ __all__ = [
     "IdMap",
     "check_clone_options",
     "options_if_any",
+    "options_with_cgroup",
 ]
 
 #: The ``CLONE_NEW*`` flags, one per namespace type.
@@ -418,4 +419,27 @@ def options_if_any(
         gid_map=gid_map,
         setgroups=setgroups,
         setns=setns,
+    )
+
+
+def options_with_cgroup(options: CloneOptions | None, cgroup: int) -> CloneOptions:
+    """*options* (``None``: the defaults) with the child born into the cgroup of fd *cgroup*.
+
+    How a :class:`pyclone3.Scope` puts its child into its cgroup: the fd is
+    checked here as ``cgroup=`` is.
+    """
+    if options is None:
+        options = CloneOptions()
+    elif options.cgroup is not None:
+        raise ValueError("[scope-cgroup] scope and cgroup cannot be combined: a scope is a cgroup")
+    checked = check_clone_options(cgroup=cgroup).cgroup
+    return CloneOptions(
+        options.flags,
+        options.exit_signal,
+        options.set_tid,
+        checked,
+        options.uid_map,
+        options.gid_map,
+        options.setgroups,
+        options.setns,
     )

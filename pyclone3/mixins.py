@@ -34,7 +34,7 @@ from ._request import NO_FDS, SpawnRequest, check_pdeathsig
 from ._signals import signal_or_kill
 from ._spawn import start
 from ._waiting import WaitTimeout, deadline
-from .clone_options import options_if_any
+from .clone_options import options_if_any, options_with_cgroup
 from .pidfd import PidFd, state_of
 from .sandbox import check_sandbox_options
 from .status import WaitStatus
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from .clone_options import IdMap
     from .landlock import Landlock
     from .seccomp import SeccompFilter
+    from .scope import Scope
 
 __all__ = ["ChildExt", "CommandExt", "PidfdUnavailableError"]
 
@@ -63,6 +64,32 @@ def _reap_orphans(session: int) -> None:
     from . import tree  # here, not at the top: only kill_tree=True needs it
 
     tree.reap_orphans(session)
+
+
+#: How long the reap of a scoped child waits for a killed scope's other
+#: members to be gone (SIGKILLed, they go at once) before leaving it.
+KILLED_SCOPE_GRACE_S = 2.0
+
+
+def _scope_arg(scope: object, cgroup: object, kill_tree: bool) -> Scope | None:
+    """Check *scope* (``None``/``False``, ``True`` or a Scope); make a Scope for True."""
+    if scope is None or scope is False:
+        return None
+    from .scope import Scope  # here, not at the top: only scoped spawns need it
+
+    if scope is not True and not isinstance(scope, Scope):
+        raise TypeError(f"scope must be True, False, None or a Scope, not {type(scope).__name__}")
+    if cgroup is not None:
+        raise ValueError("[scope-cgroup] scope and cgroup cannot be combined: a scope is a cgroup")
+    if kill_tree:
+        raise ValueError("scope and kill_tree cannot be combined: a scope reaches the whole tree")
+    return Scope() if scope is True else scope
+
+
+def _discard_scope(scope: Scope) -> None:
+    """A scoped child was reaped: remove its own scope if nothing else is left in it."""
+    with contextlib.suppress(OSError):
+        scope.discard(KILLED_SCOPE_GRACE_S if scope.killed else 0.0)
 
 
 def _fall_back_to_waitpid() -> None:
@@ -110,6 +137,17 @@ class CommandExt:
     *seccomp*, *landlock*
         what the child sets on itself just before exec, in C, where
         ``preexec_fn`` would run Python: see :mod:`pyclone3.sandbox`.
+    *scope*
+        ``True``: the child is born into a fresh :class:`pyclone3.Scope`
+        (a cgroup of its own below this process's, ``CLONE_INTO_CGROUP``),
+        which it and everything it starts cannot leave; a
+        :class:`~pyclone3.Scope`: into that one. :meth:`~subprocess.Popen.kill`
+        and :meth:`~subprocess.Popen.terminate` then reach the whole scope
+        (``cgroup.kill``; ``SIGTERM`` to every member through pidfds), and
+        :attr:`ChildExt.scope` gives it. A scope made for the child is
+        removed once the child is reaped and nothing is left in it, and at
+        the end of a ``with`` block, which kills what is left: ``run(...,
+        scope=True)`` leaves nothing behind, on timeout too.
     *kill_tree*
         make :meth:`~subprocess.Popen.kill` and
         :meth:`~subprocess.Popen.terminate` signal the child's whole tree
@@ -171,6 +209,7 @@ class CommandExt:
         no_new_privs: bool = False,
         seccomp: bytes | SeccompFilter | None = None,
         landlock: Landlock | None = None,
+        scope: Scope | bool | None = None,
         **kwargs: Any,
     ) -> None:
         if spawn_path is not None and spawn_path not in SPAWN_PATHS:
@@ -225,11 +264,24 @@ class CommandExt:
             request.create_pidfd = False
         if spawn_path is not None:
             request.spawn_path = spawn_path
+        if scope is not None and scope is not False:
+            self._pyclone3_owns_scope = scope is True
+            made = _scope_arg(scope, cgroup, kill_tree)
+            assert made is not None
+            try:
+                request.options = options_with_cgroup(options, made.fileno())
+            except BaseException:
+                if scope is True:
+                    made.close()
+                raise
+            self._pyclone3_scope = made
         try:
             super().__init__(*args, **kwargs)
         except BaseException:
             # Interrupted after the spawn (a signal handler raised): the
             # caller never gets this Popen, so its child is killed and reaped.
+            # Or a failed spawn: a scope made for it goes with it.
+            self._close_own_scope()
             pidfd = self._pidfd
             if pidfd is not None:
                 state_of(pidfd).abandon()
@@ -254,6 +306,18 @@ class CommandExt:
         if stdin is None and stdout is None and stderr is None:
             return NO_FDS
         return super()._get_handles(stdin, stdout, stderr)  # type: ignore[misc, no-any-return]
+
+    def _close_own_scope(self) -> None:
+        """End a scope made for this child: kill what is left, remove the cgroup."""
+        made: Scope | None = self.__dict__.get("_pyclone3_scope")
+        if made is not None and self.__dict__.get("_pyclone3_owns_scope"):
+            made.close()
+
+    def __exit__(self, exc_type: Any, value: Any, traceback: Any) -> None:
+        try:
+            super().__exit__(exc_type, value, traceback)  # type: ignore[misc]
+        finally:
+            self._close_own_scope()
 
     def _execute_child(
         self,
@@ -335,6 +399,9 @@ class CommandExt:
             if self._pyclone3_kill_tree:  # the tree's orphans are reaped with the child
                 pid = child.pid
                 state.on_exit(lambda _status: _reap_orphans(pid))
+            made = self.__dict__.get("_pyclone3_scope")
+            if made is not None and self.__dict__.get("_pyclone3_owns_scope"):
+                state.on_exit(lambda _status: _discard_scope(made))
             self._pidfd = pidfd
         self.spawn_path = child.path
         self._child_created = True
@@ -474,16 +541,42 @@ class ChildExt:
         except ValueError:  # the pidfd was closed meanwhile: reaped
             return 0
 
+    @property
+    def scope(self) -> Scope | None:
+        """The :class:`pyclone3.Scope` the child was born into (``scope=``), else ``None``."""
+        return self.__dict__.get("_pyclone3_scope")
+
+    def _signal_scope(self, sig: int) -> bool:
+        """*sig* to every member of the child's scope; False if it has none (or it is gone)."""
+        made = self.scope
+        if made is None or made.closed:
+            return False
+        try:
+            if sig == signal.SIGKILL:
+                made.kill()
+            else:
+                made.send_signal(sig)
+        except ValueError:  # closed meanwhile: removed, so nothing was left in it
+            pass
+        return True
+
     def kill(self) -> None:
-        """``SIGKILL`` to the child, or to its whole tree with ``kill_tree=True``."""
-        if self.__dict__.get("_pyclone3_kill_tree") and self._pidfd_for_reap() is not None:
+        """``SIGKILL`` to the child, or to its whole tree with ``kill_tree=True``, or to
+        its whole scope (``cgroup.kill``) with ``scope=``."""
+        if self._signal_scope(signal.SIGKILL):
+            # The child too, by its pidfd: it may have been moved out by root.
+            self.send_signal(signal.SIGKILL)
+        elif self.__dict__.get("_pyclone3_kill_tree") and self._pidfd_for_reap() is not None:
             self.kill_tree(signal.SIGKILL)
         else:
             self.send_signal(signal.SIGKILL)
 
     def terminate(self) -> None:
-        """``SIGTERM`` to the child, or to its whole tree with ``kill_tree=True``."""
-        if self.__dict__.get("_pyclone3_kill_tree") and self._pidfd_for_reap() is not None:
+        """``SIGTERM`` to the child, or to its whole tree with ``kill_tree=True``, or to
+        every member of its scope with ``scope=``."""
+        if self._signal_scope(signal.SIGTERM):
+            pass
+        elif self.__dict__.get("_pyclone3_kill_tree") and self._pidfd_for_reap() is not None:
             self.kill_tree(signal.SIGTERM)
         else:
             self.send_signal(signal.SIGTERM)

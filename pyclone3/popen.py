@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .landlock import Landlock
     from .pidfd import PidFd
     from .seccomp import SeccompFilter
+    from .scope import Scope
 
     _Path = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
     _CMD = Union[_Path, Sequence[_Path]]
@@ -87,6 +88,7 @@ if TYPE_CHECKING:
         no_new_privs: bool
         seccomp: bytes | SeccompFilter | None
         landlock: Landlock | None
+        scope: Scope | bool | None
 
 else:
     # Popen is generic for type checkers (Popen[bytes], Popen[str]); at run
@@ -114,7 +116,7 @@ class Popen(CommandExt, ChildExt, subprocess.Popen[AnyStr]):
 
     A drop-in: same arguments, same behaviour and exceptions, plus the
     keywords of :class:`CommandExt` (*create_pidfd*, *spawn_path*,
-    *pdeathsig*, *kill_tree*, the Linux options of
+    *pdeathsig*, *kill_tree*, *scope*, the Linux options of
     :mod:`pyclone3.clone_options` and the sandbox of :mod:`pyclone3.sandbox`)
     and :attr:`~ChildExt.pidfd` / :meth:`~ChildExt.take_pidfd`
     (:class:`ChildExt`); waiting and

@@ -526,3 +526,50 @@ class malloc_churn:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _scope_reason() -> str | None:
+    """Why a pyclone3.Scope cannot be tested here, or None."""
+    from pyclone3.scope import Scope
+
+    try:
+        with Scope() as probe:
+            if not os.path.exists(os.path.join(probe.path, "cgroup.kill")):
+                return "no cgroup.kill (Linux 5.14+)"
+    except (OSError, ValueError) as exc:
+        return f"no scope can be made here: {exc}"
+    return None
+
+
+#: Why scope tests are skipped here (no writable cgroup v2), or None.
+SCOPE_REASON = _scope_reason()
+
+
+def scope_dirs() -> set[str]:
+    """The cgroup directories the scope tests made below ours (the default parent)."""
+    from pyclone3.scope import own_cgroup
+
+    parent = own_cgroup()
+    mine = f"pyclone3-{os.getpid()}-"  # not another run's, which may share the parent
+    return {name for name in os.listdir(parent) if name.startswith(mine)}
+
+
+@pytest.fixture
+def no_cgroup_left() -> Iterator[None]:
+    """The test must leave no cgroup directory behind (removed, and failed, if it does)."""
+    from pyclone3.scope import own_cgroup
+
+    before = scope_dirs()
+    yield
+    left = scope_dirs() - before
+    for name in left:
+        path = os.path.join(own_cgroup(), name)
+        with contextlib.suppress(OSError), open(os.path.join(path, "cgroup.kill"), "w") as f:
+            f.write("1")
+        for _ in range(100):
+            try:
+                os.rmdir(path)
+                break
+            except OSError:
+                time.sleep(0.05)
+    assert not left, f"cgroup directories left behind (removed now): {sorted(left)}"

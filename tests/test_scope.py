@@ -9,52 +9,19 @@ from __future__ import annotations
 import os
 import select
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import NOBODY, become_nobody, fork_child
+from conftest import NOBODY, SCOPE_REASON, become_nobody, fork_child, scope_dirs
 
 import pyclone3
 from pyclone3 import scope as scope_module
 from pyclone3.scope import ControllerNotEnabledError, Scope, ScopeTimeout, own_cgroup
 
-
-def _scope_reason() -> str | None:
-    """Why scopes cannot be tested here, or None."""
-    try:
-        with Scope() as probe:
-            if not os.path.exists(os.path.join(probe.path, "cgroup.kill")):
-                return "no cgroup.kill (Linux 5.14+)"
-    except (OSError, ValueError) as exc:
-        return f"no scope can be made here: {exc}"
-    return None
-
-
-REASON = _scope_reason()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
-
-
-def scope_dirs() -> set[str]:
-    """The cgroup directories pyclone3 made below ours (the default parent)."""
-    parent = own_cgroup()
-    return {name for name in os.listdir(parent) if name.startswith(("pyclone3-", "deleg-"))}
-
-
-@pytest.fixture(autouse=True)
-def no_cgroup_left() -> Iterator[None]:
-    before = scope_dirs()
-    yield
-    left = scope_dirs() - before
-    for name in left:  # emptied by no_leaks' kill of strays by now, or soon
-        path = os.path.join(own_cgroup(), name)
-        for _ in range(100):
-            try:
-                os.rmdir(path)
-                break
-            except OSError:
-                time.sleep(0.05)
-    assert not left, f"cgroup directories left behind (removed now): {sorted(left)}"
+pytestmark = [
+    pytest.mark.skipif(SCOPE_REASON is not None, reason=SCOPE_REASON or ""),
+    pytest.mark.usefixtures("no_cgroup_left"),
+]
 
 
 def start(scope: Scope, script: str, *expect: bytes) -> pyclone3.SpawnedChild:
@@ -130,13 +97,14 @@ def test_parent_must_be_a_cgroup2_directory(tmp_path: Any) -> None:
 
 
 def test_a_scope_is_a_fresh_cgroup_below_ours_removed_on_close() -> None:
-    with Scope(name="pyclone3-named") as scope:
-        assert scope.path == os.path.join(own_cgroup(), "pyclone3-named")
+    name = f"pyclone3-{os.getpid()}-named"
+    with Scope(name=name) as scope:
+        assert scope.path == os.path.join(own_cgroup(), name)
         assert os.path.isdir(scope.path)
         assert os.get_inheritable(scope.fileno()) is False
         assert scope.members() == [] and not scope.populated
         with pytest.raises(FileExistsError):
-            Scope(name="pyclone3-named")
+            Scope(name=name)
     assert scope.closed and not os.path.exists(scope.path)
     with pytest.raises(ValueError, match="closed"):
         scope.fileno()
@@ -300,7 +268,7 @@ def _offered(controller: str) -> bool:
         return controller in f.read().split()
 
 
-PIDS_ENABLED = REASON is None and _offered("pids")
+PIDS_ENABLED = SCOPE_REASON is None and _offered("pids")
 
 
 @pytest.mark.parametrize(
@@ -358,7 +326,7 @@ def test_an_undelegated_cgroup_is_a_clear_permission_error() -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to delegate a cgroup")
 def test_unprivileged_scopes_in_a_delegated_cgroup() -> None:
     """As a login manager delegates a user's cgroup: chowned, and the user moved into it."""
-    with Scope(name=f"deleg-{os.getpid()}") as delegated:
+    with Scope(name=f"pyclone3-{os.getpid()}-delegated") as delegated:
         for name in ("", "cgroup.procs", "cgroup.subtree_control", "cgroup.threads"):
             os.chown(os.path.join(delegated.path, name), NOBODY, NOBODY)
 
