@@ -54,6 +54,7 @@ class Features(Frozen):
         "cgroup2_mount",
         "cgroup",
         "landlock_abi",
+        "scope",
         "notes",
     )
 
@@ -94,6 +95,10 @@ class Features(Frozen):
     #: the Landlock ABI version, what a spawn's ``landlock=`` can use
     #: (1 from Linux 5.13, 4 with TCP ports from 6.7; 0 without Landlock).
     landlock_abi: int
+    #: a :class:`~pyclone3.Scope` can be made below this process's cgroup (a
+    #: writable cgroup v2, as root or delegated) and killed by ``cgroup.kill``
+    #: (5.14+). Where not, ``kill_tree=`` (:mod:`pyclone3.tree`) is the fallback.
+    scope: bool
     #: Why a feature is False, by feature name (an errno name or a reason).
     notes: dict[str, str]
 
@@ -116,6 +121,7 @@ class Features(Frozen):
         cgroup2_mount: str | None,
         cgroup: str | None,
         landlock_abi: int = 0,
+        scope: bool = False,
         notes: dict[str, str] | None = None,
     ) -> None:
         set_ = object.__setattr__
@@ -136,6 +142,7 @@ class Features(Frozen):
         set_(self, "cgroup2_mount", cgroup2_mount)
         set_(self, "cgroup", cgroup)
         set_(self, "landlock_abi", landlock_abi)
+        set_(self, "scope", scope)
         set_(self, "notes", {} if notes is None else notes)
 
     def as_dict(self) -> dict[str, Any]:
@@ -331,6 +338,7 @@ def _probe_with(p: _Prober) -> Features:
         cgroup2_mount=mount,
         cgroup=cgroup,
         landlock_abi=_landlock_abi(),
+        scope=_probe_scope(p, mount, cgroup),
         notes=p.notes,
     )
 
@@ -514,6 +522,31 @@ def _spawned_pidfd(p: _Prober, name: str) -> int | None:
         with contextlib.suppress(ChildProcessError):  # a SIGCHLD handler won: fine
             os.waitpid(pid, 0)
     return pidfd
+
+
+def _probe_scope(p: _Prober, mount: str | None, cgroup: str | None) -> bool:
+    """Make a Scope below our cgroup, look for its cgroup.kill, and remove it."""
+    if mount is None or cgroup is None:
+        p.notes["scope"] = "no cgroup v2 hierarchy"
+        return False
+    if cgroup.startswith("/.."):
+        p.notes["scope"] = "our cgroup is outside our cgroup namespace"
+        return False
+    from .scope import Scope  # here, not at the top: scope imports pidfd, which imports us
+
+    parent = mount + cgroup.rstrip("/") if cgroup != "/" else mount
+    try:
+        with Scope(parent, name=f"pyclone3-probe-{os.getpid()}-{threading.get_ident()}") as probe:
+            if not os.path.exists(os.path.join(probe.path, "cgroup.kill")):
+                p.notes["scope"] = "no cgroup.kill (before Linux 5.14)"
+                return False
+    except OSError as exc:
+        p.refused("scope", exc)
+        return False
+    except ValueError:
+        p.notes["scope"] = "our cgroup is not a cgroup v2 directory"
+        return False
+    return True
 
 
 def _cgroup2() -> tuple[str | None, str | None]:

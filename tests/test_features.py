@@ -186,3 +186,31 @@ def test_the_installed_package_is_the_one_under_test() -> None:
         pytest.skip("testing the source tree (PYCLONE3_TEST_INSTALLED not set)")
     source = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "pyclone3")
     assert os.path.dirname(os.path.abspath(pyclone3.__file__)) != source, pyclone3.__file__
+
+
+def test_scope_says_whether_a_scope_can_be_made_and_leaves_no_cgroup() -> None:
+    from pyclone3.scope import Scope, own_cgroup
+
+    report = features(refresh=True)
+    try:
+        with Scope() as made:
+            works = os.path.exists(os.path.join(made.path, "cgroup.kill"))
+    except OSError:
+        works = False
+    assert report.scope == works
+    assert ("scope" in report.notes) == (not works)
+    if report.cgroup2_mount is not None:
+        assert not [n for n in os.listdir(own_cgroup()) if n.startswith("pyclone3-probe-")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to nobody")
+def test_scope_is_false_where_our_cgroup_is_not_ours_to_write() -> None:
+    from conftest import become_nobody, fork_child
+
+    def body() -> int:
+        become_nobody()
+        report = features(refresh=True)
+        return 0 if not report.scope and report.notes.get("scope") == "EACCES" else 1
+
+    with fork_child(body) as child:
+        assert child.wait(30).returncode == 0
