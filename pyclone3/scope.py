@@ -366,6 +366,17 @@ class Scope:
             limits.append(("cpu", "cpu.max", _check_cpu_max(cpu_max)))
         return limits
 
+    @classmethod
+    def check_limits(
+        cls,
+        *,
+        pids_max: int | str | None = None,
+        memory_max: int | str | None = None,
+        cpu_max: CpuMax = None,
+    ) -> None:
+        """Raise ``TypeError``/``ValueError`` for a limit :meth:`limit` refuses; no syscall."""
+        cls._checked_limits(pids_max, memory_max, cpu_max)
+
     def limit(
         self,
         *,
@@ -514,6 +525,36 @@ class Scope:
             raise ScopeTimeout(self.path, timeout)
 
     # ---- the end -------------------------------------------------------------------
+
+    def release(self, timeout: float | None = 5.0) -> None:
+        """Move every member to the parent cgroup and remove the scope, killing nothing.
+
+        For a scope that should not outlive its child while what the child
+        left behind should (as ``timeout(1)`` leaves a command's daemons).
+        The scope is frozen first, so no member forks a process this would
+        miss; a member moved out is thawed as it leaves. Needs write access
+        to the parent's ``cgroup.procs``.
+        """
+        froze = self._freeze()
+        try:
+            for pid in self.members():
+                with contextlib.suppress(ProcessLookupError):
+                    self._write_parent("cgroup.procs", str(pid).encode())
+        finally:
+            if froze:
+                with contextlib.suppress(FileNotFoundError):
+                    self._write(FREEZE_FILE, b"0")
+        self.close(kill=False, timeout=timeout)
+
+    def _write_parent(self, name: str, data: bytes) -> None:
+        with self._lock:
+            if self._parent_fd < 0:
+                raise ValueError("I/O operation on a closed Scope")
+            fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=self._parent_fd)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
 
     def discard(self, timeout: float | None = 0.0) -> bool:
         """Remove the cgroup if it is empty (or becomes so within *timeout*); whether it was.

@@ -74,6 +74,28 @@ def _duration(value: str) -> float:
     return seconds
 
 
+def _pids_max(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"not a number of processes: {value!r}")
+    return number
+
+
+def _memory_max(value: str) -> str:
+    from ..scope import Scope  # here, not at the top: only this option needs it
+
+    try:
+        Scope.check_limits(memory_max=value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a size: {value!r} (bytes, or a number with K, M, G or T, or max)"
+        ) from None
+    return value
+
+
 def _namespaces(value: str) -> int:
     flags = 0
     for name in value.split(","):
@@ -245,6 +267,33 @@ def build_parser() -> argparse.ArgumentParser:
         "it when CMD ends is killed and reaped (CMD gets a new session)",
     )
     add_sandbox_arguments(run)
+    scope = run.add_argument_group(
+        "Scope",
+        "CMD in a cgroup of its own, which nothing it starts can leave (cgroup v2: "
+        "'pyclone3 features' says whether one can be made here)",
+    )
+    scope.add_argument(
+        "--scope",
+        action="store_true",
+        help="signals, on timeout too, reach every process in CMD's scope (daemons and "
+        "setsid escapees included); what is left when CMD ends is killed, and the scope "
+        "removed. --timeout alone uses a scope too where one can be made, and leaves what "
+        "CMD started unless CMD timed out",
+    )
+    scope.add_argument(
+        "--cgroup-parent",
+        metavar="PATH",
+        help="with --scope: make it below this cgroup v2 directory (default: our own cgroup)",
+    )
+    scope.add_argument(
+        "--pids-max", type=_pids_max, metavar="N", help="with --scope: at most N processes"
+    )
+    scope.add_argument(
+        "--memory-max",
+        type=_memory_max,
+        metavar="SIZE",
+        help="with --scope: at most SIZE of memory (bytes, or with K, M, G, T)",
+    )
     run.add_argument(
         "command", nargs=argparse.REMAINDER, metavar="-- CMD ARGS...", help="the command to run"
     )

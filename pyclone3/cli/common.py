@@ -69,6 +69,10 @@ RUN_DEFAULTS = {
     "enter_ns": None,
     "kill_tree": False,
     **SANDBOX_DEFAULTS,
+    "scope": False,
+    "cgroup_parent": None,
+    "pids_max": None,
+    "memory_max": None,
 }
 
 

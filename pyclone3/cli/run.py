@@ -32,6 +32,7 @@ TYPE_CHECKING = False  # typing itself is not imported: the command starts faste
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from ..scope import Scope
     from .common import Args
 
 #: Signals pyclone3 run passes on to the command when it receives them.
@@ -90,6 +91,20 @@ def cmd_run(args: Args) -> int:
     if args.enter_ns is not None and args.enter is None:
         print("pyclone3 run: --enter-ns needs --enter PID", file=sys.stderr)
         return EXIT_FAILURE
+    for option, given in (
+        ("--cgroup-parent", args.cgroup_parent),
+        ("--pids-max", args.pids_max),
+        ("--memory-max", args.memory_max),
+    ):
+        if given is not None and not args.scope:
+            print(f"pyclone3 run: {option} needs --scope", file=sys.stderr)
+            return EXIT_FAILURE
+    if args.scope and (args.kill_tree or args.cgroup is not None):
+        print(
+            "pyclone3 run: --scope cannot be combined with --kill-tree or --cgroup",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     flags = args.unshare or 0
     uid_map: list[tuple[int, int, int]] | None = None
     gid_map: list[tuple[int, int, int]] | None = None
@@ -102,13 +117,61 @@ def cmd_run(args: Args) -> int:
     # a signal we inherited ignored is caught, so exec gives the command its
     # default action back.
     relay = _Relay()
+    scope = None
     try:
-        proc = _start(command, args, flags, uid_map, gid_map)
+        scope = _make_scope(args)
+        if isinstance(scope, int):
+            return scope
+        proc = _start(command, args, flags, uid_map, gid_map, scope)
         if isinstance(proc, int):
             return proc
-        return _supervise(proc, args, relay, tree=args.kill_tree)
+        return _supervise(proc, args, relay, tree=args.kill_tree, scope=scope)
     finally:
         relay.restore()
+        if scope is not None and not isinstance(scope, int):
+            _end_scope(scope, release=False)  # no-op once _supervise ended it
+
+
+def _make_scope(args: Args) -> Scope | int | None:
+    """The scope CMD runs in: asked for with --scope, or made for --timeout where one can be.
+
+    None for none; an exit status if --scope was asked for and cannot be made.
+    """
+    auto = bool(
+        not args.scope
+        and args.timeout
+        and not args.kill_tree
+        and args.cgroup is None
+        and args.enter is None
+        and not args.foreground
+    )
+    if not args.scope and not (auto and features().scope):
+        return None
+    from ..scope import Scope  # here, not at the top: only scoped runs need it
+
+    try:
+        return Scope(args.cgroup_parent, pids_max=args.pids_max, memory_max=args.memory_max)
+    except (OSError, ValueError) as exc:
+        if auto:
+            return None  # timeout(1)'s process group, as without a scope
+        if isinstance(exc, OSError) and exc.filename is not None:
+            print(f"pyclone3 run: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        else:
+            print(f"pyclone3 run: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _end_scope(scope: Scope, *, release: bool) -> None:
+    """Kill what is left in CMD's scope and remove it; or, with *release*, let it go on outside."""
+    if scope.closed:
+        return
+    try:
+        if release:
+            scope.release()
+        else:
+            scope.close()
+    except OSError as exc:
+        print(f"pyclone3 run: cannot remove the scope {scope.path}: {exc}", file=sys.stderr)
 
 
 def _start(
@@ -117,6 +180,7 @@ def _start(
     flags: int,
     uid_map: list[tuple[int, int, int]] | None,
     gid_map: list[tuple[int, int, int]] | None,
+    scope: Scope | None,
 ) -> Popen[bytes] | int:
     """The command started, or the exit status that says why it was not."""
     setns: tuple[PidFd | int, int] | None = None
@@ -139,7 +203,7 @@ def _start(
             from .sandbox_args import sandbox_keywords
 
             sandbox = sandbox_keywords(args)
-        if not args.foreground and not args.kill_tree:
+        if not args.foreground and not args.kill_tree and scope is None:
             _lead_a_process_group()
         return Popen(
             command,
@@ -149,6 +213,7 @@ def _start(
             gid_map=gid_map,
             cgroup=args.cgroup,
             kill_tree=bool(args.kill_tree),
+            scope=scope,
             start_new_session=bool(args.kill_tree),
             setns=setns,
             **sandbox,
@@ -263,10 +328,18 @@ class _Relay:
             signal.signal(sig, handler)
 
 
-def _supervise(proc: Popen[bytes], args: Args, relay: _Relay, *, tree: bool) -> int:
-    group = not tree and not args.foreground
+def _supervise(
+    proc: Popen[bytes], args: Args, relay: _Relay, *, tree: bool, scope: Scope | None
+) -> int:
+    group = not tree and not args.foreground and scope is None
 
     def send(sig: int) -> None:
+        if scope is not None and not scope.closed:
+            if sig == signal.SIGKILL:
+                scope.kill()
+            else:
+                scope.send_signal(sig)
+            return
         if tree:
             proc.kill_tree(sig)
             return
@@ -297,6 +370,11 @@ def _supervise(proc: Popen[bytes], args: Args, relay: _Relay, *, tree: bool) -> 
         from .. import tree as process_tree
 
         process_tree.kill_orphans(proc.pid)
+    if scope is not None:
+        # --scope: nothing is left. --timeout's own scope: a command that timed
+        # out leaves nothing either; one that ended in time leaves what it
+        # started running, as timeout(1) does, only out of the scope.
+        _end_scope(scope, release=not args.scope and not timed_out)
     relay.restore()
     if args.rusage:
         _report_rusage(proc)
