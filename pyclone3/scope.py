@@ -45,11 +45,9 @@ from .pidfd import PidFd
 # typing is not imported at run time (see pyclone3/__init__.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Union
+    import pyclone3
 
     from .clone_options import StrOrBytesPath
-
-    CpuMax = Union[float, str, None]
 
 __all__ = [
     "ControllerNotEnabledError",
@@ -81,7 +79,7 @@ class ControllerNotEnabledError(OSError):
 
     An ``OSError`` with ``errno`` ``ENOENT`` (the controller's file is not
     there), ``filename`` the file that would have been written, and
-    :attr:`controller` the controller's name (``"pids"``, ``"memory"``,
+    ``controller`` the controller's name (``"pids"``, ``"memory"``,
     ``"cpu"``). The message says whether the parent offers the controller at
     all (its ``cgroup.controllers``) and how to enable it.
     """
@@ -193,7 +191,7 @@ class Scope:
     """A fresh cgroup for a child and all it starts: kill it, wait for it, limit it.
 
     ``Scope()`` makes a new cgroup below this process's own
-    (:func:`own_cgroup`); *parent* names another cgroup v2 directory.
+    (:func:`~pyclone3.scope.own_cgroup`); *parent* names another cgroup v2 directory.
     *name* is the new directory's (default: ``pyclone3-<pid>-<random>``).
     *pids_max*, *memory_max*, *cpu_max*: see :meth:`limit`. Bad arguments
     raise ``TypeError``/``ValueError`` before anything is created; a failure
@@ -223,7 +221,7 @@ class Scope:
         name: str | None = None,
         pids_max: int | str | None = None,
         memory_max: int | str | None = None,
-        cpu_max: CpuMax = None,
+        cpu_max: float | str | None = None,
     ) -> None:
         if parent is not None and not isinstance(parent, (str, bytes, os.PathLike)):
             raise TypeError(f"parent must be a path or None, not {type(parent).__name__}")
@@ -321,8 +319,8 @@ class Scope:
         """
         return sorted({int(pid) for pid in self._read("cgroup.procs").split()})
 
-    def pidfds(self) -> list[PidFd]:
-        """A :class:`PidFd` for each member; the caller closes them.
+    def pidfds(self) -> list[pyclone3.PidFd]:
+        """A :class:`~pyclone3.PidFd` for each member; the caller closes them.
 
         Each pidfd is opened by PID, then the PID is found in the scope
         again: a PID reused in between would name a process born outside
@@ -372,7 +370,7 @@ class Scope:
         *,
         pids_max: int | str | None = None,
         memory_max: int | str | None = None,
-        cpu_max: CpuMax = None,
+        cpu_max: float | str | None = None,
     ) -> None:
         """Raise ``TypeError``/``ValueError`` for a limit :meth:`limit` refuses; no syscall."""
         cls._checked_limits(pids_max, memory_max, cpu_max)
@@ -382,7 +380,7 @@ class Scope:
         *,
         pids_max: int | str | None = None,
         memory_max: int | str | None = None,
-        cpu_max: CpuMax = None,
+        cpu_max: float | str | None = None,
     ) -> None:
         """Write the scope's limits; ``None`` leaves one as it is, ``'max'`` lifts it.
 
