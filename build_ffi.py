@@ -4,8 +4,9 @@ The C declarations for Python live in ``pyclone3/_clone3.cdef``; the C is
 four translation units sharing one header, ``pyclone3/_clone3.h``:
 ``_syscalls.c`` (syscall wrappers), ``_spawn_child.c`` (what the child runs
 between clone and exec), ``_sandbox_child.c`` (the child's sandbox steps)
-and ``_spawn_parent.c`` (the parent's side of a spawn). cffi's generated module only includes the header, so each file
-compiles on its own and editors see C as C. setuptools runs it through
+and ``_spawn_parent.c`` (the parent's side of a spawn). cffi's generated
+module only includes the header, so each file compiles on its own and
+editors see C as C. setuptools runs it through
 ``cffi_modules`` (see ``setup.py``). ``python build_ffi.py`` compiles the
 module under ``build/ffi`` and copies it next to the sources, for working on
 the C code without reinstalling.

@@ -41,8 +41,8 @@ if TYPE_CHECKING:
 
     from .clone_options import IdMap, StrOrBytesPath
     from .landlock import Landlock
-    from .seccomp import SeccompFilter
     from .scope import Scope
+    from .seccomp import SeccompFilter
 
 __all__ = ["SpawnRequest", "SpawnedChild", "check_pdeathsig", "spawn", "start"]
 

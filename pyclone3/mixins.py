@@ -46,8 +46,8 @@ if TYPE_CHECKING:
 
     from .clone_options import IdMap
     from .landlock import Landlock
-    from .seccomp import SeccompFilter
     from .scope import Scope
+    from .seccomp import SeccompFilter
 
 __all__ = ["ChildExt", "CommandExt", "PidfdUnavailableError"]
 

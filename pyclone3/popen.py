@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from .clone_options import IdMap
     from .landlock import Landlock
     from .pidfd import PidFd
-    from .seccomp import SeccompFilter
     from .scope import Scope
+    from .seccomp import SeccompFilter
 
     _Path = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
     _CMD = Union[_Path, Sequence[_Path]]
