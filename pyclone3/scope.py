@@ -39,6 +39,7 @@ import signal
 import threading
 
 from ._clone3 import lib
+from ._signals import signal_or_kill
 from ._waiting import deadline, poll_fd, remaining
 from .pidfd import PidFd
 
@@ -475,7 +476,8 @@ class Scope:
                         if member.pid in signalled:
                             continue
                         with contextlib.suppress(ProcessLookupError):
-                            member.send_signal(sig)
+                            # kill(2) where a sandbox refuses pidfd_send_signal
+                            signal_or_kill(member, sig)
                             signalled.add(member.pid)
                             fresh += 1
                 if not fresh:
