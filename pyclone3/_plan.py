@@ -81,13 +81,13 @@ class Plan:
     #: would mark that memory, ours, non-dumpable), so it runs in a copy, on
     #: every path; subprocess too refuses vfork then.
     changes_ids = False
-    #: A Landlock ruleset the plan built and owns: close() closes it.
-    landlock_fd = -1
+    #: The fds the plan opened and owns (a cgroup directory, a Landlock
+    #: ruleset): close() closes them. Empty for most spawns.
+    owned_fds: tuple[int, ...] = ()
 
     def __init__(self, request: SpawnRequest) -> None:
         keep: list[Any] = []
         self.request = request
-        self.cgroup_fd = -1
         self._keep = keep
         s = ffi.new("struct pyclone3_spawn *", _TEMPLATE)
         self.s = s
@@ -182,10 +182,12 @@ class Plan:
             from ._sandbox_plan import sandbox_struct
 
             try:
-                sandbox, self.landlock_fd = sandbox_struct(request.sandbox, keep)
+                sandbox, landlock_fd = sandbox_struct(request.sandbox, keep)
             except BaseException:
                 self.close()  # a cgroup opened above
                 raise
+            if landlock_fd >= 0:
+                self.owned_fds += (landlock_fd,)
             s.sandbox = sandbox
 
     def _set_options(self, opts: CloneOptions) -> None:
@@ -206,8 +208,9 @@ class Plan:
             cgroup = opts.cgroup
             if isinstance(cgroup, int):
                 fd = cgroup
-            else:  # the plan owns this fd: close() closes it
-                fd = self.cgroup_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            else:
+                fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                self.owned_fds += (fd,)
             s.cgroup_fd = fd
             v2 = lib.pyclone3_is_cgroup2(fd)
             if v2 < 0:
@@ -220,12 +223,9 @@ class Plan:
 
     def close(self) -> None:
         """Close the fds the plan opened (a cgroup directory, a Landlock ruleset)."""
-        if self.cgroup_fd >= 0:
-            os.close(self.cgroup_fd)
-            self.cgroup_fd = -1
-        if self.landlock_fd >= 0:
-            os.close(self.landlock_fd)
-            self.landlock_fd = -1
+        fds, self.owned_fds = self.owned_fds, ()
+        for fd in fds:
+            os.close(fd)
 
     def set_keep(self, fds: Sequence[int]) -> None:
         """The fds the child keeps open across exec (sorted): pass_fds, and an error pipe."""

@@ -103,7 +103,7 @@ def start(
         lib.pyclone3_reap_cell(plan.s, cell, 1)
         raise
     finally:
-        if plan.cgroup_fd >= 0 or plan.landlock_fd >= 0:
+        if plan.owned_fds:
             plan.close()
 
 

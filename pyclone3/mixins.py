@@ -296,6 +296,9 @@ class CommandExt:
         state = self.__dict__.get("_pyclone3_state")
         if state is not None:
             state.abandon_on_drop = False  # handed over
+            if scope is True:  # the scope made for the child goes once it is empty
+                made = self._pyclone3_scope
+                state.on_exit(lambda _status: _discard_scope(made))
 
     def _get_handles(self, stdin: Any, stdout: Any, stderr: Any) -> tuple[int, ...]:
         # Nothing redirected, the common spawn: no fd to make and none to
@@ -399,9 +402,6 @@ class CommandExt:
             if self._pyclone3_kill_tree:  # the tree's orphans are reaped with the child
                 pid = child.pid
                 state.on_exit(lambda _status: _reap_orphans(pid))
-            made = self.__dict__.get("_pyclone3_scope")
-            if made is not None and self.__dict__.get("_pyclone3_owns_scope"):
-                state.on_exit(lambda _status: _discard_scope(made))
             self._pidfd = pidfd
         self.spawn_path = child.path
         self._child_created = True
