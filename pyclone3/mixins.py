@@ -168,6 +168,7 @@ class CommandExt:
     # Class defaults, so that a plain spawn need not store them.
     _pidfd: PidFd | None = None
     _pyclone3_kill_tree = False
+    _pyclone3_state: ChildState | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -293,7 +294,7 @@ class CommandExt:
                 if wstatus >= 0:
                     self.__dict__["_pyclone3_returncode"] = os.waitstatus_to_exitcode(wstatus)
             raise
-        state = self.__dict__.get("_pyclone3_state")
+        state = self._pyclone3_state
         if state is not None:
             state.abandon_on_drop = False  # handed over
             if scope is True:  # the scope made for the child goes once it is empty
@@ -457,12 +458,14 @@ class ChildExt:
     # owner) finds the returncode written. Reading it is a C-level lookup,
     # as subprocess's plain attribute is, on every spawn.
     _pyclone3_returncode: int | None = None
+    #: The owner of the child's state, once a pidfd was taken (CommandExt sets it).
+    _pyclone3_state: ChildState | None = None
 
     def _set_returncode(self, value: int | None) -> None:
         # Not through self.__dict__: subprocess sets returncode first thing
         # in __init__, and asking for __dict__ then would make the object
         # keep a dict for everything it stores after.
-        state: ChildState | None = getattr(self, "_pyclone3_state", None)
+        state: ChildState | None = self._pyclone3_state
         if state is not None:
             if value is not None:
                 # Learnt elsewhere (subprocess's own waitpid, a child watcher):
@@ -515,7 +518,7 @@ class ChildExt:
 
     def _pidfd_for_reap(self) -> ChildState | None:
         """The pidfd's state, unless there is none, it is closed, or waitid(P_PIDFD) is missing."""
-        state: ChildState | None = getattr(self, "_pyclone3_state", None)
+        state: ChildState | None = self._pyclone3_state
         if state is None or state.closed or _no_waitid_pidfd:
             return None
         return state
@@ -586,7 +589,7 @@ class ChildExt:
     ) -> int | None:
         code = self.returncode
         if code is not None:  # every Popen's __del__ comes here once
-            owner: ChildState | None = getattr(self, "_pyclone3_state", None)
+            owner: ChildState | None = self._pyclone3_state
             if owner is not None and not owner.closed and owner.close_on_exit:
                 owner.close()  # a close after the exit that was cut short
             return code
@@ -611,7 +614,7 @@ class ChildExt:
         code = self.returncode
         if code is not None:
             return code
-        state: ChildState | None = getattr(self, "_pyclone3_state", None)
+        state: ChildState | None = self._pyclone3_state
         if state is None or state.closed or _no_waitid_pidfd:
             return super()._wait(timeout)  # type: ignore[misc, no-any-return]
         when = None if timeout is None else deadline(timeout)  # a bad timeout raises here
