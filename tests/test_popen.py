@@ -6,14 +6,17 @@ clone3, clone, vfork_pidfd and vfork in turn).
 
 from __future__ import annotations
 
+import ast
 import errno
 import gc
 import io
 import os
+import pathlib
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 from conftest import (
@@ -704,3 +707,58 @@ def test_a_subclass_of_subprocess_popen_once_it_is_pyclone3s_is_accepted(
     with cls(["/bin/true"]) as p:
         assert p.wait() == 0
         assert p.spawn_path is not None  # spawned by pyclone3
+
+
+def _typed_keywords(path: str, where: Callable[[ast.AST], bool]) -> list[str]:
+    tree = ast.parse(pathlib.Path(path).read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if where(node):
+            if isinstance(node, ast.FunctionDef):
+                return [a.arg for a in node.args.kwonlyargs]
+            assert isinstance(node, ast.ClassDef)
+            return [
+                n.target.id
+                for n in node.body
+                if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+            ]
+    raise AssertionError(f"not found in {path}")
+
+
+def test_commandext_keywords_are_spelt_alike_for_type_checkers_and_at_run_time() -> None:
+    """CommandExt.__init__ is typed for checkers but takes **kwargs at run time.
+
+    The keywords it takes for itself (``_take_options``), its typed
+    signature, and ``Popen``'s typed ``_Options`` must name the same ones, in
+    the same order; else a keyword would type-check and then go to
+    subprocess (a TypeError), or work and not type-check.
+    """
+    import pyclone3.mixins as mixins
+    import pyclone3.popen as popen
+
+    code = mixins.CommandExt._take_options.__code__
+    at_run_time = list(code.co_varnames[2 : 2 + code.co_kwonlyargcount])
+    assert set(at_run_time) == mixins._KEYWORDS
+    stub = _typed_keywords(
+        mixins.__file__,
+        lambda n: (
+            isinstance(n, ast.FunctionDef)
+            and n.name == "__init__"
+            and bool(n.args.kwonlyargs)
+            and n.args.kwonlyargs[0].arg == "create_pidfd"
+        ),
+    )
+    options = _typed_keywords(
+        popen.__file__, lambda n: isinstance(n, ast.ClassDef) and n.name == "_Options"
+    )
+    assert stub == at_run_time
+    assert options == at_run_time
+
+
+def test_a_pyclone3_keyword_with_subprocess_keywords_is_taken_and_checked() -> None:
+    """With stdout= given too, pyclone3's keywords still reach the spawn, checked."""
+    with pytest.raises(ValueError, match="unknown spawn path"):
+        pyclone3.Popen(["/bin/true"], stdout=subprocess.DEVNULL, spawn_path="nope")
+    with pyclone3.Popen(["/bin/true"], stdout=subprocess.DEVNULL, spawn_path="clone3") as p:
+        assert p.wait() == 0 and p.spawn_path == "clone3"
+    with pytest.raises(TypeError, match="stdoutt"):
+        pyclone3.Popen(["/bin/true"], stdoutt=1)  # type: ignore[call-overload]
