@@ -5,6 +5,9 @@ that no ``close()`` can free the number under the C code; a reaped child's
 status goes to its ``ChildState`` (``_child.py``) through
 ``ChildState.settle_held``, the same transition every
 other observer uses, which also lets go of the fd.
+
+An entry may be ``None`` (a :class:`~pyclone3.Scope` the caller watches by
+itself): it is never held, polled or reaped here.
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ __all__ = ["Sweep"]
 
 
 class Sweep:
-    """Children *states*, indexed as given: which are held, watched, and how each ended."""
+    """Children *states* (``None``: not a child), indexed as given: held, watched, ended."""
 
     __slots__ = ("fds", "held", "info", "pfds", "reaped", "rusage", "states", "statuses", "where")
 
-    def __init__(self, states: list[ChildState]) -> None:
+    def __init__(self, states: list[ChildState | None]) -> None:
         n = len(states)
         self.states = states
         #: The fd held for each child (-1: none, or let go of once it was settled).
@@ -40,8 +43,14 @@ class Sweep:
 
     def hold(self, i: int) -> int:
         """Hold child *i*'s pidfd; -1 if it is closed already."""
-        self.held[i] = self.states[i].hold((self, i))
+        self.held[i] = self.state(i).hold((self, i))
         return self.held[i]
+
+    def state(self, i: int) -> ChildState:
+        """Child *i*'s state (an entry that is not ``None``)."""
+        state = self.states[i]
+        assert state is not None
+        return state
 
     def watch(self, i: int, on: bool = True) -> None:
         """Have the next sweeps poll child *i* (held), or stop that."""
@@ -85,9 +94,9 @@ class Sweep:
         """Child *i* ended with *status* (seen by a sweep, or by the caller): settle it."""
         if self.held[i] >= 0:
             self.held[i] = -1
-            self.statuses[i] = self.states[i].settle_held(status, (self, i))
+            self.statuses[i] = self.state(i).settle_held(status, (self, i))
         else:
-            self.statuses[i] = self.states[i].settle(status)
+            self.statuses[i] = self.state(i).settle(status)
 
     def release_all(self) -> None:
         """Let go of every fd still held."""
@@ -95,4 +104,5 @@ class Sweep:
         # self.held (a signal handler raised as it returned) is let go of too.
         for i, state in enumerate(self.states):
             self.held[i] = -1
-            state.release((self, i))
+            if state is not None:
+                state.release((self, i))

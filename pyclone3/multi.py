@@ -18,6 +18,14 @@ attribute holding one (:class:`pyclone3.Popen`, or any ``Popen`` with the
 :class:`~pyclone3.ChildExt` mixin). Each exit is recorded by the child's
 pidfd, so a ``Popen``'s ``returncode`` is set as the exit is reported,
 exactly as ``poll()`` would set it.
+
+A :class:`~pyclone3.Scope` may be given next to them, for a whole job: it
+counts as ended once it is empty (``populated 0`` in its ``cgroup.events``,
+whose fd the kernel flags with ``POLLPRI`` then, so it sits in the same
+``poll``/``epoll`` set as the pidfds: no sleep loop). A scope has no exit
+status (its members' go to their own parents), so its status is ``None``;
+a closed scope is empty (it was removed). Given only children, the
+functions return exactly what they return without scopes.
 """
 
 from __future__ import annotations
@@ -27,15 +35,25 @@ import select
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from typing import Any, Protocol, Union
+from typing import Any, Optional, Protocol, Union, overload
 
 from ._child import ChildState
 from ._sweep import Sweep
 from ._waiting import WaitTimeout, deadline, poll_fd, remaining
 from .pidfd import PidFd, state_of
+from .scope import Scope, ScopeEvents
 from .status import WaitStatus
 
-__all__ = ["Child", "HasPidFd", "WaitAllTimeout", "iter_exits", "wait_all", "wait_any"]
+__all__ = [
+    "Child",
+    "HasPidFd",
+    "Job",
+    "ScopeExitStream",
+    "WaitAllTimeout",
+    "iter_exits",
+    "wait_all",
+    "wait_any",
+]
 
 
 class HasPidFd(Protocol):
@@ -48,6 +66,8 @@ class HasPidFd(Protocol):
 
 #: A child, as the functions here take it (a PidFd, or a Popen with a pidfd).
 Child = Union[PidFd, HasPidFd]
+#: What the functions here wait on: a child, or a :class:`~pyclone3.Scope` (status ``None``).
+Job = Union[PidFd, HasPidFd, Scope]
 
 _STALLED_MAX_S = 0.05
 #: :func:`iter_exits`: while exits come often (two or more expected within
@@ -67,11 +87,14 @@ class WaitAllTimeout(TimeoutError):
 
     Attributes:
         timeout: the timeout that passed, in seconds.
-        done: each child reported so far, mapped to its status.
+        done: each child reported so far, mapped to its status (``None`` for a
+            scope that emptied).
         pending: the children still running, in the order they were given.
     """
 
-    def __init__(self, timeout: float, done: dict[Any, WaitStatus], pending: list[Any]) -> None:
+    def __init__(
+        self, timeout: float, done: dict[Any, WaitStatus | None], pending: list[Any]
+    ) -> None:
         super().__init__(
             f"{len(pending)} of {len(done) + len(pending)} children still running "
             f"after {timeout} seconds"
@@ -83,6 +106,8 @@ class WaitAllTimeout(TimeoutError):
 
 def state_of_child(child: Any) -> ChildState:
     """The state behind a child given to the functions here; ``TypeError`` for anything else."""
+    if isinstance(child, Scope):
+        raise TypeError("a Scope has no exit status to wait for here: use Scope.wait()")
     if isinstance(child, PidFd):
         return state_of(child)
     pidfd = getattr(type(child), "pidfd", None)
@@ -93,7 +118,26 @@ def state_of_child(child: Any) -> ChildState:
     raise TypeError(f"expected a PidFd or a pyclone3 Popen, not {type(child).__name__}")
 
 
-def _unique(children: Iterable[Child]) -> tuple[list[Any], list[Any]]:
+def _state_or_scope(job: Any) -> ChildState | None:
+    """The state behind a child, or ``None`` for a scope; ``TypeError`` for anything else."""
+    if isinstance(job, Scope):
+        return None
+    if not isinstance(job, PidFd) and getattr(type(job), "pidfd", None) is None:
+        raise TypeError(f"expected a PidFd, a pyclone3 Popen or a Scope, not {type(job).__name__}")
+    return state_of_child(job)
+
+
+def _events_of(scope: Scope) -> ScopeEvents | None:
+    """*scope*'s cgroup.events, open; ``None`` if it is closed (removed: empty)."""
+    try:
+        return scope.events()
+    except ValueError:
+        if scope.closed:
+            return None
+        raise
+
+
+def _unique(children: Iterable[Any]) -> tuple[list[Any], list[Any]]:
     """(as given, without repeats): a child given twice is waited for once."""
     as_given = list(children)
     unique: dict[int, Any] = {}
@@ -114,34 +158,41 @@ def closed_status(child: Any, state: ChildState) -> WaitStatus:
 
 
 def _timeout(
-    timeout: float | None, given: list[Any], statuses: list[WaitStatus | None]
+    timeout: float | None,
+    given: list[Any],
+    statuses: list[WaitStatus | None],
+    emptied: Iterable[int] = (),
 ) -> WaitAllTimeout:
-    """The exception for a deadline that passed, *statuses* matching *given*."""
-    finished = {c: s for c, s in zip(given, statuses) if s is not None}
-    pending = [c for c, s in zip(given, statuses) if s is None]
+    """The exception for a deadline that passed, *statuses* matching *given*.
+
+    *emptied*: the indices of the scopes found empty.
+    """
+    done = {i for i, s in enumerate(statuses) if s is not None}.union(emptied)
+    finished = {c: statuses[i] for i, c in enumerate(given) if i in done}
+    pending = [c for i, c in enumerate(given) if i not in done]
     return WaitAllTimeout(timeout if timeout is not None else math.inf, finished, pending)
 
 
-class ExitStream(Iterator[tuple[Child, WaitStatus]]):
-    """What :func:`~pyclone3.iter_exits` returns: an iterator of ``(child, status)`` in exit order.
-
-    :meth:`close` (or the end of the iteration, or ``with``) lets go of the
-    pidfds it holds.
-    """
+class _Exits:
+    """The iteration of :class:`ExitStream` and :class:`ScopeExitStream`: one epoll over all."""
 
     # Class defaults: close() and __del__ work even if __init__ never ran.
     _ep: Any = None
     _sweep: Sweep | None = None
+    _events: dict[int, ScopeEvents] = {}  # noqa: RUF012  # replaced in __init__, never mutated
 
-    def __init__(self, children: Iterable[Child], timeout: float | None) -> None:
+    def __init__(self, children: Iterable[Any], timeout: float | None) -> None:
         _, given = _unique(children)
         self._timeout = timeout
         self._when = deadline(timeout)
-        states = [state_of_child(c) for c in given]
+        states = [_state_or_scope(c) for c in given]
         self._given = given
         self._sweep = Sweep(states)
         self._ready: deque[int] = deque()  # ended, not yet reported
         self._by_fd: dict[int, list[int]] = {}  # fd -> children (a Popen and its PidFd)
+        self._events = {}  # scope index -> its cgroup.events, while it is watched
+        self._scope_at: dict[int, int] = {}  # cgroup.events fd -> scope index
+        self._emptied: set[int] = set()
         # Readable but not reapable yet (a traced child; a non-child whose
         # parent has not reaped it): watched for HUP only (the kernel's
         # "reaped" signal) and re-checked after a growing pause: never spun on.
@@ -157,11 +208,14 @@ class ExitStream(Iterator[tuple[Child, WaitStatus]]):
             raise
         self._left = len(given) - len(self._ready)
 
-    def _hold_all(self, states: list[ChildState]) -> None:
+    def _hold_all(self, states: list[ChildState | None]) -> None:
         """Hold every child's pidfd and watch it; a child ended already is ready at once."""
         ep, sweep, given = self._ep, self._sweep, self._given
         assert sweep is not None
         for i, state in enumerate(states):
+            if state is None:
+                self._watch_scope(i)
+                continue
             status = state.status
             if status is None:
                 fd = sweep.hold(i)  # held: no close can free it under us
@@ -179,10 +233,32 @@ class ExitStream(Iterator[tuple[Child, WaitStatus]]):
             sweep.statuses[i] = status
             self._ready.append(i)
 
-    def __iter__(self) -> ExitStream:
-        return self
+    def _watch_scope(self, i: int) -> None:
+        """Watch scope *i*'s cgroup.events for POLLPRI; an empty one is ready at once."""
+        events = _events_of(self._given[i])
+        if events is not None:
+            self._events[i] = events
+            # Read once on opening: any change after it flags the fd, so the
+            # emptying cannot fall between this check and the registration.
+            if events.populated:
+                fd = events.fileno()
+                self._scope_at[fd] = i
+                # Level-triggered: each read of the file clears the flag.
+                self._ep.register(fd, select.EPOLLPRI)
+                return
+        self._scope_emptied(i)
 
-    def __next__(self) -> tuple[Child, WaitStatus]:
+    def _scope_emptied(self, i: int) -> None:
+        events = self._events.pop(i, None)
+        if events is not None:
+            fd = events.fileno()
+            if self._scope_at.pop(fd, None) is not None:
+                self._ep.unregister(fd)
+            events.close()
+        self._emptied.add(i)
+        self._ready.append(i)
+
+    def _next(self) -> tuple[Any, WaitStatus | None]:
         while not self._ready:
             if not self._left or self._sweep is None:
                 self.close()
@@ -194,7 +270,7 @@ class ExitStream(Iterator[tuple[Child, WaitStatus]]):
                 raise
         i = self._ready.popleft()
         status = self._sweep.statuses[i]  # type: ignore[union-attr]  # set above
-        assert status is not None
+        assert status is not None or i in self._emptied
         return self._given[i], status
 
     def _wake_up(self) -> None:
@@ -220,11 +296,17 @@ class ExitStream(Iterator[tuple[Child, WaitStatus]]):
         if events:
             gap = (now - self._last_wake) / len(events)  # between exits, lately
             self._last_wake = now
-        ready = [i for fd, _ in events for i in self._by_fd[fd]]
+        emptied = 0
+        for fd, _ in events:
+            i = self._scope_at.get(fd, -1)
+            if i >= 0 and not self._events[i].populated:
+                self._scope_emptied(i)
+                emptied += 1
+        ready = [i for fd, _ in events if fd in self._by_fd for i in self._by_fd[fd]]
         ready.extend(i for i, at in stalled.items() if at <= now and i not in ready)
-        states = sweep.states
+        state = sweep.state
         for i in ready:
-            if not states[i].foreign:
+            if not state(i).foreign:
                 sweep.watch(i)
         reaped = sweep()  # every ready child of ours, in one call into C
         for i in ready:
@@ -233,7 +315,7 @@ class ExitStream(Iterator[tuple[Child, WaitStatus]]):
                 continue
             # Not reaped by the sweep: not ours to reap, reaped by another
             # thread, or nothing to reap yet. The child's own check knows.
-            status = _checked(states[i])
+            status = _checked(state(i))
             if status is None:
                 if i not in stalled:
                     self._ep.modify(sweep.held[i], select.EPOLLONESHOT)  # HUP only
@@ -242,7 +324,7 @@ class ExitStream(Iterator[tuple[Child, WaitStatus]]):
                 continue
             sweep.took(i, status)
             reaped.append(i)
-        self._left -= len(reaped)
+        self._left -= len(reaped) + emptied
         left = self._left
         if events:
             # Nap before the next reap only while exits come often (two or
@@ -256,26 +338,62 @@ class ExitStream(Iterator[tuple[Child, WaitStatus]]):
             stalled.pop(i, None)
             self._pause.pop(i, None)
             self._ready.append(i)
-        if left and not reaped and when is not None and now >= when:
-            raise _timeout(self._timeout, self._given, sweep.statuses)
+        if left and not reaped and not emptied and when is not None and now >= when:
+            raise _timeout(self._timeout, self._given, sweep.statuses, self._emptied)
 
     def close(self) -> None:
-        """Stop watching; let go of every pidfd still held. Closing twice does nothing."""
+        """Stop watching; let go of every pidfd and ``cgroup.events`` held.
+
+        Closing twice does nothing.
+        """
         ep, self._ep = self._ep, None
         if ep is not None:
             ep.close()
         sweep, self._sweep = self._sweep, None
         if sweep is not None:
             sweep.release_all()
-
-    def __enter__(self) -> ExitStream:
-        return self
+        events, self._events = self._events, {}
+        for one in events.values():
+            one.close()
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __del__(self) -> None:
         self.close()
+
+
+class ExitStream(_Exits, Iterator[tuple[Child, WaitStatus]]):
+    """What :func:`~pyclone3.iter_exits` returns: an iterator of ``(child, status)`` in exit order.
+
+    :meth:`close` (or the end of the iteration, or ``with``) lets go of the
+    pidfds it holds.
+    """
+
+    def __iter__(self) -> ExitStream:
+        return self
+
+    def __next__(self) -> tuple[Child, WaitStatus]:
+        return self._next()  # type: ignore[return-value]  # no scope: a status each
+
+    def __enter__(self) -> ExitStream:
+        return self
+
+
+class ScopeExitStream(_Exits, Iterator[tuple[Job, Optional[WaitStatus]]]):
+    """What :func:`~pyclone3.iter_exits` returns when given a :class:`~pyclone3.Scope`.
+
+    As :class:`ExitStream`, with ``(scope, None)`` for a scope once it is empty.
+    """
+
+    def __iter__(self) -> ScopeExitStream:
+        return self
+
+    def __next__(self) -> tuple[Job, WaitStatus | None]:
+        return self._next()
+
+    def __enter__(self) -> ScopeExitStream:
+        return self
 
 
 def _checked(state: ChildState) -> WaitStatus | None:
@@ -286,7 +404,15 @@ def _checked(state: ChildState) -> WaitStatus | None:
         return state.status
 
 
-def iter_exits(children: Iterable[Child], timeout: float | None = None) -> ExitStream:
+@overload
+def iter_exits(  # type: ignore[overload-overlap]  # a Child is never a Scope
+    children: Iterable[Child], timeout: float | None = None
+) -> ExitStream: ...
+@overload
+def iter_exits(children: Iterable[Job], timeout: float | None = None) -> ScopeExitStream: ...
+def iter_exits(
+    children: Iterable[Job], timeout: float | None = None
+) -> ExitStream | ScopeExitStream:
     """Yield ``(child, status)`` for each child as it exits, in exit order.
 
     Children that have already exited come first. Each child is reported
@@ -302,14 +428,30 @@ def iter_exits(children: Iterable[Child], timeout: float | None = None) -> ExitS
     stream of exits costs a wake-up per 50 ms, not one per exit. Exits
     within one batch come in the order the children were given.
 
-    Raises ``TypeError`` for anything but a ``PidFd`` or a ``Popen`` with
-    a pidfd, :class:`~pyclone3.PidfdUnavailableError` for a ``Popen`` without
-    one, ``ValueError`` for a closed ``PidFd``, all before waiting.
+    A :class:`~pyclone3.Scope` among them is reported as ``(scope, None)``
+    once it is empty: its ``cgroup.events`` is watched for ``POLLPRI`` in
+    the same ``epoll`` set as the pidfds. Given one, the iterator is a
+    :class:`ScopeExitStream` (typed for ``None`` statuses), else an
+    :class:`ExitStream`.
+
+    Raises ``TypeError`` for anything but a ``PidFd``, a ``Popen`` with
+    a pidfd or a ``Scope``, :class:`~pyclone3.PidfdUnavailableError` for a
+    ``Popen`` without one, ``ValueError`` for a closed ``PidFd``, all
+    before waiting.
     """
-    return ExitStream(children, timeout)
+    given = children if isinstance(children, (list, tuple)) else list(children)
+    if any(isinstance(c, Scope) for c in given):
+        return ScopeExitStream(given, timeout)
+    return ExitStream(given, timeout)
 
 
-def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[WaitStatus]:
+@overload
+def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[WaitStatus]: ...
+@overload
+def wait_all(children: Iterable[Job], timeout: float | None = None) -> list[WaitStatus | None]: ...
+def wait_all(
+    children: Iterable[Job], timeout: float | None = None
+) -> list[WaitStatus] | list[WaitStatus | None]:
     """Wait for every child to exit; return their statuses in the order given.
 
     Only the last exit has to be noticed at once, so the wait sleeps on one
@@ -331,14 +473,35 @@ def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[Wa
     :class:`WaitAllTimeout`, whose ``done`` and ``pending`` say who had
     finished by then. Arguments are checked as :func:`iter_exits` checks
     them, before any wait.
+
+    A :class:`~pyclone3.Scope` among them is waited for until it is empty,
+    as a child is, by sleeping in ``poll(2)`` for ``POLLPRI`` on its
+    ``cgroup.events``; its status is ``None``. ``wait_all([child, scope])``
+    waits for a child of yours and the scope it was born into in one
+    sleep (the scope, given last, empties only once the child has exited)
+    and reaps the child.
     """
     as_given, given = _unique(children)
     when = deadline(timeout)
-    states = [state_of_child(c) for c in given]
+    states = [_state_or_scope(c) for c in given]
     sweep = Sweep(states)
     statuses = sweep.statuses
+    watched: dict[int, ScopeEvents] = {}  # scope index -> its cgroup.events
+    emptied: set[int] = set()
+
+    def timed_out() -> WaitAllTimeout:
+        emptied.update(i for i, events in watched.items() if not events.populated)
+        return _timeout(timeout, given, statuses, emptied)
+
     try:
         for i, state in enumerate(states):
+            if state is None:
+                events = _events_of(given[i])
+                if events is None:
+                    emptied.add(i)
+                else:
+                    watched[i] = events
+                continue
             status = state.status
             if status is not None:
                 statuses[i] = status
@@ -350,13 +513,21 @@ def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[Wa
         cap_ms = int(CATCH_UP_S * 1000)
         i = len(given) - 1
         while True:
-            while i >= 0 and statuses[i] is not None:
+            while i >= 0 and (statuses[i] is not None or i in emptied):
                 i -= 1
             if i < 0:
                 break
             state = states[i]
             if when is not None and time.monotonic() >= when:
-                raise _timeout(timeout, given, statuses)
+                raise timed_out()
+            if state is None:
+                events = watched[i]
+                if not events.populated:  # the read re-arms POLLPRI for the poll below
+                    emptied.add(i)
+                else:
+                    poll_fd(events.fileno(), select.POLLPRI, when, cap_ms)
+                    sweep()  # reap every child that has exited meanwhile
+                continue
             if sweep.watching(i):
                 try:
                     ready = poll_fd(sweep.held[i], select.POLLIN, when, cap_ms, state.wake_fd())
@@ -372,19 +543,31 @@ def wait_all(children: Iterable[Child], timeout: float | None = None) -> list[Wa
                 status = state.wait(remaining(when), when)
             except WaitTimeout:
                 sweep()
-                raise _timeout(timeout, given, statuses) from None
+                raise timed_out() from None
             except ValueError:
                 status = closed_status(given[i], state)
             statuses[i] = status
     finally:
         sweep.release_all()
+        for events in watched.values():
+            events.close()
     if len(given) == len(as_given):
-        return statuses  # type: ignore[return-value]  # all set by now
+        return statuses
     by_id = {id(c): s for c, s in zip(given, statuses)}
-    return [by_id[id(c)] for c in as_given]  # type: ignore[misc]
+    return [by_id[id(c)] for c in as_given]
 
 
-def wait_any(children: Iterable[Child], timeout: float | None = None) -> tuple[Child, WaitStatus]:
+@overload
+def wait_any(
+    children: Iterable[Child], timeout: float | None = None
+) -> tuple[Child, WaitStatus]: ...
+@overload
+def wait_any(
+    children: Iterable[Job], timeout: float | None = None
+) -> tuple[Job, WaitStatus | None]: ...
+def wait_any(
+    children: Iterable[Job], timeout: float | None = None
+) -> tuple[Child, WaitStatus] | tuple[Job, WaitStatus | None]:
     """Wait for the first child to exit and return ``(child, status)``.
 
     If several are ready at once, the others are reaped too and their
@@ -392,11 +575,12 @@ def wait_any(children: Iterable[Child], timeout: float | None = None) -> tuple[C
     ``returncode``): a later call reports them at once, as does
     :func:`iter_exits`. Each call sets up its watch over all the children
     anew: to take exits one at a time as they come, iterate
-    :func:`iter_exits` instead. Raises :class:`WaitAllTimeout` on timeout,
-    ``ValueError`` for no children.
+    :func:`iter_exits` instead. A :class:`~pyclone3.Scope` among them
+    counts once it is empty, as ``(scope, None)``. Raises
+    :class:`WaitAllTimeout` on timeout, ``ValueError`` for no children.
     """
     given = list(children)
     if not given:
         raise ValueError("wait_any() needs at least one child")
-    with ExitStream(given, timeout) as exits:
+    with iter_exits(given, timeout) as exits:
         return next(exits)

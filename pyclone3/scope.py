@@ -33,19 +33,30 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import re
-import select
 import signal
 import threading
 
+from ._cgroup import (
+    O_DIR,
+    ScopeEvents,
+    check_cpu_max,
+    check_memory_max,
+    check_name,
+    check_pids_max,
+    is_frozen,
+    is_populated,
+    remove_below,
+)
 from ._clone3 import lib
 from ._signals import signal_or_kill
-from ._waiting import deadline, poll_fd, remaining
+from ._waiting import deadline, remaining
 from .pidfd import PidFd
 
 # typing is not imported at run time (see pyclone3/__init__.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import pyclone3
 
     from .clone_options import StrOrBytesPath
@@ -53,6 +64,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ControllerNotEnabledError",
     "Scope",
+    "ScopeEvents",
     "ScopeTimeout",
     "own_cgroup",
 ]
@@ -67,12 +79,6 @@ FREEZE_FILE = "cgroup.freeze"
 FREEZE_TIMEOUT_S = 5.0
 #: Signalling rounds without a freezer (each round catches what forked meanwhile).
 UNFROZEN_ROUNDS = 50
-
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_MEMORY = re.compile(r"(\d+)([KMGT]?)", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-_CPU_PERIOD_US = 100_000
-_LIMIT_MAX = 2**63 - 1
 
 
 class ControllerNotEnabledError(OSError):
@@ -125,69 +131,6 @@ def own_cgroup() -> str:
     return mount + path.rstrip("/") if path != "/" else mount
 
 
-def _check_name(name: object) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, not {type(name).__name__}")
-    if not name or name in (".", "..") or "/" in name or "\0" in name or "\n" in name:
-        raise ValueError(f"name must be one path component (no '/', NUL or newline), not {name!r}")
-    return name
-
-
-def _check_pids_max(value: object) -> bytes:
-    if value == "max":
-        return b"max"
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"pids_max must be an int or 'max', not {type(value).__name__}")
-    if not 0 <= value <= _LIMIT_MAX:
-        raise ValueError(f"pids_max must be 0..{_LIMIT_MAX} or 'max', got {value}")
-    return str(value).encode()
-
-
-def _check_memory_max(value: object) -> bytes:
-    """Bytes as an int, or a str: ``'max'``, or digits with an optional K, M, G, T (1024s)."""
-    if value == "max":
-        return b"max"
-    if isinstance(value, str):
-        match = _MEMORY.fullmatch(value.strip())
-        if match is None:
-            raise ValueError(
-                f"memory_max must be bytes, 'max' or a size like '512M' (K, M, G, T), "
-                f"not {value!r}"
-            )
-        value = int(match[1]) * _UNITS[match[2].upper()]
-    elif isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"memory_max must be an int, a size str or 'max', not {type(value).__name__}"
-        )
-    if not 0 <= value <= _LIMIT_MAX:
-        raise ValueError(f"memory_max must be 0..{_LIMIT_MAX} bytes or 'max', got {value}")
-    return str(value).encode()
-
-
-def _check_cpu_max(value: object) -> bytes:
-    """CPUs as a number (``0.5``: half of one CPU, in 100 ms periods), or ``'max'``."""
-    if value == "max":
-        return b"max"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"cpu_max must be a number of CPUs or 'max', not {type(value).__name__}")
-    quota = value * _CPU_PERIOD_US
-    # The kernel takes a quota of at least 1 ms (and refuses NaN's comparison here too).
-    if not 1000 <= quota <= _LIMIT_MAX:
-        raise ValueError(f"cpu_max must be at least 0.01 CPUs, or 'max', got {value!r}")
-    return f"{round(quota)} {_CPU_PERIOD_US}".encode()
-
-
-def _populated(events: bytes) -> bool:
-    for line in events.splitlines():
-        if line.startswith(b"populated "):
-            return line != b"populated 0"
-    return True  # no such line: never seen, so never say "empty" on it
-
-
-def _frozen(events: bytes) -> bool:
-    return b"\nfrozen 1" in b"\n" + events
-
-
 class Scope:
     """A fresh cgroup for a child and all it starts: kill it, wait for it, limit it.
 
@@ -227,11 +170,11 @@ class Scope:
         if parent is not None and not isinstance(parent, (str, bytes, os.PathLike)):
             raise TypeError(f"parent must be a path or None, not {type(parent).__name__}")
         if name is not None:
-            name = _check_name(name)
+            name = check_name(name)
         limits = self._checked_limits(pids_max, memory_max, cpu_max)
         self._lock = threading.Lock()
         self.parent = os.fsdecode(parent) if parent is not None else own_cgroup()
-        parent_fd = os.open(self.parent, _O_DIR)
+        parent_fd = os.open(self.parent, O_DIR)
         try:
             if lib.pyclone3_is_cgroup2(parent_fd) != 1:
                 raise ValueError(
@@ -243,7 +186,7 @@ class Scope:
             raise
         self._parent_fd = parent_fd
         try:
-            self._dir_fd = os.open(self.name, _O_DIR, dir_fd=parent_fd)
+            self._dir_fd = os.open(self.name, O_DIR, dir_fd=parent_fd)
             self._write_limits(limits)
         except BaseException:
             self._close_fds(remove=True)
@@ -348,7 +291,17 @@ class Scope:
     @property
     def populated(self) -> bool:
         """Whether the scope (or a cgroup below it) has a live process now."""
-        return _populated(self._read("cgroup.events"))
+        return is_populated(self._read("cgroup.events"))
+
+    def events(self) -> ScopeEvents:
+        """The scope's ``cgroup.events``, open, for a poll set; the caller closes it.
+
+        Its fd turns ready for ``POLLPRI`` when the file changes (the scope
+        turning empty, say); :attr:`ScopeEvents.populated` reads it. How
+        :func:`pyclone3.wait_all` and :func:`pyclone3.iter_exits` wait for a
+        scope next to pidfds. ``ValueError`` once the scope is closed.
+        """
+        return ScopeEvents(self._open("cgroup.events", os.O_RDONLY))
 
     # ---- limits --------------------------------------------------------------------
 
@@ -358,11 +311,11 @@ class Scope:
     ) -> list[tuple[str, str, bytes]]:
         limits = []
         if pids_max is not None:
-            limits.append(("pids", "pids.max", _check_pids_max(pids_max)))
+            limits.append(("pids", "pids.max", check_pids_max(pids_max)))
         if memory_max is not None:
-            limits.append(("memory", "memory.max", _check_memory_max(memory_max)))
+            limits.append(("memory", "memory.max", check_memory_max(memory_max)))
         if cpu_max is not None:
-            limits.append(("cpu", "cpu.max", _check_cpu_max(cpu_max)))
+            limits.append(("cpu", "cpu.max", check_cpu_max(cpu_max)))
         return limits
 
     @classmethod
@@ -496,22 +449,13 @@ class Scope:
             self._write(FREEZE_FILE, b"1")
         except FileNotFoundError:
             return False
-        self._wait_events(_frozen, deadline(FREEZE_TIMEOUT_S))
+        self._wait_events(is_frozen, deadline(FREEZE_TIMEOUT_S))
         return True
 
-    def _wait_events(self, done: object, when: float | None) -> bool:
+    def _wait_events(self, done: Callable[[bytes], bool], when: float | None) -> bool:
         """Sleep in poll(2) on cgroup.events until ``done(contents)``; False at *when*."""
-        fd = self._open("cgroup.events", os.O_RDONLY)
-        try:
-            while True:
-                if done(os.pread(fd, 4096, 0)):  # type: ignore[operator]
-                    return True
-                # The kernel flags a change of cgroup.events with POLLPRI
-                # (and POLLERR) until the file is read again.
-                if not poll_fd(fd, select.POLLPRI, when) and remaining(when) == 0:
-                    return False
-        finally:
-            os.close(fd)
+        with self.events() as events:
+            return events.wait_for(done, when)
 
     def wait(self, timeout: float | None = None) -> None:
         """Return once the scope has no live member; :class:`ScopeTimeout` after *timeout* s.
@@ -519,9 +463,17 @@ class Scope:
         Sleeps in ``poll(2)`` on ``cgroup.events``, which the kernel wakes
         when the last member exits: one wake-up, not a loop. A member that
         exited and was not reaped (a zombie) no longer counts.
+
+        To wait for a child of yours in the scope as well, and reap it, in
+        the same wait: ``pyclone3.wait_all([child, scope])`` (it sleeps on
+        the scope given last, which empties only once the child has exited,
+        then reaps the child at once). To wait for several scopes, or for
+        whichever of some scopes and children ends first, see
+        :func:`pyclone3.wait_all`, :func:`pyclone3.iter_exits` and
+        :func:`pyclone3.wait_any`.
         """
         when = deadline(timeout)
-        if not self._wait_events(lambda events: not _populated(events), when):
+        if not self._wait_events(lambda events: not is_populated(events), when):
             raise ScopeTimeout(self.path, timeout)
 
     # ---- the end -------------------------------------------------------------------
@@ -598,7 +550,7 @@ class Scope:
             if remove:
                 try:
                     if self._dir_fd >= 0:
-                        _remove_below(self._dir_fd)
+                        remove_below(self._dir_fd)
                     os.rmdir(self.name, dir_fd=self._parent_fd)
                 except FileNotFoundError:
                     pass  # removed by someone else
@@ -625,16 +577,3 @@ class Scope:
         with contextlib.suppress(Exception):
             if not self.discard(0.0):
                 self._close_fds(remove=False)  # still populated: the directory stays
-
-
-def _remove_below(dir_fd: int) -> None:
-    """rmdir every cgroup below *dir_fd*, deepest first (a member may have made some)."""
-    with os.scandir(dir_fd) as entries:
-        below = [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)]
-    for name in below:
-        sub = os.open(name, _O_DIR, dir_fd=dir_fd)
-        try:
-            _remove_below(sub)
-        finally:
-            os.close(sub)
-        os.rmdir(name, dir_fd=dir_fd)

@@ -164,14 +164,17 @@ def test_kill_of_200_members() -> None:
 
 
 def _count_polls(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Record each poll(2) a scope's cgroup.events is waited for with."""
+    from pyclone3 import _cgroup
+
     calls: list[float] = []
-    real = scope_module.poll_fd
+    real = _cgroup.poll_fd
 
     def counting(*args: Any) -> int:
         calls.append(time.monotonic())
         return real(*args)  # type: ignore[no-any-return]
 
-    monkeypatch.setattr(scope_module, "poll_fd", counting)
+    monkeypatch.setattr(_cgroup, "poll_fd", counting)
     return calls
 
 
