@@ -210,7 +210,7 @@ def run_option_paths(plan: Plan, opts: CloneOptions, forced: str | None) -> Spaw
                 if forced is not None or exc.errno not in (errno.ENOSYS, errno.EPERM):
                     if exc.errno in _CGROUP_ERRNOS and plan.s.cgroup_fd >= 0:
                         # CLONE_INTO_CGROUP's own refusals: say which cgroup.
-                        cgroup = opts.cgroup if not isinstance(opts.cgroup, int) else None
+                        cgroup = plan.request.cgroup_filename()
                         raise OSError(exc.errno, exc.strerror, cgroup) from None
                     raise
                 break

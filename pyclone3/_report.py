@@ -117,7 +117,9 @@ def child_error(
 
     As this Python's ``subprocess`` names them: the executable for a failed
     exec, the cwd for a failed ``chdir``, and for the other steps before
-    exec the cwd too before 3.13, no filename from 3.13 on. A failed
+    exec the cwd too before 3.13, no filename from 3.13 on. A refused move
+    into the cgroup names *cgroup* (the request's ``display_cgroup``, a
+    scope's path, or ``cgroup=`` as given if a path). A failed
     sandbox step (*sandbox*: the spawn's
     :class:`~pyclone3.sandbox.SandboxOptions`) raises an ``OSError`` naming it.
     """
@@ -134,7 +136,7 @@ def child_error(
     if step == lib.SPAWN_ERR_EXEC:
         filename = executable
     elif step == lib.SPAWN_ERR_CGROUP:
-        filename = cgroup if not isinstance(cgroup, int) else None
+        filename = cgroup if not isinstance(cgroup, int) else None  # an fd names nothing
     elif step == lib.SPAWN_ERR_CHDIR or (step == lib.SPAWN_ERR_NOEXEC and _CWD_FOR_ANY_STEP):
         filename = cwd
     else:

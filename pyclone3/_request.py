@@ -67,6 +67,10 @@ class SpawnRequest:
     pdeathsig: int = 0
     #: Linux clone options, or None.
     options: CloneOptions | None = None
+    #: The filename a refused move into the cgroup names, when *options*
+    #: give the cgroup as an fd (a :class:`~pyclone3.Scope`'s path); else
+    #: ``options.cgroup`` is named if it is a path.
+    display_cgroup: str | None = None
     #: What the child sets on itself before exec (rlimits, seccomp, ...), or None.
     sandbox: SandboxOptions | None = None
     #: False while every option the plan checks one by one (those of
@@ -85,6 +89,14 @@ class SpawnRequest:
             setattr(self, name, value)
         if options:
             self.customized = True
+
+    def cgroup_filename(self) -> Any:
+        """What an error about the child's cgroup names: :attr:`display_cgroup`,
+        else ``cgroup=`` if it was given as a path, else ``None``."""
+        if self.display_cgroup is not None:
+            return self.display_cgroup
+        cgroup = self.options.cgroup if self.options is not None else None
+        return None if isinstance(cgroup, int) else cgroup
 
     def set_process_options(
         self,

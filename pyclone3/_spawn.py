@@ -88,7 +88,7 @@ def start(
     except ChildFailed as failed:
         if on_failed is not None:  # Popen records the failed child's pid and status
             on_failed(failed.pid, failed.returncode)
-        cgroup = opts.cgroup if opts is not None else None
+        cgroup = request.cgroup_filename()
         raise child_error(
             failed.step,
             failed.err,
@@ -214,6 +214,7 @@ def spawn(
                 "object to hold a scope it would make: make one with pyclone3.Scope())"
             )
         options = options_with_cgroup(options, scope.fileno())
+        request.display_cgroup = scope.path
     if options is not None:
         request.options = options
     sandbox = sandbox_if_any(

@@ -332,6 +332,7 @@ class CommandExt:
                 raise
             self._pyclone3_scope = made
             self._pyclone3_owns_scope = scope is True
+            request.display_cgroup = made.path
 
     def _get_handles(self, stdin: Any, stdout: Any, stderr: Any) -> tuple[int, ...]:
         # Nothing redirected, the common spawn: no fd to make and none to

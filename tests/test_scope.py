@@ -326,6 +326,29 @@ def test_an_undelegated_cgroup_is_a_clear_permission_error() -> None:
         assert child.wait(30).returncode == 0
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make a scope nobody may not enter")
+@pytest.mark.parametrize("how", ["spawn", "Popen"])
+def test_a_refused_spawn_into_a_scope_names_its_path(how: str) -> None:
+    """CLONE_INTO_CGROUP takes the scope as an fd; the error still names the directory."""
+    with Scope() as scope:
+
+        def body() -> int:
+            become_nobody()  # may not write the root-owned scope's cgroup.procs
+            try:
+                if how == "spawn":
+                    reap(pyclone3.spawn(["/bin/true"], scope=scope))
+                else:
+                    pyclone3.Popen(["/bin/true"], scope=scope).wait()
+            except PermissionError as exc:
+                return 0 if exc.filename == scope.path else 2
+            return 1
+
+        child = fork_child(body)
+        with child:
+            assert child.wait(30).returncode == 0
+        assert scope.members() == []
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to delegate a cgroup")
 def test_unprivileged_scopes_in_a_delegated_cgroup() -> None:
     """As a login manager delegates a user's cgroup: chowned, and the user moved into it."""
