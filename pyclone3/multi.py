@@ -66,7 +66,8 @@ class HasPidFd(Protocol):
 
 #: A child, as the functions here take it (a PidFd, or a Popen with a pidfd).
 Child = Union[PidFd, HasPidFd]
-#: What the functions here wait on: a child, or a :class:`~pyclone3.Scope` (status ``None``).
+#: A child or a :class:`~pyclone3.Scope`, as the functions here take them
+#: (a scope's status is None).
 Job = Union[PidFd, HasPidFd, Scope]
 
 _STALLED_MAX_S = 0.05
@@ -431,8 +432,8 @@ def iter_exits(
     A :class:`~pyclone3.Scope` among them is reported as ``(scope, None)``
     once it is empty: its ``cgroup.events`` is watched for ``POLLPRI`` in
     the same ``epoll`` set as the pidfds. Given one, the iterator is a
-    :class:`ScopeExitStream` (typed for ``None`` statuses), else an
-    :class:`ExitStream`.
+    :class:`~pyclone3.multi.ScopeExitStream` (typed for ``None``
+    statuses), else an :class:`~pyclone3.multi.ExitStream`.
 
     Raises ``TypeError`` for anything but a ``PidFd``, a ``Popen`` with
     a pidfd or a ``Scope``, :class:`~pyclone3.PidfdUnavailableError` for a

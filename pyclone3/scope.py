@@ -297,7 +297,9 @@ class Scope:
         """The scope's ``cgroup.events``, open, for a poll set; the caller closes it.
 
         Its fd turns ready for ``POLLPRI`` when the file changes (the scope
-        turning empty, say); :attr:`ScopeEvents.populated` reads it. How
+        turning empty, say);
+        :attr:`ScopeEvents.populated <pyclone3.scope.ScopeEvents.populated>`
+        reads it. How
         :func:`pyclone3.wait_all` and :func:`pyclone3.iter_exits` wait for a
         scope next to pidfds. ``ValueError`` once the scope is closed.
         """
