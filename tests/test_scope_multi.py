@@ -16,7 +16,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import SCOPE_REASON, open_fds, zombies
+from conftest import SCOPE_REASON, needs_threads, open_fds, zombies
 
 import pyclone3
 from pyclone3 import Popen, Scope, WaitAllTimeout, aio, iter_exits, wait_all, wait_any
@@ -248,6 +248,7 @@ def test_anything_else_is_still_refused_before_waiting() -> None:
         asyncio.run(aio.wait_exit(scope))  # type: ignore[arg-type]
 
 
+@needs_threads
 @pytest.mark.parametrize("how", ["wait_all", "iter_exits"])
 def test_a_change_that_leaves_members_is_not_an_end(how: str) -> None:
     """Freezing the scope changes cgroup.events (POLLPRI) but leaves it populated."""
