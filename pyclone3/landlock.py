@@ -12,9 +12,11 @@ with no_new_privs (``no_new_privs=True``) or ``CAP_SYS_ADMIN``.
 *ro* paths (and everything beneath them) may be read and executed; *rw*
 paths may also be written, created in and removed from; any other path may
 not be opened at all. With ``ro=None`` reading is not restricted: only the
-writing rights are handled. *bind_tcp* and *connect_tcp* (Landlock ABI 4,
-Linux 6.7) list the TCP ports the child may bind and connect to; ``None``
-leaves that unrestricted.
+writing rights are handled; with ``rw=None`` too, the filesystem is not
+restricted at all (a ruleset of ports only). *bind_tcp* and *connect_tcp*
+(Landlock ABI 4, Linux 6.7) list the TCP ports the child may ``bind`` and
+``connect`` to: any other port fails with ``EACCES``; ``None`` leaves that
+unrestricted. Only TCP is covered: UDP and other sockets are not.
 
 Landlock grew in ABI versions (:func:`abi_version`, also
 ``features().landlock_abi``): each handles more rights. A ruleset handles
@@ -114,7 +116,7 @@ class Landlock(Frozen):
     __match_args__ = ("ro", "rw", "bind_tcp", "connect_tcp", "strict")
 
     ro: tuple[bytes, ...] | None
-    rw: tuple[bytes, ...]
+    rw: tuple[bytes, ...] | None
     bind_tcp: tuple[int, ...] | None
     connect_tcp: tuple[int, ...] | None
     strict: bool
@@ -122,7 +124,7 @@ class Landlock(Frozen):
     def __init__(
         self,
         ro: Iterable[StrOrBytesPath] | None = (),
-        rw: Iterable[StrOrBytesPath] = (),
+        rw: Iterable[StrOrBytesPath] | None = (),
         *,
         bind_tcp: Iterable[int] | None = None,
         connect_tcp: Iterable[int] | None = None,
@@ -130,11 +132,16 @@ class Landlock(Frozen):
     ) -> None:
         if not isinstance(strict, bool):
             raise TypeError(f"strict must be a bool, not {type(strict).__name__}")
+        if rw is None and ro is not None:
+            raise ValueError("rw=None (writing unrestricted) needs ro=None: ro restricts all")
+        bind, connect = _ports(bind_tcp, "bind_tcp"), _ports(connect_tcp, "connect_tcp")
+        if rw is None and bind is None and connect is None:
+            raise ValueError("this Landlock restricts nothing: give rw, ro or TCP ports")
         set_ = object.__setattr__
         set_(self, "ro", _paths(ro, "ro"))
-        set_(self, "rw", _paths(rw, "rw") or ())
-        set_(self, "bind_tcp", _ports(bind_tcp, "bind_tcp"))
-        set_(self, "connect_tcp", _ports(connect_tcp, "connect_tcp"))
+        set_(self, "rw", _paths(rw, "rw"))
+        set_(self, "bind_tcp", bind)
+        set_(self, "connect_tcp", connect)
         set_(self, "strict", strict)
 
     def ruleset_fd(self) -> int:
@@ -157,11 +164,15 @@ class Landlock(Frozen):
                 return -1
         every = _fs_rights(abi)
         handled = every if self.ro is not None else every & ~_READ
+        if self.rw is None:  # ports only
+            handled = 0
         net = 0
         if abi >= _NET_ABI:
             net = (_BIND_TCP if self.bind_tcp is not None else 0) | (
                 _CONNECT_TCP if self.connect_tcp is not None else 0
             )
+        if not handled and not net:  # ports only, and no ABI 4: nothing to restrict
+            return -1
         # The attribute's size tells the kernel which fields there are.
         attr = struct.pack("=QQ", handled, net) if net else struct.pack("=Q", handled)
         fd = lib.sys_landlock_create_ruleset(attr, len(attr), 0)
@@ -169,7 +180,7 @@ class Landlock(Frozen):
             err = ffi.errno
             raise OSError(err, f"landlock_create_ruleset: {os.strerror(err)}")
         try:
-            for paths, rights in ((self.ro or (), _READ), (self.rw, every)):
+            for paths, rights in ((self.ro or (), _READ), (self.rw or (), every)):
                 for path in paths:
                     self._add_path(fd, path, rights & handled)
             if net:

@@ -50,6 +50,8 @@ SANDBOX_DEFAULTS = {
     "deny_syscall": None,
     "landlock_ro": None,
     "landlock_rw": None,
+    "landlock_bind": None,
+    "landlock_connect": None,
 }
 
 

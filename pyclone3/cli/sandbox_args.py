@@ -110,6 +110,13 @@ def _deny(value: str) -> tuple[str, int | str]:
     return name, number
 
 
+def _port(value: str) -> int:
+    """A TCP port, 0..65535."""
+    if not value.isdigit() or int(value) > 65535:
+        raise argparse.ArgumentTypeError(f"not a TCP port: {value!r} (0..65535)")
+    return int(value)
+
+
 def add_sandbox_arguments(parser: argparse.ArgumentParser) -> None:
     """The sandbox group of ``pyclone3 run``."""
     group = parser.add_argument_group(
@@ -167,6 +174,20 @@ def add_sandbox_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="Landlock: CMD may write only beneath these paths",
     )
+    add(
+        "--landlock-bind",
+        type=_port,
+        action="append",
+        metavar="PORT",
+        help="Landlock: CMD may bind only these TCP ports (Linux 6.7, Landlock ABI 4)",
+    )
+    add(
+        "--landlock-connect",
+        type=_port,
+        action="append",
+        metavar="PORT",
+        help="Landlock: CMD may connect only to these TCP ports (Linux 6.7, Landlock ABI 4)",
+    )
 
 
 def sandbox_keywords(args: Args) -> dict[str, Any]:
@@ -192,10 +213,17 @@ def sandbox_keywords(args: Args) -> dict[str, Any]:
 
         keywords["seccomp"] = deny(dict(args.deny_syscall))
         nnp = True
-    if args.landlock_ro or args.landlock_rw:
+    paths = args.landlock_ro or args.landlock_rw
+    if paths or args.landlock_bind or args.landlock_connect:
         from ..landlock import Landlock
 
-        keywords["landlock"] = Landlock(ro=args.landlock_ro, rw=args.landlock_rw or ())
+        # Ports alone leave the filesystem alone; a path restricts writing everywhere else.
+        keywords["landlock"] = Landlock(
+            ro=args.landlock_ro,
+            rw=(args.landlock_rw or ()) if paths else None,
+            bind_tcp=args.landlock_bind,
+            connect_tcp=args.landlock_connect,
+        )
         nnp = True
     if nnp:
         keywords["no_new_privs"] = True
