@@ -253,6 +253,7 @@ extern char **environ;
 #define SPAWN_ERR_NO_NEW_PRIVS 14  /* PR_SET_NO_NEW_PRIVS */
 #define SPAWN_ERR_LANDLOCK 15      /* landlock_restrict_self */
 #define SPAWN_ERR_SECCOMP 16       /* seccomp(SECCOMP_SET_MODE_FILTER) */
+#define SPAWN_ERR_AMBIENT 17       /* PR_CAP_AMBIENT_RAISE: detail = the capability */
 #define SPAWN_ERR_DETAIL_SHIFT 8
 
 #define SPAWN_CLONE3 0       /* clone3(CLONE_VM|CLONE_VFORK|CLONE_PIDFD) */
@@ -281,8 +282,11 @@ struct pyclone3_sandbox {
     const unsigned long *cpu_mask;
     size_t cpu_mask_size;        /* bytes; 0: leave the affinity */
     int drop_caps;               /* 1: drop cap_drop from the bounding and
-                                    inheritable sets, clear the ambient set */
+                                    inheritable sets, clear the ambient set
+                                    (so does a cap_ambient) */
     uint64_t cap_drop;           /* one bit per capability number */
+    uint64_t cap_ambient;        /* raised in the ambient set after the id
+                                    change, kept through it by KEEPCAPS */
     int no_new_privs;
     int landlock_fd;             /* >= 0: a ruleset to restrict ourselves with */
     const void *seccomp_filter;  /* struct sock_filter[seccomp_len] */

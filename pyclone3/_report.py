@@ -64,6 +64,7 @@ STEPS = frozenset(
         lib.SPAWN_ERR_NO_NEW_PRIVS,
         lib.SPAWN_ERR_LANDLOCK,
         lib.SPAWN_ERR_SECCOMP,
+        lib.SPAWN_ERR_AMBIENT,
     }
 )
 #: The bits of a step that name it; the sandbox steps carry a detail above
@@ -123,7 +124,7 @@ def child_error(
     sandbox step (*sandbox*: the spawn's
     :class:`~pyclone3.sandbox.SandboxOptions`) raises an ``OSError`` naming it.
     """
-    if step > _STEP_MASK or lib.SPAWN_ERR_RLIMIT <= step <= lib.SPAWN_ERR_SECCOMP:
+    if step > _STEP_MASK or lib.SPAWN_ERR_RLIMIT <= step <= lib.SPAWN_ERR_AMBIENT:
         from ._sandbox_plan import sandbox_error
 
         return sandbox_error(step, err, sandbox)

@@ -14,8 +14,10 @@
  *   before the id change (uid, gid, groups): rlimits, nice, oom_score_adj,
  *       CPU affinity, capabilities; each may need a privilege the id change
  *       gives up;
- *   after it and pdeathsig: no_new_privs, then Landlock (which needs
- *       no_new_privs or CAP_SYS_ADMIN);
+ *   after it and pdeathsig: the ambient capabilities (a change to a
+ *       non-root uid clears the ambient set, whatever KEEPCAPS says), then
+ *       no_new_privs, then Landlock (which needs no_new_privs or
+ *       CAP_SYS_ADMIN);
  *   after close_fds, right before execve: the seccomp filter, so that it
  *       need allow only execve, write and exit_group, not our setup.
  */
@@ -36,12 +38,19 @@
 #ifndef PR_CAP_AMBIENT
 # define PR_CAP_AMBIENT 47                   /* Linux 4.3 */
 #endif
+#ifndef PR_CAP_AMBIENT_RAISE
+# define PR_CAP_AMBIENT_RAISE 2
+#endif
 #ifndef PR_CAP_AMBIENT_CLEAR_ALL
 # define PR_CAP_AMBIENT_CLEAR_ALL 4
+#endif
+#ifndef PR_SET_KEEPCAPS
+# define PR_SET_KEEPCAPS 8
 #endif
 #define CHILD_SECCOMP_SET_MODE_FILTER 1
 #define CHILD_CAP_VERSION_3 0x20080522
 #define CHILD_CAPS_DETAIL 255               /* capset or the ambient set */
+#define CHILD_KEEPCAPS_DETAIL 254           /* PR_SET_KEEPCAPS */
 
 /* The kernel's struct sock_fprog and capget/capset structs, declared here
  * so as not to pull <linux/filter.h> and <linux/capability.h> in. */
@@ -63,15 +72,19 @@ struct child_cap_data {
     pyclone3_child_fail((s), (step) | ((detail) << SPAWN_ERR_DETAIL_SHIFT), errno)
 
 /* Drop the capabilities in sb->cap_drop from the bounding and inheritable
- * sets and clear the ambient set: after exec, a root child holds only what
- * is left in the bounding set, and a non-root one only what its file
- * capabilities give within it. A capability already out of the bounding
- * set is skipped, as dropping it again would need CAP_SETPCAP. */
-static void child_drop_caps(struct pyclone3_spawn *s, const struct pyclone3_sandbox *sb)
+ * sets, put those of sb->cap_ambient in the inheritable set (the ambient
+ * set takes only what is permitted and inheritable) and clear the ambient
+ * set: after exec, a root child holds only what is left in the bounding
+ * set, and a non-root one only the ambient capabilities raised after the
+ * id change, and what its file capabilities give within the bounding set.
+ * A capability already out of the bounding set is skipped, as dropping it
+ * again would need CAP_SETPCAP. */
+static void child_set_caps(struct pyclone3_spawn *s, const struct pyclone3_sandbox *sb)
 {
     struct child_cap_header header = {CHILD_CAP_VERSION_3, 0};
     struct child_cap_data data[2];
-    int cap;
+    uint32_t inheritable[2];
+    int cap, i;
 
     for (cap = 0; cap < 64; cap++) {
         long in_set;
@@ -83,17 +96,25 @@ static void child_drop_caps(struct pyclone3_spawn *s, const struct pyclone3_sand
     }
     if (syscall(SYS_capget, &header, data) < 0)
         FAIL(s, SPAWN_ERR_CAPS, CHILD_CAPS_DETAIL);
-    if ((data[0].inheritable & (uint32_t)sb->cap_drop) ||
-        (data[1].inheritable & (uint32_t)(sb->cap_drop >> 32))) {
-        data[0].inheritable &= ~(uint32_t)sb->cap_drop;
-        data[1].inheritable &= ~(uint32_t)(sb->cap_drop >> 32);
+    for (i = 0; i < 2; i++)
+        inheritable[i] = (data[i].inheritable & ~(uint32_t)(sb->cap_drop >> (32 * i))) |
+                         (uint32_t)(sb->cap_ambient >> (32 * i));
+    if (inheritable[0] != data[0].inheritable || inheritable[1] != data[1].inheritable) {
+        data[0].inheritable = inheritable[0];
+        data[1].inheritable = inheritable[1];
         if (syscall(SYS_capset, &header, data) < 0)
             FAIL(s, SPAWN_ERR_CAPS, CHILD_CAPS_DETAIL);
     }
-    /* EINVAL: a kernel before 4.3, which has no ambient set to clear. */
+    /* EINVAL: a kernel before 4.3, which has no ambient set to clear (and
+     * none to raise in: that fails with the raise, after the id change). */
     if (syscall(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 &&
         errno != EINVAL)
         FAIL(s, SPAWN_ERR_CAPS, CHILD_CAPS_DETAIL);
+    /* Leaving uid 0 empties the permitted set unless KEEPCAPS is set, and
+     * the raise needs them permitted. exec clears KEEPCAPS again. */
+    if (sb->cap_ambient && s->uid >= 0 &&
+        syscall(SYS_prctl, PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0)
+        FAIL(s, SPAWN_ERR_CAPS, CHILD_KEEPCAPS_DETAIL);
 }
 
 void pyclone3_sandbox_before_ids(struct pyclone3_spawn *s)
@@ -128,14 +149,20 @@ void pyclone3_sandbox_before_ids(struct pyclone3_spawn *s)
     if (sb->cpu_mask_size > 0 &&
         syscall(SYS_sched_setaffinity, 0, sb->cpu_mask_size, sb->cpu_mask) < 0)
         FAIL(s, SPAWN_ERR_AFFINITY, 0);
-    if (sb->drop_caps)
-        child_drop_caps(s, sb);
+    if (sb->drop_caps || sb->cap_ambient)
+        child_set_caps(s, sb);
 }
 
 void pyclone3_sandbox_after_ids(struct pyclone3_spawn *s)
 {
     const struct pyclone3_sandbox *sb = s->sandbox;
+    int cap;
 
+    for (cap = 0; cap < 64 && sb->cap_ambient; cap++) {
+        if ((sb->cap_ambient & ((uint64_t)1 << cap)) &&
+            syscall(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0)
+            FAIL(s, SPAWN_ERR_AMBIENT, cap);
+    }
     if (sb->no_new_privs && syscall(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
         FAIL(s, SPAWN_ERR_NO_NEW_PRIVS, 0);
     if (sb->landlock_fd >= 0 && syscall(SYS_landlock_restrict_self, sb->landlock_fd, 0) < 0)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import errno
 import os
 
+from ._capabilities import CAPABILITIES, cap_last_cap
 from ._clone3 import ffi, lib
-from .sandbox import CAPABILITIES, RLIM_INFINITY, SandboxOptions, cap_last_cap, rlimit_name
+from .sandbox import RLIM_INFINITY, SandboxOptions, rlimit_name
 
 # typing is not imported at run time (see pyclone3/__init__.py).
 TYPE_CHECKING = False
@@ -33,9 +34,11 @@ SANDBOX_STEPS = frozenset(
         lib.SPAWN_ERR_NO_NEW_PRIVS,
         lib.SPAWN_ERR_LANDLOCK,
         lib.SPAWN_ERR_SECCOMP,
+        lib.SPAWN_ERR_AMBIENT,
     }
 )
 _LONG_BITS = ffi.sizeof("unsigned long") * 8
+_KEEPCAPS_DETAIL = 254  # CHILD_KEEPCAPS_DETAIL in _sandbox_child.c
 
 
 def sandbox_struct(opts: SandboxOptions, keep: list[Any]) -> tuple[Any, int]:
@@ -73,6 +76,8 @@ def sandbox_struct(opts: SandboxOptions, keep: list[Any]) -> tuple[Any, int]:
         kept = sum(1 << cap for cap in opts.capabilities)
         sb.drop_caps = 1
         sb.cap_drop = every & ~kept
+    if opts.ambient_capabilities:
+        sb.cap_ambient = sum(1 << cap for cap in opts.ambient_capabilities)
     if opts.no_new_privs:
         sb.no_new_privs = 1
     if opts.seccomp is not None:
@@ -118,7 +123,18 @@ def _what(step: int, detail: int, err: int, opts: SandboxOptions | None) -> str:
             return f"dropping {CAPABILITIES[detail]} from the bounding set" + (
                 ": that needs CAP_SETPCAP" if denied else ""
             )
-        return "clearing the inheritable and ambient capabilities"
+        if detail == _KEEPCAPS_DETAIL:
+            return "prctl(PR_SET_KEEPCAPS)"
+        return "setting the inheritable capabilities and clearing the ambient set" + (
+            ": an ambient capability must be one we hold, and in the bounding set"
+            if denied
+            else ""
+        )
+    if step == lib.SPAWN_ERR_AMBIENT:
+        name = CAPABILITIES[detail] if detail < len(CAPABILITIES) else f"capability {detail}"
+        return f"raising {name} in the ambient set" + (
+            ": it must be one we hold, and in the bounding set" if denied else ""
+        )
     if step == lib.SPAWN_ERR_NO_NEW_PRIVS:
         return "prctl(PR_SET_NO_NEW_PRIVS)"
     if step == lib.SPAWN_ERR_LANDLOCK:

@@ -145,6 +145,7 @@ def spawn(
     no_new_privs: bool = False,
     seccomp: bytes | SeccompFilter | None = None,
     landlock: Landlock | None = None,
+    ambient_capabilities: Iterable[int | str] | None = None,
     scope: Scope | None = None,
 ) -> SpawnedChild:
     """Start *args* and return its PID and pidfd: the low-level spawn.
@@ -169,7 +170,8 @@ def spawn(
     two cannot be combined); the caller owns the scope.
 
     The sandbox options (*rlimits*, *nice*, *oom_score_adj*, *cpu_affinity*,
-    *capabilities*, *no_new_privs*, *seccomp*, *landlock*) are set by the
+    *capabilities*, *ambient_capabilities*, *no_new_privs*, *seccomp*,
+    *landlock*) are set by the
     child on itself just before exec, in the order :mod:`pyclone3.sandbox`
     describes, on every spawn path.
 
@@ -218,7 +220,15 @@ def spawn(
     if options is not None:
         request.options = options
     sandbox = sandbox_if_any(
-        rlimits, nice, oom_score_adj, cpu_affinity, capabilities, no_new_privs, seccomp, landlock
+        rlimits,
+        nice,
+        oom_score_adj,
+        cpu_affinity,
+        capabilities,
+        no_new_privs,
+        seccomp,
+        landlock,
+        ambient_capabilities,
     )
     if sandbox is not None:
         request.sandbox = sandbox

@@ -133,8 +133,8 @@ class CommandExt:
         the child is born in new namespaces, in a cgroup, with chosen PIDs,
         ID maps, or inside another process's namespaces: see
         :mod:`pyclone3.clone_options` for each and the rules they obey.
-    *rlimits*, *nice*, *oom_score_adj*, *cpu_affinity*, *capabilities*, *no_new_privs*, \
-    *seccomp*, *landlock*
+    *rlimits*, *nice*, *oom_score_adj*, *cpu_affinity*, *capabilities*, \
+    *ambient_capabilities*, *no_new_privs*, *seccomp*, *landlock*
         what the child sets on itself just before exec, in C, where
         ``preexec_fn`` would run Python: see :mod:`pyclone3.sandbox`.
     *scope*
@@ -216,6 +216,7 @@ class CommandExt:
             no_new_privs: bool = False,
             seccomp: bytes | SeccompFilter | None = None,
             landlock: Landlock | None = None,
+            ambient_capabilities: Iterable[int | str] | None = None,
             scope: Scope | bool | None = None,
             **kwargs: Any,
         ) -> None: ...
@@ -293,6 +294,7 @@ class CommandExt:
         no_new_privs: bool = False,
         seccomp: bytes | SeccompFilter | None = None,
         landlock: Landlock | None = None,
+        ambient_capabilities: Iterable[int | str] | None = None,
         scope: Scope | bool | None = None,
     ) -> None:
         """Check pyclone3's keywords, given to ``__init__``, onto *request* (before any spawn)."""
@@ -316,6 +318,7 @@ class CommandExt:
             no_new_privs,
             seccomp,
             landlock,
+            ambient_capabilities,
         )
         if kill_tree:
             self._pyclone3_kill_tree = True

@@ -88,6 +88,7 @@ if TYPE_CHECKING:
         no_new_privs: bool
         seccomp: bytes | SeccompFilter | None
         landlock: Landlock | None
+        ambient_capabilities: Iterable[int | str] | None
         scope: Scope | bool | None
 
 else:

@@ -20,9 +20,24 @@ the child sets them on itself in C, between clone and exec, where
 *capabilities*
     the capabilities the child may keep, by number or name (``"CAP_KILL"``
     or ``"kill"``): every other one is dropped from its bounding and
-    inheritable sets and its ambient set is cleared, so that a root child
-    holds only these after exec, and a non-root child at most these. An
-    empty set drops them all. Dropping needs ``CAP_SETPCAP``.
+    inheritable sets and its ambient set is cleared. After exec a root
+    child (no *uid*, or ``uid=0``) holds exactly these, those of ours among
+    them, permitted and effective; a child given a non-root *uid* holds
+    only its *ambient_capabilities* (and what a file's capabilities give,
+    within these). An empty set drops them all. Dropping needs
+    ``CAP_SETPCAP``.
+*ambient_capabilities*
+    capabilities raised in the child's ambient set, as ``setpriv
+    --ambient-caps`` and systemd's ``AmbientCapabilities=`` do: a child
+    given a non-root *uid* then holds exactly these, permitted, effective
+    and ambient, after exec, and its own children keep them across their
+    execs (a setuid or file-capability program, or a change of uid, clears
+    the ambient set). The child puts them in its inheritable set, sets
+    ``PR_SET_KEEPCAPS`` before its uid change (which clears the ambient set
+    whatever KEEPCAPS says) and raises them after it. Each must be among
+    *capabilities* when both are given (``ValueError``); each must be one
+    we hold and in our bounding set, else the spawn raises
+    ``PermissionError``. Any other ambient capability is cleared.
 *no_new_privs*
     ``PR_SET_NO_NEW_PRIVS``: exec never grants privileges again (setuid
     bits and file capabilities are ignored). Inherited by every descendant.
@@ -40,10 +55,11 @@ The child takes the steps in this order, each after the setup
 ``subprocess`` does (fds, cwd, umask, signals, session, process group):
 rlimits, nice, oom_score_adj, CPU affinity, capabilities (each may need a
 privilege the next step gives up), then the change of groups, gid and uid,
-``pdeathsig``, then no_new_privs, Landlock, ``close_fds`` and, last, right
-before ``execve``, the seccomp filter (it needs to allow only ``execve``,
-and ``write`` and ``exit_group`` for a failure report, not the setup). With
-*preexec_fn*, it runs after every step but the seccomp filter.
+``pdeathsig``, then the ambient capabilities, no_new_privs, Landlock,
+``close_fds`` and, last, right before ``execve``, the seccomp filter (it
+needs to allow only ``execve``, and ``write`` and ``exit_group`` for a
+failure report, not the setup). With *preexec_fn*, it runs after every
+step but the seccomp filter.
 
 :func:`check_sandbox_options` checks every value in the parent, before any
 syscall, raising ``TypeError`` or ``ValueError``. What depends on privilege
@@ -58,6 +74,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable, Mapping
 
+from ._capabilities import CAPABILITIES, capability_number
 from ._frozen import Frozen
 
 # typing is not imported at run time (see pyclone3/__init__.py).
@@ -81,51 +98,6 @@ __all__ = [
 #: No limit, as the kernel has it (Python's ``resource.RLIM_INFINITY``, -1, is taken too).
 RLIM_INFINITY = 2**64 - 1
 
-#: The capabilities by number, named as ``<linux/capability.h>`` names them.
-CAPABILITIES = (
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_DAC_READ_SEARCH",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_NET_BROADCAST",
-    "CAP_NET_ADMIN",
-    "CAP_NET_RAW",
-    "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER",
-    "CAP_SYS_MODULE",
-    "CAP_SYS_RAWIO",
-    "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT",
-    "CAP_SYS_ADMIN",
-    "CAP_SYS_BOOT",
-    "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME",
-    "CAP_SYS_TTY_CONFIG",
-    "CAP_MKNOD",
-    "CAP_LEASE",
-    "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL",
-    "CAP_SETFCAP",
-    "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN",
-    "CAP_SYSLOG",
-    "CAP_WAKE_ALARM",
-    "CAP_BLOCK_SUSPEND",
-    "CAP_AUDIT_READ",
-    "CAP_PERFMON",
-    "CAP_BPF",
-    "CAP_CHECKPOINT_RESTORE",
-)
-
 _NICE_MIN, _NICE_MAX = -20, 19
 _OOM_MIN, _OOM_MAX = -1000, 1000
 _CPU_MAX = 8192  # the kernel's largest NR_CPUS
@@ -138,7 +110,8 @@ class SandboxOptions(Frozen):
 
     *rlimits* holds ``(resource, soft, hard)`` triples with
     :data:`RLIM_INFINITY` for no limit; *capabilities* is the set kept, or
-    ``None`` to leave them; *seccomp* the filter's bytes. Immutable.
+    ``None`` to leave them; *ambient_capabilities* the set raised;
+    *seccomp* the filter's bytes. Immutable.
     """
 
     __match_args__ = (
@@ -150,6 +123,7 @@ class SandboxOptions(Frozen):
         "no_new_privs",
         "seccomp",
         "landlock",
+        "ambient_capabilities",
     )
 
     rlimits: tuple[tuple[int, int, int], ...] = ()
@@ -160,6 +134,7 @@ class SandboxOptions(Frozen):
     no_new_privs: bool = False
     seccomp: bytes | None = None
     landlock: Landlock | None = None
+    ambient_capabilities: frozenset[int] = frozenset()
 
     def __init__(
         self,
@@ -171,6 +146,7 @@ class SandboxOptions(Frozen):
         no_new_privs: bool = False,
         seccomp: bytes | None = None,
         landlock: Landlock | None = None,
+        ambient_capabilities: frozenset[int] = frozenset(),
     ) -> None:
         set_ = object.__setattr__
         set_(self, "rlimits", rlimits)
@@ -181,6 +157,7 @@ class SandboxOptions(Frozen):
         set_(self, "no_new_privs", no_new_privs)
         set_(self, "seccomp", seccomp)
         set_(self, "landlock", landlock)
+        set_(self, "ambient_capabilities", ambient_capabilities)
 
 
 def _int(value: Any, what: str) -> int:
@@ -255,31 +232,6 @@ def _check_rlimits(rlimits: Any) -> tuple[tuple[int, int, int], ...]:
     return tuple(out.values())
 
 
-def cap_last_cap() -> int:
-    """The highest capability number this kernel knows."""
-    try:
-        with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return len(CAPABILITIES) - 1
-
-
-def capability_number(cap: int | str) -> int:
-    """A capability's number, from the number or the name (``"CAP_KILL"``, ``"kill"``)."""
-    last = cap_last_cap()
-    if isinstance(cap, str):
-        name = cap.upper()
-        name = name if name.startswith("CAP_") else "CAP_" + name
-        if name not in CAPABILITIES:
-            raise ValueError(f"unknown capability {cap!r}")
-        number = CAPABILITIES.index(name)
-    else:
-        number = _int(cap, "a capability")
-    if not 0 <= number <= last:
-        raise ValueError(f"capability {cap!r} is not one this kernel knows (0..{last})")
-    return number
-
-
 def _check_seccomp(value: Any) -> bytes:
     from .seccomp import SeccompFilter
 
@@ -310,6 +262,7 @@ def check_sandbox_options(
     no_new_privs: bool = False,
     seccomp: bytes | SeccompFilter | None = None,
     landlock: Landlock | None = None,
+    ambient_capabilities: Iterable[int | str] | None = None,
 ) -> SandboxOptions:
     """Check the sandbox options (see above) and return them normalized.
 
@@ -339,6 +292,18 @@ def check_sandbox_options(
         if isinstance(capabilities, (str, bytes)) or not isinstance(capabilities, Iterable):
             raise TypeError("capabilities must be an iterable of capability numbers or names")
         caps = frozenset(capability_number(cap) for cap in capabilities)
+    ambient: frozenset[int] = frozenset()
+    if ambient_capabilities is not None:
+        if isinstance(ambient_capabilities, (str, bytes)) or not isinstance(
+            ambient_capabilities, Iterable
+        ):
+            raise TypeError("ambient_capabilities must be an iterable of capabilities")
+        ambient = frozenset(capability_number(cap) for cap in ambient_capabilities)
+        if caps is not None and not ambient <= caps:
+            names = ", ".join(CAPABILITIES[cap] for cap in sorted(ambient - caps))
+            raise ValueError(
+                f"ambient_capabilities {names} must be among capabilities (the bounding set)"
+            )
     if not isinstance(no_new_privs, bool):
         raise TypeError(f"no_new_privs must be a bool, not {type(no_new_privs).__name__}")
     program = _check_seccomp(seccomp) if seccomp is not None else None
@@ -347,7 +312,9 @@ def check_sandbox_options(
 
         if not isinstance(landlock, Landlock):
             raise TypeError(f"landlock must be a Landlock, not {type(landlock).__name__}")
-    return SandboxOptions(limits, nice, oom_score_adj, cpus, caps, no_new_privs, program, landlock)
+    return SandboxOptions(
+        limits, nice, oom_score_adj, cpus, caps, no_new_privs, program, landlock, ambient
+    )
 
 
 def sandbox_if_any(
@@ -359,6 +326,7 @@ def sandbox_if_any(
     no_new_privs: bool = False,
     seccomp: bytes | SeccompFilter | None = None,
     landlock: Landlock | None = None,
+    ambient_capabilities: Iterable[int | str] | None = None,
 ) -> SandboxOptions | None:
     """:func:`check_sandbox_options`, or ``None`` when no option is given (no cost then)."""
     if (
@@ -370,6 +338,7 @@ def sandbox_if_any(
         and no_new_privs is False
         and seccomp is None
         and landlock is None
+        and ambient_capabilities is None
     ):
         return None
     return check_sandbox_options(
@@ -381,4 +350,5 @@ def sandbox_if_any(
         no_new_privs=no_new_privs,
         seccomp=seccomp,
         landlock=landlock,
+        ambient_capabilities=ambient_capabilities,
     )

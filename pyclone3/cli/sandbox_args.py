@@ -199,7 +199,7 @@ def sandbox_keywords(args: Args) -> dict[str, Any]:
         if getattr(args, name) is not None:
             keywords[name] = getattr(args, name)
     if args.cap_drop or args.cap_add:
-        from ..sandbox import cap_last_cap
+        from .._capabilities import cap_last_cap
 
         kept = set(range(cap_last_cap() + 1))
         for dropped in args.cap_drop or ():
