@@ -59,7 +59,12 @@ privilege the next step gives up), then the change of groups, gid and uid,
 ``close_fds`` and, last, right before ``execve``, the seccomp filter (it
 needs to allow only ``execve``, and ``write`` and ``exit_group`` for a
 failure report, not the setup). With *preexec_fn*, it runs after every
-step but the seccomp filter.
+step but the seccomp filter. With the options of
+:mod:`pyclone3.clone_options`, every step runs in the child's new
+namespaces, after its ID maps are written: root of a new user namespace, it
+may drop capabilities and install a filter or a ruleset, but what the
+kernel checks against the initial user namespace (raising a hard limit,
+lowering nice or oom_score_adj) is still refused.
 
 :func:`check_sandbox_options` checks every value in the parent, before any
 syscall, raising ``TypeError`` or ``ValueError``. What depends on privilege
