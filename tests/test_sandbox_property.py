@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import shutil
@@ -55,7 +56,13 @@ attempt("connect", lambda: socket.create_connection(("127.0.0.1", port)).close()
 print(json.dumps(out))
 """
 
-PYTHON = python_for_nobody() if os.geteuid() == 0 else sys.executable
+
+@functools.cache
+def child_python() -> str | None:
+    """The Python the child runs: one nobody may run too, when we are root."""
+    return python_for_nobody() if os.geteuid() == 0 else sys.executable
+
+
 SOME_CAPS = ["CAP_KILL", "CAP_NET_BIND_SERVICE", "CAP_CHOWN", "CAP_SETPCAP", "CAP_SYS_RESOURCE"]
 caps = st.none() | st.frozensets(st.sampled_from(SOME_CAPS))
 deny_errno = st.sampled_from([errno.EROFS, errno.EPERM, errno.ENOSPC, 0, 4096])
@@ -65,7 +72,7 @@ ports = st.sampled_from(["none", "listener", "other", "empty"])
 
 def readable_roots() -> list[str]:
     roots = ["/bin", "/usr", "/lib", "/lib64", "/etc", "/proc", "/dev"]
-    python = os.path.realpath(PYTHON or sys.executable)
+    python = os.path.realpath(child_python() or sys.executable)
     roots += [sys.base_prefix, sys.prefix, os.path.dirname(python)]
     return [p for p in dict.fromkeys(roots) if os.path.exists(p)]
 
@@ -135,7 +142,8 @@ def test_parent_verdict_matches_the_child(
     nnp: bool,
     as_nobody: bool,
 ) -> None:
-    if PYTHON is None:
+    python = child_python()
+    if python is None:
         pytest.skip("no Python here that nobody may run")
     uid = NOBODY if as_nobody and os.geteuid() == 0 else None
     fds = set(os.listdir("/proc/self/fd"))
@@ -173,7 +181,7 @@ def test_parent_verdict_matches_the_child(
                 return  # each constructor's own tests prove spawn refuses the same
             extra = {"user": uid} if uid is not None else {}
             run = pyclone3.run
-            argv = [PYTHON, "-I", "-S", "-c", PROBE, inside, outside, str(port)]
+            argv = [python, "-I", "-S", "-c", PROBE, inside, outside, str(port)]
             if isinstance(verdict, type):
                 with pytest.raises(verdict):
                     run(argv, cwd="/", **extra, **options)  # type: ignore[arg-type]
