@@ -188,7 +188,9 @@ def run_option_paths(plan: Plan, opts: CloneOptions, forced: str | None) -> Spaw
 
     An ``EINVAL`` or ``E2BIG`` from clone3 with a cgroup means no
     ``CLONE_INTO_CGROUP`` (before 5.7): the same path is tried once more with
-    the child joining the cgroup itself.
+    the child joining the cgroup itself. And an ``EINVAL`` where the options
+    are the child's to apply (a cgroup, setns) moves on: the clone call was
+    then a plain spawn's, which the path refused.
     """
     last: OSError | None = None
     for path in _option_paths(opts, forced):
@@ -207,6 +209,15 @@ def run_option_paths(plan: Plan, opts: CloneOptions, forced: str | None) -> Spaw
                 ):
                     plan.s.cgroup_in_child = 1
                     continue
+                if (
+                    exc.errno == errno.EINVAL
+                    and forced is None
+                    and not (opts.needs_clone3 or opts.needs_clone or opts.fork_like)
+                ):
+                    # Options the child applies itself (a cgroup, setns): the
+                    # call was a plain spawn's, so the path is at fault, as
+                    # clone(CLONE_PIDFD) under qemu-user is. The next one, then.
+                    break
                 if forced is not None or exc.errno not in (errno.ENOSYS, errno.EPERM):
                     if exc.errno in _CGROUP_ERRNOS and plan.s.cgroup_fd >= 0:
                         # CLONE_INTO_CGROUP's own refusals: say which cgroup.

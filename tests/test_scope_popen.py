@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import time
 
@@ -52,7 +53,9 @@ def test_terminate_reaches_every_member() -> None:
             p.terminate()
             assert p.wait(10) == -15
             for h in handles:
-                assert h.wait(10).returncode in (-15, None) or not h.is_alive()
+                # Readable once the member has exited; whether this kernel (or
+                # sandbox) can also say how is not what this test is about.
+                assert select.select([h], [], [], 10)[0] == [h], h
         finally:
             for h in handles:
                 h.close()
