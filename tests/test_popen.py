@@ -732,14 +732,14 @@ def test_commandext_keywords_are_spelt_alike_for_type_checkers_and_at_run_time()
     the same order; else a keyword would type-check and then go to
     subprocess (a TypeError), or work and not type-check.
     """
-    import pyclone3.mixins as mixins
+    import pyclone3.mixins.command as command
     import pyclone3.popen as popen
 
-    code = mixins.CommandExt._take_options.__code__
+    code = command.CommandExt._take_options.__code__
     at_run_time = list(code.co_varnames[2 : 2 + code.co_kwonlyargcount])
-    assert set(at_run_time) == mixins._KEYWORDS
+    assert set(at_run_time) == command.KEYWORDS
     stub = _typed_keywords(
-        mixins.__file__,
+        command.__file__,
         lambda n: (
             isinstance(n, ast.FunctionDef)
             and n.name == "__init__"

@@ -1,70 +1,40 @@
-"""The :class:`CommandExt` and :class:`ChildExt` mixins: ``subprocess.Popen`` on pidfds.
+"""The :class:`CommandExt` mixin: a ``subprocess.Popen`` whose child is spawned by pyclone3.
 
-Compose the mixins onto any :class:`subprocess.Popen` subclass, in this
-order, before the base::
-
-    class MyPopen(pyclone3.CommandExt, pyclone3.ChildExt, subprocess.Popen): ...
-
-A class that puts ``subprocess.Popen`` before a mixin raises ``TypeError``
-when it is defined: the mixin's methods would never be reached.
-
-:class:`CommandExt` routes the spawn through pyclone3's core (every child
-gets its pidfd at creation) and adds spawn-time keywords; :class:`ChildExt`
-makes ``wait``, ``poll``, ``send_signal``, ``terminate`` and ``kill`` act on
-the pidfd: no polling loop, no PID race. Everything else is the standard
-library's own ``Popen``. :class:`pyclone3.Popen` is the two composed onto
-``subprocess.Popen`` (:mod:`pyclone3.popen`).
+It routes ``_execute_child`` through pyclone3's spawn core (every child gets
+its pidfd at creation), takes pyclone3's spawn-time keywords, and hands the
+child's state over to :class:`~pyclone3.ChildExt` (:mod:`.shared`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import operator
 import os
-import signal
-import subprocess
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 
-from ._child import ChildState
-from ._clone3 import lib
-from ._paths import SPAWN_PATHS
-from ._request import NO_FDS, SpawnRequest, check_pdeathsig
-from ._signals import signal_or_kill
-from ._spawn import start
-from ._waiting import WaitTimeout, deadline
-from .clone_options import options_if_any, options_with_cgroup
-from .pidfd import PidFd, state_of
-from .sandbox import sandbox_if_any
-from .status import WaitStatus
+from .._clone3 import lib
+from .._paths import SPAWN_PATHS
+from .._request import NO_FDS, SpawnRequest, check_pdeathsig
+from .._spawn import start
+from ..clone_options import options_if_any, options_with_cgroup
+from ..pidfd import state_of
+from ..sandbox import sandbox_if_any
+from .shared import PopenState, check_mixin_order, reap_orphans
 
 # typing is not imported at run time (see pyclone3/__init__.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from .clone_options import IdMap
-    from .landlock import Landlock
-    from .scope import Scope
-    from .seccomp import SeccompFilter
+    from ..clone_options import IdMap
+    from ..landlock import Landlock
+    from ..pidfd import PidFd
+    from ..scope import Scope
+    from ..seccomp import SeccompFilter
 
-__all__ = ["ChildExt", "CommandExt", "PidfdUnavailableError"]
+__all__ = ["KEYWORDS", "CommandExt"]
 
-
-#: Set once waitid(P_PIDFD) was found missing: Popen then reaps as subprocess does.
-_no_waitid_pidfd = False
 _new_request = object.__new__
-#: What waitid(P_PIDFD) answers where it is missing: ENOSYS before Linux 5.3
-#: (or a filter), EINVAL on 5.3, which has pidfds but not P_PIDFD.
-_NO_WAITID_ERRNOS = frozenset({errno.ENOSYS, errno.EINVAL})
-
-
-def _reap_orphans(session: int) -> None:
-    from . import tree  # here, not at the top: only kill_tree=True needs it
-
-    tree.reap_orphans(session)
-
 
 #: How long the reap of a scoped child waits for a killed scope's other
 #: members to be gone (SIGKILLed, they go at once) before leaving it.
@@ -75,7 +45,7 @@ def _scope_arg(scope: object, cgroup: object, kill_tree: bool) -> Scope | None:
     """Check *scope* (``None``/``False``, ``True`` or a Scope); make a Scope for True."""
     if scope is None or scope is False:
         return None
-    from .scope import Scope  # here, not at the top: only scoped spawns need it
+    from ..scope import Scope  # here, not at the top: only scoped spawns need it
 
     if scope is not True and not isinstance(scope, Scope):
         raise TypeError(f"scope must be True, False, None or a Scope, not {type(scope).__name__}")
@@ -92,32 +62,7 @@ def _discard_scope(scope: Scope) -> None:
         scope.discard(KILLED_SCOPE_GRACE_S if scope.killed else 0.0)
 
 
-def _fall_back_to_waitpid() -> None:
-    global _no_waitid_pidfd
-    _no_waitid_pidfd = True
-
-
-#: The standard library's Popen, as it was when we were imported: a program
-#: may later set ``subprocess.Popen = pyclone3.Popen``, and subclass that.
-_STDLIB_POPEN = subprocess.Popen
-
-
-def _check_mixin_order(cls: type, mixin: type) -> None:
-    """Refuse a class whose MRO puts subprocess.Popen before *mixin*: its methods would be dead."""
-    mro = cls.__mro__
-    if _STDLIB_POPEN in mro and mro.index(_STDLIB_POPEN) < mro.index(mixin):
-        raise TypeError(
-            f"{cls.__qualname__}: {mixin.__name__} must come before subprocess.Popen in the "
-            f"bases, as in class {cls.__name__}(CommandExt, ChildExt, subprocess.Popen); "
-            f"after it, subprocess's own methods win and {mixin.__name__} does nothing"
-        )
-
-
-class PidfdUnavailableError(RuntimeError):
-    """The child has no pidfd: spawned with ``create_pidfd=False`` or on the ``vfork`` path."""
-
-
-class CommandExt:
+class CommandExt(PopenState):
     """Spawn-time options for a :class:`subprocess.Popen` subclass.
 
     Keywords added to ``Popen(...)``:
@@ -162,21 +107,9 @@ class CommandExt:
     failures raise the same exceptions.
     """
 
-    pid: int
-    #: The spawn path that made the child (``None`` until one did).
-    spawn_path: str | None = None
-    # Class defaults, so that a plain spawn need not store them.
-    _pidfd: PidFd | None = None
-    _pyclone3_kill_tree = False
-    _pyclone3_state: ChildState | None = None
-    _pyclone3_scope: Scope | None = None
-    _pyclone3_owns_scope = False
-    #: The spawn request __init__ begins and _execute_child completes.
-    _pyclone3_request: SpawnRequest
-
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        _check_mixin_order(cls, CommandExt)
+        check_mixin_order(cls, CommandExt)
 
     _child_created: bool
     if TYPE_CHECKING:  # subprocess.Popen's, which the mixin is composed with
@@ -230,8 +163,8 @@ class CommandExt:
             # every spawn, some 3% of a plain spawn and wait.
             request = self._pyclone3_request = _new_request(SpawnRequest)
             if kwargs:
-                if not _KEYWORDS.isdisjoint(kwargs):
-                    ours = {name: kwargs.pop(name) for name in _KEYWORDS.intersection(kwargs)}
+                if not KEYWORDS.isdisjoint(kwargs):
+                    ours = {name: kwargs.pop(name) for name in KEYWORDS.intersection(kwargs)}
                     self._take_options(request, **ours)
                 for name in ("stdin", "stdout", "stderr"):
                     stream = kwargs.get(name)
@@ -403,7 +336,7 @@ class CommandExt:
             executable = args[0]
         sys.audit("subprocess.Popen", executable, args, cwd, env)
         if self._pyclone3_kill_tree:
-            from . import tree
+            from .. import tree
 
             if not tree.is_child_subreaper():
                 tree.set_child_subreaper(True)
@@ -438,7 +371,7 @@ class CommandExt:
             self._pyclone3_state = state
             if self._pyclone3_kill_tree:  # the tree's orphans are reaped with the child
                 pid = child.pid
-                state.on_exit(lambda _status: _reap_orphans(pid))
+                state.on_exit(lambda _status: reap_orphans(pid))
             self._pidfd = pidfd
         self.spawn_path = child.path
         self._child_created = True
@@ -458,245 +391,8 @@ class CommandExt:
 
 
 #: The keywords CommandExt takes for itself (the rest go to subprocess.Popen).
-_KEYWORDS = frozenset(
+KEYWORDS = frozenset(
     CommandExt._take_options.__code__.co_varnames[
         2 : 2 + CommandExt._take_options.__code__.co_kwonlyargcount
     ]
 )
-
-
-class ChildExt:
-    """Waiting and signalling through the child's pidfd, for a :class:`subprocess.Popen` subclass.
-
-    ``wait(timeout)`` sleeps in ``poll(2)`` on the pidfd (no 50 ms polling
-    loop); ``poll()`` is one ``waitid(P_PIDFD, WNOHANG)``; ``send_signal``,
-    ``terminate`` and ``kill`` use ``pidfd_send_signal``, so they can never
-    reach a process that reused the child's PID. The pidfd owns the child's
-    exit: :attr:`~subprocess.Popen.returncode` reads the status it recorded, whoever observed
-    the exit (this ``Popen``, ``wait_all``, the asyncio reader, another
-    thread), and the pidfd is closed as soon as it is recorded (unless taken
-    with :meth:`take_pidfd`). A ``returncode`` set from outside (asyncio's
-    child watcher does this) is recorded the same way, closing the pidfd.
-    Without a pidfd (``create_pidfd=False``, the ``vfork`` path, or a
-    ``Popen`` not spawned by :class:`CommandExt`), or where
-    ``waitid(P_PIDFD)`` is missing, every method falls back to the standard
-    library's.
-
-    If something else reaps the child behind the ``Popen``'s back (a
-    ``SIGCHLD`` handler, ``os.waitpid(-1)``), the status still comes back
-    right on Linux 6.15+ (``PIDFD_INFO_EXIT``); before, ``returncode`` is 0,
-    as the standard library sets it.
-    """
-
-    pid: int
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        _check_mixin_order(cls, ChildExt)
-
-    args: Any
-
-    # The pidfd's owner writes the returncode here as it records the exit
-    # (ChildState.returncode_sink), with no call between that write and the
-    # status's: whoever finds the exit recorded (or the pidfd closed by its
-    # owner) finds the returncode written. Reading it is a C-level lookup,
-    # as subprocess's plain attribute is, on every spawn.
-    _pyclone3_returncode: int | None = None
-    #: The owner of the child's state, once a pidfd was taken (CommandExt sets it).
-    _pyclone3_state: ChildState | None = None
-
-    def _set_returncode(self, value: int | None) -> None:
-        # Not through self.__dict__: subprocess sets returncode first thing
-        # in __init__, and asking for __dict__ then would make the object
-        # keep a dict for everything it stores after.
-        state: ChildState | None = self._pyclone3_state
-        if state is not None:
-            if value is not None:
-                # Learnt elsewhere (subprocess's own waitpid, a child watcher):
-                # recorded by the pidfd's owner, which closes an owned pidfd and
-                # writes the returncode of the status it keeps (the first).
-                state.settle(WaitStatus.from_returncode(self.pid, value))
-                if self._pyclone3_returncode is not None:
-                    return
-            elif state.status is not None:
-                return  # a recorded exit is not forgotten
-        self._pyclone3_returncode = value
-
-    if TYPE_CHECKING:
-
-        @property
-        def returncode(self) -> int | None: ...
-
-        @returncode.setter
-        def returncode(self, value: int | None) -> None: ...
-
-    else:
-        returncode = property(
-            operator.attrgetter("_pyclone3_returncode"),
-            _set_returncode,
-            doc="The child's exit code (``-N`` for signal N) once known, else ``None``.",
-        )
-
-    @property
-    def pidfd(self) -> PidFd:
-        """The child's pidfd, borrowed (the ``Popen`` closes it once the child is reaped).
-
-        Raises :class:`PidfdUnavailableError` if the child has none.
-        """
-        pidfd: PidFd | None = self.__dict__.get("_pidfd")
-        if pidfd is None:
-            raise PidfdUnavailableError(
-                "this child has no pidfd (create_pidfd=False, or spawned on the 'vfork' path)"
-            )
-        return pidfd
-
-    def take_pidfd(self) -> PidFd:
-        """Take ownership of the pidfd (like Rust's ``into_pidfd``); the ``Popen`` won't close it.
-
-        The ``Popen`` goes on reaping through it while it is open; both see
-        the same :class:`~pyclone3.WaitStatus`.
-        """
-        pidfd = self.pidfd
-        state_of(pidfd).close_on_exit = False
-        return pidfd
-
-    def _pidfd_for_reap(self) -> ChildState | None:
-        """The pidfd's state, unless there is none, it is closed, or waitid(P_PIDFD) is missing."""
-        state: ChildState | None = self._pyclone3_state
-        if state is None or state.closed or _no_waitid_pidfd:
-            return None
-        return state
-
-    def _reap_tree(self) -> None:
-        if self.__dict__.get("_pyclone3_kill_tree"):
-            _reap_orphans(self.pid)
-
-    def kill_tree(self, sig: int = signal.SIGKILL, *, timeout: float = 5.0) -> int:
-        """Signal the child and its whole tree: :func:`pyclone3.tree.kill_tree`.
-
-        Returns how many processes were signalled (0 once the child is
-        reaped). Needs the child's pidfd.
-        """
-        self._internal_poll()
-        if self.returncode is not None:
-            self._reap_tree()
-            return 0
-        from . import tree
-
-        try:
-            return tree.kill_tree(self.pidfd, sig, timeout=timeout)
-        except ValueError:  # the pidfd was closed meanwhile: reaped
-            return 0
-
-    @property
-    def scope(self) -> Scope | None:
-        """The :class:`pyclone3.Scope` the child was born into (``scope=``), else ``None``."""
-        return self.__dict__.get("_pyclone3_scope")
-
-    def _signal_scope(self, sig: int) -> bool:
-        """*sig* to every member of the child's scope; False if it has none (or it is gone)."""
-        made = self.scope
-        if made is None or made.closed:
-            return False
-        try:
-            if sig == signal.SIGKILL:
-                made.kill()
-            else:
-                made.send_signal(sig)
-        except ValueError:  # closed meanwhile: removed, so nothing was left in it
-            pass
-        return True
-
-    def kill(self) -> None:
-        """``SIGKILL`` to the child, or to its whole tree with ``kill_tree=True``, or to
-        its whole scope (``cgroup.kill``) with ``scope=``."""
-        if self._signal_scope(signal.SIGKILL):
-            # The child too, by its pidfd: it may have been moved out by root.
-            self.send_signal(signal.SIGKILL)
-        elif self.__dict__.get("_pyclone3_kill_tree") and self._pidfd_for_reap() is not None:
-            self.kill_tree(signal.SIGKILL)
-        else:
-            self.send_signal(signal.SIGKILL)
-
-    def terminate(self) -> None:
-        """``SIGTERM`` to the child, or to its whole tree with ``kill_tree=True``, or to
-        every member of its scope with ``scope=``."""
-        if self._signal_scope(signal.SIGTERM):
-            pass
-        elif self.__dict__.get("_pyclone3_kill_tree") and self._pidfd_for_reap() is not None:
-            self.kill_tree(signal.SIGTERM)
-        else:
-            self.send_signal(signal.SIGTERM)
-
-    def _internal_poll(
-        self, _deadstate: int | None = None, *args: Any, **kwargs: Any
-    ) -> int | None:
-        code = self.returncode
-        if code is not None:  # every Popen's __del__ comes here once
-            owner: ChildState | None = self._pyclone3_state
-            if owner is not None and not owner.closed and owner.close_on_exit:
-                owner.close()  # a close after the exit that was cut short
-            return code
-        state = self._pidfd_for_reap()
-        if state is None:
-            return super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc, no-any-return]
-        try:
-            state.try_reap()
-        except ChildProcessError:  # reaped elsewhere, and no PIDFD_INFO_EXIT to tell how
-            self.returncode = _deadstate if _deadstate is not None else 0
-        except ValueError:  # closed meanwhile: by the owner, with the exit recorded?
-            if self.returncode is None:
-                return super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc, no-any-return]
-        except OSError as exc:
-            if exc.errno not in _NO_WAITID_ERRNOS:
-                raise
-            _fall_back_to_waitpid()
-            return super()._internal_poll(_deadstate, *args, **kwargs)  # type: ignore[misc, no-any-return]
-        return self.returncode
-
-    def _wait(self, timeout: float | None) -> int | None:
-        code = self.returncode
-        if code is not None:
-            return code
-        state: ChildState | None = self._pyclone3_state
-        if state is None or state.closed or _no_waitid_pidfd:
-            return super()._wait(timeout)  # type: ignore[misc, no-any-return]
-        when = None if timeout is None else deadline(timeout)  # a bad timeout raises here
-        try:
-            if when is None:  # the common wait(): one blocking waitid, the lean way
-                status = state.reap_blocking()
-                if status is not None:
-                    code = self._pyclone3_returncode  # written as the status was recorded
-                    return code if code is not None else status.returncode
-            state.wait(timeout, when)
-        except WaitTimeout:
-            raise subprocess.TimeoutExpired(self.args, timeout or 0.0) from None
-        except ChildProcessError:  # reaped elsewhere, and no PIDFD_INFO_EXIT to tell how
-            self.returncode = 0
-        except ValueError:  # closed meanwhile: by the owner, with the exit recorded?
-            if self.returncode is None:
-                return super()._wait(timeout)  # type: ignore[misc, no-any-return]
-        except OSError as exc:
-            if exc.errno not in _NO_WAITID_ERRNOS:
-                raise
-            _fall_back_to_waitpid()
-            return super()._wait(timeout)  # type: ignore[misc, no-any-return]
-        return self.returncode
-
-    def send_signal(self, sig: int) -> None:
-        """Signal the child through its pidfd; nothing happens once it has been reaped.
-
-        Where ``pidfd_send_signal`` is missing (before Linux 5.1) or refused
-        (a seccomp filter), ``kill(2)`` is used while the pidfd shows the
-        child still running.
-        """
-        pidfd: PidFd | None = self.__dict__.get("_pidfd")
-        if pidfd is None or pidfd.closed:
-            super().send_signal(sig)  # type: ignore[misc]
-            return
-        self._internal_poll()
-        if self.returncode is not None:
-            return
-        # ProcessLookupError: exited, not yet reaped; ValueError: closed meanwhile.
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            signal_or_kill(pidfd, sig)
