@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import errno
 import gc
+import inspect
 import io
 import os
 import pathlib
@@ -736,7 +737,7 @@ def test_commandext_keywords_are_spelt_alike_for_type_checkers_and_at_run_time()
     import pyclone3.popen as popen
 
     code = command.CommandExt._take_options.__code__
-    at_run_time = list(code.co_varnames[2 : 2 + code.co_kwonlyargcount])
+    at_run_time = list(code.co_varnames[1 : 1 + code.co_kwonlyargcount])
     assert set(at_run_time) == command.KEYWORDS
     stub = _typed_keywords(
         command.__file__,
@@ -752,6 +753,9 @@ def test_commandext_keywords_are_spelt_alike_for_type_checkers_and_at_run_time()
     )
     assert stub == at_run_time
     assert options == at_run_time
+    # And what inspect.signature shows for the run-time **kwargs form.
+    shown = inspect.signature(pyclone3.Popen).parameters
+    assert [n for n, p in shown.items() if p.kind is p.KEYWORD_ONLY] == at_run_time
 
 
 def test_a_pyclone3_keyword_with_subprocess_keywords_is_taken_and_checked() -> None:

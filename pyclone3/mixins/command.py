@@ -161,11 +161,11 @@ class CommandExt(PopenState):
             # kwargs only when one is given: binding twenty-one keyword
             # defaults and checking each cost about 4,000 instructions on
             # every spawn, some 3% of a plain spawn and wait.
-            request = self._pyclone3_request = _new_request(SpawnRequest)
+            self._pyclone3_request = _new_request(SpawnRequest)
             if kwargs:
                 if not KEYWORDS.isdisjoint(kwargs):
                     ours = {name: kwargs.pop(name) for name in KEYWORDS.intersection(kwargs)}
-                    self._take_options(request, **ours)
+                    self._take_options(**ours)
                 for name in ("stdin", "stdout", "stderr"):
                     stream = kwargs.get(name)
                     if not (
@@ -205,8 +205,7 @@ class CommandExt(PopenState):
 
     def _take_options(
         self,
-        request: SpawnRequest,
-        *,
+        *args: Any,
         create_pidfd: bool = True,
         spawn_path: str | None = None,
         pdeathsig: int | None = None,
@@ -229,8 +228,16 @@ class CommandExt(PopenState):
         landlock: Landlock | None = None,
         ambient_capabilities: Iterable[int | str] | None = None,
         scope: Scope | bool | None = None,
+        **kwargs: Any,
     ) -> None:
-        """Check pyclone3's keywords, given to ``__init__``, onto *request* (before any spawn)."""
+        """Check pyclone3's keywords, given to ``__init__``, onto the spawn request.
+
+        Shaped as ``__init__`` is seen (*args* and *kwargs*, subprocess's,
+        are never given here), so that it is also what
+        :func:`inspect.signature` shows for ``__init__``, whose run-time
+        form takes only ``*args, **kwargs``.
+        """
+        request = self._pyclone3_request
         if spawn_path is not None:
             if spawn_path not in SPAWN_PATHS:
                 raise ValueError(f"unknown spawn path {spawn_path!r}; choose from {SPAWN_PATHS}")
@@ -393,6 +400,9 @@ class CommandExt(PopenState):
 #: The keywords CommandExt takes for itself (the rest go to subprocess.Popen).
 KEYWORDS = frozenset(
     CommandExt._take_options.__code__.co_varnames[
-        2 : 2 + CommandExt._take_options.__code__.co_kwonlyargcount
+        1 : 1 + CommandExt._take_options.__code__.co_kwonlyargcount
     ]
 )
+if not TYPE_CHECKING:
+    # For inspect.signature (help(), IDEs at run time, Sphinx): the keywords.
+    CommandExt.__init__.__wrapped__ = CommandExt._take_options
