@@ -291,3 +291,4 @@ else:
     # help(), inspect.signature and Sphinx see the documented keywords.
     spawn.__wrapped__ = _spawn_with_options
     spawn.__doc__ = _spawn_with_options.__doc__
+    spawn.__annotations__ = _spawn_with_options.__annotations__
