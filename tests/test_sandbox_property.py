@@ -147,7 +147,12 @@ def test_parent_verdict_matches_the_child(
         pytest.skip("no Python here that nobody may run")
     uid = NOBODY if as_nobody and os.geteuid() == 0 else None
     fds = set(os.listdir("/proc/self/fd"))
-    top = tempfile.mkdtemp()
+    # In /tmp itself, not $TMPDIR: nox points that into the virtual
+    # environment, which readable_roots() lets the child read.
+    top = tempfile.mkdtemp(dir="/tmp")
+    assert not any((top + "/").startswith(root.rstrip("/") + "/") for root in readable_roots()), (
+        f"{top} is under a path the ruleset makes readable"
+    )
     inside, outside = f"{top}/in", f"{top}/out"
     for path in (top, inside, outside):
         os.makedirs(path, exist_ok=True)
