@@ -22,6 +22,7 @@ __all__ = [
     "BAD_REPORT",
     "PREEXEC_REPORT",
     "REPORT_SIZE",
+    "SANDBOX_STEPS",
     "STEPS",
     "ChildFailed",
     "child_error",
@@ -46,16 +47,10 @@ _REPORT = "int[2]"
 REPORT_SIZE = ffi.sizeof(_REPORT)
 #: The step of a report that is not one well-formed record.
 BAD_REPORT = -1
-STEPS = frozenset(
+#: The steps of the child's sandbox (pyclone3/_sandbox_child.c), whose
+#: reports _sandbox_plan turns into exceptions.
+SANDBOX_STEPS = frozenset(
     {
-        lib.SPAWN_ERR_NOEXEC,
-        lib.SPAWN_ERR_CHDIR,
-        lib.SPAWN_ERR_EXEC,
-        lib.SPAWN_ERR_PREEXEC,
-        lib.SPAWN_ERR_PIDFD,
-        lib.SPAWN_ERR_CGROUP,
-        lib.SPAWN_ERR_SETNS,
-        lib.SPAWN_ERR_FILES,
         lib.SPAWN_ERR_RLIMIT,
         lib.SPAWN_ERR_NICE,
         lib.SPAWN_ERR_OOM_SCORE_ADJ,
@@ -67,6 +62,16 @@ STEPS = frozenset(
         lib.SPAWN_ERR_AMBIENT,
     }
 )
+STEPS = SANDBOX_STEPS | {
+    lib.SPAWN_ERR_NOEXEC,
+    lib.SPAWN_ERR_CHDIR,
+    lib.SPAWN_ERR_EXEC,
+    lib.SPAWN_ERR_PREEXEC,
+    lib.SPAWN_ERR_PIDFD,
+    lib.SPAWN_ERR_CGROUP,
+    lib.SPAWN_ERR_SETNS,
+    lib.SPAWN_ERR_FILES,
+}
 #: The bits of a step that name it; the sandbox steps carry a detail above
 #: them (which rlimit, which capability).
 _STEP_MASK = (1 << lib.SPAWN_ERR_DETAIL_SHIFT) - 1
@@ -124,7 +129,7 @@ def child_error(
     sandbox step (*sandbox*: the spawn's
     :class:`~pyclone3.sandbox.SandboxOptions`) raises an ``OSError`` naming it.
     """
-    if step > _STEP_MASK or lib.SPAWN_ERR_RLIMIT <= step <= lib.SPAWN_ERR_AMBIENT:
+    if step > _STEP_MASK or step in SANDBOX_STEPS:
         from ._sandbox_plan import sandbox_error
 
         return sandbox_error(step, err, sandbox)

@@ -21,22 +21,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["SANDBOX_STEPS", "sandbox_error", "sandbox_struct"]
+__all__ = ["sandbox_error", "sandbox_struct"]
 
-#: The report steps of the sandbox (the low byte of a report's step).
-SANDBOX_STEPS = frozenset(
-    {
-        lib.SPAWN_ERR_RLIMIT,
-        lib.SPAWN_ERR_NICE,
-        lib.SPAWN_ERR_OOM_SCORE_ADJ,
-        lib.SPAWN_ERR_AFFINITY,
-        lib.SPAWN_ERR_CAPS,
-        lib.SPAWN_ERR_NO_NEW_PRIVS,
-        lib.SPAWN_ERR_LANDLOCK,
-        lib.SPAWN_ERR_SECCOMP,
-        lib.SPAWN_ERR_AMBIENT,
-    }
-)
 _LONG_BITS = ffi.sizeof("unsigned long") * 8
 _KEEPCAPS_DETAIL = 254  # CHILD_KEEPCAPS_DETAIL in _sandbox_child.c
 
