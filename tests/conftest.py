@@ -353,6 +353,29 @@ requires_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 NOBODY = 65534
 
 
+def _nobody_cannot_reach() -> str | None:
+    """Why a process dropped to nobody could not run this checkout's code, if it cannot.
+
+    A checkout in a private directory (``mktemp -d`` makes one 0700) keeps
+    nobody from reading the package and the virtual environment.
+    """
+    for top in {os.path.dirname(os.path.dirname(os.path.abspath(__file__))), sys.prefix}:
+        path = top
+        while True:
+            mode = os.stat(path).st_mode
+            if not mode & 0o001:
+                return f"nobody cannot enter {path} (mode {mode & 0o777:o})"
+            parent = os.path.dirname(path)
+            if parent == path:
+                break
+            path = parent
+    return None
+
+
+#: Set when tests that drop to nobody cannot run here (see _nobody_cannot_reach).
+NOBODY_REASON = _nobody_cannot_reach()
+
+
 def become_nobody() -> None:
     """In a disposable child: drop to uid/gid nobody if root (else stay as we are).
 

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import pytest
-from conftest import PYTHON, requires_userns
+from conftest import NOBODY_REASON, PYTHON, requires_userns
 
 from pyclone3 import PidFd, features
 
@@ -420,6 +420,7 @@ def test_run_isolation_errors_are_125_with_the_reason() -> None:
     assert r.returncode == 125 and "cannot enter" in r.stderr
 
 
+@pytest.mark.skipif(NOBODY_REASON is not None, reason=NOBODY_REASON or "")
 def test_run_unprivileged_namespace_is_125_operation_not_permitted() -> None:
     """As nobody (dropped to in a child of ours, when we are root), in-process."""
     from conftest import become_nobody, fork_child

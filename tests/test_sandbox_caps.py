@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import NOBODY, PYTHON, require, requires_root, zombies
+from conftest import NOBODY, NOBODY_REASON, PYTHON, require, requires_root, zombies
 from test_sandbox_network import TRY
 
 import pyclone3
@@ -190,6 +190,7 @@ UNPRIVILEGED = textwrap.dedent(
 )
 
 
+@pytest.mark.skipif(NOBODY_REASON is not None, reason=NOBODY_REASON or "")
 @requires_root
 def test_an_ambient_capability_we_do_not_hold_is_a_permission_error() -> None:
     here = os.path.dirname(os.path.abspath(__file__))

@@ -10,7 +10,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import PYTHON, malloc_churn, needs_threads, require, zombies
+from conftest import NOBODY_REASON, PYTHON, malloc_churn, needs_threads, require, zombies
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -336,6 +336,7 @@ UNPRIVILEGED = textwrap.dedent(
 )
 
 
+@pytest.mark.skipif(NOBODY_REASON is not None, reason=NOBODY_REASON or "")
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become nobody")
 def test_unprivileged_child_gets_clear_permission_errors() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
