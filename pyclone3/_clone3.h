@@ -415,6 +415,9 @@ void pyclone3_close_cells(int *cells, int n);
 int pyclone3_write_file(const char *path, const char *data, size_t len);
 int pyclone3_recv_pidfd_into(int sock, int *cell);
 int pyclone3_recv_pidfd(int sock);
-void pyclone3_split(char *blob, char **out, size_t na, size_t nb);
+int pyclone3_set_argv(struct pyclone3_spawn *s, char **out, const char *blob, size_t len,
+                      size_t n_argv, size_t n_paths);
+int pyclone3_set_envp(struct pyclone3_spawn *s, char **out, const char *blob, size_t len,
+                      size_t n);
 
 #endif /* PYCLONE3_CLONE3_H */

@@ -58,6 +58,9 @@ else:
     # The class typing.NamedTuple makes, made without importing typing.
     SpawnedChild = namedtuple("SpawnedChild", ("pid", "pidfd", "path"))
     SpawnedChild.__annotations__ = {"pid": "int", "pidfd": "PidFd | None", "path": "str"}
+# The namedtuple's own __new__ is a Python function: a frame per spawn, when
+# the CPU's caches are cold after the child. Its fields are made whole here.
+_tuple_new = tuple.__new__
 SpawnedChild.__doc__ = (
     """What :func:`pyclone3.spawn` made: PID, pidfd (``None`` on ``vfork``), and the path used."""
 )
@@ -104,8 +107,10 @@ def _finish(plan: Plan, pid: int, path: str) -> SpawnedChild:
         returncode = os.waitstatus_to_exitcode(wstatus) if wstatus >= 0 else None
         raise ChildFailed(pid, step, s.err_errno, returncode)
     if cell[0] < 0:
-        return SpawnedChild(pid, None, path)  # s.child_pid is cleared at the hand-over
-    return SpawnedChild(pid, adopt_spawned(cell, s), path)
+        return _tuple_new(
+            SpawnedChild, (pid, None, path)
+        )  # s.child_pid is cleared at the hand-over
+    return _tuple_new(SpawnedChild, (pid, adopt_spawned(cell, s), path))
 
 
 def _stop_sharing(failed: ChildFailed) -> None:
@@ -155,7 +160,7 @@ def spawn_vm(plan: Plan, path: str) -> SpawnedChild:
         err = ffi.errno
         raise OSError(err, os.strerror(err))
     if pidfd_out[0] >= 0 and s.err_step == lib.SPAWN_ERR_NONE:  # the common case, without a call
-        return SpawnedChild(pid, adopt_spawned(pidfd_out, s), path)
+        return _tuple_new(SpawnedChild, (pid, adopt_spawned(pidfd_out, s), path))
     return _finish_vm(plan, pid, path)
 
 

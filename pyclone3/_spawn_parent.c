@@ -361,22 +361,50 @@ int pyclone3_recv_pidfd(int sock)
     return fd;
 }
 
-/* Point out[] at the strings packed one after the other in `blob`: the
- * first `na` then NULL, then the next `nb` then NULL (argv and the exec
- * candidates in one call instead of one allocation per string). The caller
- * checked that blob holds exactly na + nb NULs. */
-void pyclone3_split(char *blob, char **out, size_t na, size_t nb)
+/* Copy `blob` (`len` bytes: n NUL-terminated strings one after the other)
+ * into the room after out[0..n + 1] and point out[] at the copies: the first
+ * `na` then NULL, then the next `nb` then NULL. One allocation and one call
+ * whatever the number of strings. Returns -1 when blob does not hold exactly
+ * na + nb strings (a string had a NUL of its own). */
+static int pack(char **out, const char *blob, size_t len, size_t na, size_t nb)
 {
+    char *p = (char *)(out + na + nb + 2), *end = p + len;
     size_t i, j = 0;
+
+    memcpy(p, blob, len);
     for (i = 0; i < na + nb; i++) {
+        char *nul = memchr(p, '\0', (size_t)(end - p));
+
+        if (!nul)
+            return -1;
         if (i == na)
             out[j++] = NULL;
-        out[j++] = blob;
-        while (*blob)
-            blob++;
-        blob++;
+        out[j++] = p;
+        p = nul + 1;
     }
-    if (na + nb == na)
+    if (p != end)
+        return -1;              /* more strings than said: one had a NUL inside */
+    if (nb == 0)
         out[j++] = NULL;
     out[j] = NULL;
+    return 0;
+}
+
+int pyclone3_set_argv(struct pyclone3_spawn *s, char **out, const char *blob, size_t len,
+                      size_t n_argv, size_t n_paths)
+{
+    if (pack(out, blob, len, n_argv, n_paths) < 0)
+        return -1;
+    s->argv = out;
+    s->exec_paths = out + n_argv + 1;
+    return 0;
+}
+
+int pyclone3_set_envp(struct pyclone3_spawn *s, char **out, const char *blob, size_t len,
+                      size_t n)
+{
+    if (pack(out, blob, len, n, 0) < 0)
+        return -1;
+    s->envp = out;
+    return 0;
 }

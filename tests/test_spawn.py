@@ -397,6 +397,58 @@ def test_pdeathsig_is_checked(value: object, exc: type) -> None:
         spawn(["/bin/true"], pdeathsig=value)  # type: ignore[arg-type]
 
 
+# ---- argv and environment, as the child sees them -------------------------------------
+
+# Strings with the bytes that matter to the C packing: NULs (refused), empty
+# strings, "=" (refused in a name), non-ASCII and undecodable bytes.
+_ARG_TEXT = st.text(alphabet=st.sampled_from(["a", "=", "\0", "é", " ", "\udcff"]), max_size=6)
+_ARG = st.one_of(_ARG_TEXT, st.binary(max_size=6))
+
+
+_SHOW = 'printf "%s\\0" "$@"; printf "|\\0"; exec /usr/bin/env -0'
+
+
+def _child_sees(popen: type, argv: list, env: dict) -> tuple[list[bytes], list[bytes]] | type:
+    """The argv and sorted environment a child made by *popen* prints, or the exception type."""
+    try:
+        with popen(["/bin/sh", "-c", _SHOW, "sh", *argv], env=env, stdout=subprocess.PIPE) as proc:
+            out, _ = proc.communicate()
+    except (ValueError, TypeError) as exc:
+        return type(exc)
+    assert proc.returncode == 0
+    args, _, environ = out.partition(b"|\0")
+    return args.split(b"\0")[:-1], sorted(environ.split(b"\0")[:-1])
+
+
+@given(st.lists(_ARG, max_size=5), st.dictionaries(_ARG_TEXT, _ARG_TEXT, max_size=4))
+@settings(max_examples=60, deadline=None)
+def test_argv_and_env_reach_the_child_as_subprocess_passes_them(argv: list, env: dict) -> None:
+    """The child's argv and environment (packed in one C buffer) are subprocess's byte for byte."""
+    before = open_fds()
+    ours = _child_sees(Popen, argv, env)
+    theirs = _child_sees(subprocess.Popen, argv, env)
+    assert ours == theirs
+    assert open_fds() == before
+    if isinstance(ours, tuple):
+        # spawn() packs the same way: the raw call agrees on the arguments.
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            child = spawn(["/bin/sh", "-c", 'printf "%s\\0" "$@"', "sh", *argv], env=env, stdout=w)
+            os.close(w)
+            w = -1
+            assert child.pidfd is not None
+            with child.pidfd as pidfd:
+                assert pidfd.wait().returncode == 0
+            data = b""
+            while chunk := os.read(r, 65536):
+                data += chunk
+            assert data.split(b"\0")[:-1] == ours[0]
+        finally:
+            os.close(r)
+            if w >= 0:
+                os.close(w)
+
+
 # ---- the child -> parent error channel -----------------------------------------------
 
 
