@@ -217,6 +217,15 @@ struct pyclone3_waitinfo {
     int code;
 };
 
+struct pyclone3_waitbuf {                      /* one waitid's siginfo and rusage */
+    int pid;
+    unsigned int uid;
+    int signo;
+    int status;
+    int code;
+    struct pyclone3_rusage rusage;
+};
+
 
 /* ---- the spawn core ------------------------------------------------------ */
 
@@ -389,6 +398,7 @@ int sys_pidfd_send_signal(int pidfd, int sig, void *info, unsigned int flags);
 int sys_pidfd_getfd(int pidfd, int targetfd, unsigned int flags);
 int sys_waitid(int idtype, int id, struct pyclone3_waitinfo *info,
                int options, struct pyclone3_rusage *ru);
+int sys_waitid_into(int idtype, int id, struct pyclone3_waitbuf *buf, int options);
 int sys_setns(int fd, int nstype);
 int sys_landlock_create_ruleset(const void *attr, size_t size, uint32_t flags);
 int sys_landlock_add_rule(int ruleset_fd, int rule_type, const void *attr, uint32_t flags);

@@ -79,6 +79,20 @@ int sys_waitid(int idtype, int id, struct pyclone3_waitinfo *info,
     return 0;
 }
 
+int sys_waitid_into(int idtype, int id, struct pyclone3_waitbuf *buf, int options)
+{
+    struct pyclone3_waitinfo info;
+
+    if (sys_waitid(idtype, id, &info, options, &buf->rusage) < 0)
+        return -1;
+    buf->pid = info.pid;
+    buf->uid = info.uid;
+    buf->signo = info.signo;
+    buf->status = info.status;
+    buf->code = info.code;
+    return 0;
+}
+
 int sys_close_range(unsigned int first, unsigned int last, unsigned int flags)
 {
     return (int)syscall(SYS_close_range, first, last, flags);

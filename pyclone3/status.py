@@ -110,8 +110,8 @@ class WaitStatus:
         """Resource usage of the reaped child (as :func:`os.wait4` gives), or ``None``."""
         raw = self._raw_rusage
         if self._rusage is None and raw is not None:
-            if type(raw) is tuple:  # (array, index): one of a wait_all sweep's
-                raw = raw[0][raw[1]]
+            # (array, index): one of a wait_all sweep's; else one waitid's buffer
+            raw = raw[0][raw[1]] if type(raw) is tuple else raw.rusage
             self._rusage = _rusage_from_c(raw)
             self._raw_rusage = None
         return self._rusage
@@ -215,9 +215,9 @@ def status_from_kernel(pid: int, code: int, status: int, uid: int, raw_rusage: A
 
     It does as little work as possible: right after a wake-up the CPU is
     cold, and every instruction there adds to the exit-detection latency.
-    The cffi ``struct rusage`` (or, from a :func:`pyclone3.wait_all` sweep,
-    an ``(array, index)`` pair naming one in a shared array) is converted on
-    first access to :attr:`WaitStatus.rusage`.
+    The rusage, in the cffi buffer of the ``waitid`` call (or, from a
+    :func:`pyclone3.wait_all` sweep, an ``(array, index)`` pair naming one in
+    a shared array), is converted on first access to :attr:`WaitStatus.rusage`.
     """
     self = WaitStatus.__new__(WaitStatus)
     self._pid = pid

@@ -239,17 +239,17 @@ def waitid(idtype: int, id: FdLike, options: int) -> WaitStatus | None:
 
 
 class WaitBuffers:
-    """The C buffers one waitid call fills, allocated ahead of time.
+    """The C buffer one waitid call fills (siginfo and rusage), allocated ahead of time.
 
-    :class:`~pyclone3.PidFd` makes these before it sleeps, so that nothing
-    is allocated between the wake-up and the reap.
+    :class:`~pyclone3.PidFd` makes one before it sleeps, so that nothing is
+    allocated between the wake-up and the reap. A buffer serves one reap:
+    the status it makes keeps it, for its ``rusage``.
     """
 
-    __slots__ = ("info", "rusage")
+    __slots__ = ("buf",)
 
     def __init__(self) -> None:
-        self.info: Any = ffi.new("struct pyclone3_waitinfo *")
-        self.rusage: Any = ffi.new("struct pyclone3_rusage *")
+        self.buf: Any = ffi.new("struct pyclone3_waitbuf *")
 
 
 _REAPED_CODES = (lib.CLD_EXITED, lib.CLD_KILLED, lib.CLD_DUMPED)
@@ -262,27 +262,23 @@ def waitid_with(idtype: int, ident: int, options: int, bufs: WaitBuffers) -> Wai
     No argument checks; errors raise as :func:`waitid` raises them. The
     reap paths of :class:`~pyclone3.PidFd` and ``wait_all`` use it.
     """
-    info = bufs.info
-    info.pid = 0
-    ru = bufs.rusage
-    if ru is None:
-        ru = bufs.rusage = ffi.new("struct pyclone3_rusage *")
-    while lib.sys_waitid(idtype, ident, info, options, ru) < 0:
+    buf = bufs.buf
+    if buf is None:  # spent on an earlier reap
+        buf = bufs.buf = ffi.new("struct pyclone3_waitbuf *")
+    while lib.sys_waitid_into(idtype, ident, buf, options) < 0:
         err = ffi.errno
         if err == errno.EINTR:
             continue
         if err == errno.EAGAIN and idtype == lib.P_PIDFD:
             return None
         raise_errno(err)
-    if info.pid == 0:
+    if buf.pid == 0:
         return None
-    code = info.code
-    reaped = code in _REAPED_CODES and not options & _WNOWAIT
-    raw_rusage = None
-    if reaped:  # the status takes the filled buffer; a later call makes another
-        raw_rusage = ru
-        bufs.rusage = None
-    return status_from_kernel(info.pid, code, info.status, info.uid, raw_rusage)
+    code = buf.code
+    if code in _REAPED_CODES and not options & _WNOWAIT:
+        bufs.buf = None  # the status keeps the filled buffer for its rusage: this one is spent
+        return status_from_kernel(buf.pid, code, buf.status, buf.uid, buf)
+    return status_from_kernel(buf.pid, code, buf.status, buf.uid, None)
 
 
 #: The namespace flags setns(2) takes.

@@ -165,7 +165,7 @@ def test_wait_returns_status_and_caches_it() -> None:
         status = child.wait()
         assert isinstance(status, WaitStatus)
         assert status.exit_code == 7 and status.pid == child.pid
-        assert status.rusage is not None
+        assert status.rusage is not None and status.rusage.ru_maxrss > 0  # the child's own
         assert child.wait() is status and child.try_wait() is status
         assert child.returncode == 7 and not child.is_alive()
 
