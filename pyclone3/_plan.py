@@ -91,14 +91,16 @@ class Plan:
         fsencode = _fsencode
         env = request.env
         if env is not None:
-            if not isinstance(env, Mapping):
+            if type(env) is not dict and not isinstance(env, Mapping):  # (an ABC: a call)
                 raise TypeError(f"env must be a mapping, not {type(env).__name__}")
             entries = []
-            for key, value in env.items():
-                k = fsencode(key)
+            enc = _FS_ENCODING
+            for key, value in env.items():  # _fsencode inlined: two calls per variable else
+                k = key.encode(enc, "surrogateescape") if type(key) is str else fsencode(key)
                 if k.find(b"=") >= 0:  # not `in`: see the note at _FS_ENCODING
                     raise ValueError("illegal environment variable name")
-                entries.append(k + b"=" + fsencode(value))
+                v = value.encode(enc, "surrogateescape") if type(value) is str else fsencode(value)
+                entries.append(k + b"=" + v)
             blob = b"\0".join(entries) + b"\0" if entries else b""
             envp = _room(len(entries), blob)
             if lib.pyclone3_set_envp(s, envp, blob, len(blob), len(entries)) < 0:

@@ -110,7 +110,13 @@ def start(
 
 
 def _program(args: Sequence[StrOrBytesPath]) -> list[StrOrBytesPath]:
-    if isinstance(args, (str, bytes, os.PathLike)):
+    # A list or tuple skips the isinstance check: os.PathLike is an ABC,
+    # whose check is a Python call on every spawn.
+    if (
+        type(args) is not list
+        and type(args) is not tuple
+        and isinstance(args, (str, bytes, os.PathLike))
+    ):
         raise TypeError("args must be a sequence of program arguments, not a single string")
     args = list(args)
     if not args:
