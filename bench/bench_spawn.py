@@ -16,7 +16,13 @@ machine noise and the after-effects of one spawn on the next hit all alike:
 
 Targets are ``/bin/true`` (dynamically linked: ld.so dominates) and a static
 no-op built here (``bench/c/noop.c``), to see the machinery itself. Needs gcc.
-Run: ``python bench/bench_spawn.py [--rounds N]``.
+Run: ``python bench/bench_spawn.py [--rounds N] [--cpu N]``.
+
+Where the kernel runs the child decides the floor: on the parent's CPU a
+static spawn+wait is about twice as fast as across CPUs, where the parent
+also sleeps and wakes between. Unpinned, the scheduler picks, and may change
+its mind between runs; ``--cpu N`` pins this process, and so its children, to
+CPU N: the same-CPU case, where the Python around the spawn weighs most.
 """
 
 from __future__ import annotations
@@ -72,7 +78,12 @@ def time_one(kind: str, argv: list[str]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=500, help="spawns per contender and target")
+    parser.add_argument(
+        "--cpu", type=int, help="pin this process and its children to this CPU (default: unpinned)"
+    )
     args = parser.parse_args()
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
     per_chunk = max(1, args.rounds // CHUNKS)
     kinds = ["subprocess", "pyclone3", "no pidfd", "spawn"]
     pyclone3.features()  # the one-time probe stays out of the figures
@@ -96,9 +107,10 @@ def main() -> int:
 
         with pyclone3.Popen([noop]) as probe:
             path = probe.spawn_path
+        pinned = "unpinned" if args.cpu is None else f"pinned to CPU {args.cpu}"
         print(
             f"median spawn+wait, {CHUNKS} interleaved chunks of {per_chunk} (µs); "
-            f"pyclone3 path: {path}"
+            f"pyclone3 path: {path}; {pinned}"
         )
         for name, target in {"static no-op": noop, "/bin/true": "/bin/true"}.items():
             times: dict[str, list[float]] = {k: [] for k in kinds}

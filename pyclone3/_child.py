@@ -254,7 +254,7 @@ class ChildState(FdRef):
             if not self._foreign:
                 try:
                     status = syscalls.waitid_with(
-                        _P_PIDFD, fd, WEXITED_WNOHANG, syscalls.WaitBuffers()
+                        _P_PIDFD, fd, WEXITED_WNOHANG, syscalls.new_wait_buffer()
                     )
                 except ChildProcessError:
                     pass  # decided by _echild, outside the lock
@@ -294,11 +294,11 @@ class ChildState(FdRef):
     def _reaping_locked(self) -> bool:
         """Whether a thread is inside a blocking ``waitid`` (:meth:`reap_blocking`).
 
-        Such a thread holds the fd with its wait buffers
-        (:class:`~pyclone3.syscalls.WaitBuffers`) as its token; no other use
-        of the fd holds one.
+        Such a thread holds the fd with its wait buffer
+        (:func:`~pyclone3.syscalls.new_wait_buffer`) as its token; no other
+        use of the fd holds one.
         """
-        return any(isinstance(token, syscalls.WaitBuffers) for token in tuple(self.users))
+        return any(syscalls.is_wait_buffer(token) for token in tuple(self.users))
 
     def _foreign_status(self) -> WaitStatus | None:
         """Status of a process we cannot reap: PIDFD_INFO_EXIT, or an error."""
@@ -354,10 +354,10 @@ class ChildState(FdRef):
         takes the polling path. Signals run their handlers and the call is
         retried (PEP 475). ``None`` also for a ``PIDFD_NONBLOCK`` pidfd.
         """
-        # The buffers, allocated before sleeping, not after waking; they are
-        # also this wait's token as a user of the fd, which tells _echild
-        # that a reap is under way.
-        bufs = syscalls.WaitBuffers()
+        # The buffer, allocated before sleeping, not after waking; it is also
+        # this wait's token as a user of the fd, which tells _echild that a
+        # reap is under way.
+        buf = syscalls.new_wait_buffer()
         status = None
         echild = False
         try:
@@ -366,15 +366,15 @@ class ChildState(FdRef):
                     return self.status
                 if self.closed:
                     raise ValueError("I/O operation on closed PidFd")
-                self.users.add(bufs)
+                self.users.add(buf)
                 fd = self.number
             try:
-                status = syscalls.waitid_with(_P_PIDFD, fd, WEXITED, bufs)
+                status = syscalls.waitid_with(_P_PIDFD, fd, WEXITED, buf)
             except ChildProcessError:
                 echild = True
         finally:
             # A single call into C, done first: nothing can stop it.
-            self.users.discard(bufs)
+            self.users.discard(buf)
             callback = None
             if status is not None or self.closed:
                 with self.lock:

@@ -16,6 +16,7 @@ be tried; the kernel answers ``EINVAL`` for those it does not know either.
 from __future__ import annotations
 
 import errno
+import functools
 import operator
 import os
 import signal
@@ -235,36 +236,32 @@ def waitid(idtype: int, id: FdLike, options: int) -> WaitStatus | None:
     options = _flags("options", options)
     if options > _INT_MAX:  # __WCLONE is the sign bit of the C int
         options -= 2**32
-    return waitid_with(idtype, ident, options, WaitBuffers())
+    return waitid_with(idtype, ident, options, new_wait_buffer())
 
 
-class WaitBuffers:
-    """The C buffer one waitid call fills (siginfo and rusage), allocated ahead of time.
+#: A fresh C buffer for one waitid call: its siginfo and the child's rusage.
+#: PidFd makes one before it sleeps, so that nothing is allocated between the
+#: wake-up and the reap. A buffer serves one call: the status of a reap keeps
+#: it, for its ``rusage``. (A partial: made without a Python frame.)
+new_wait_buffer = functools.partial(ffi.new, "struct pyclone3_waitbuf *")
+_WAIT_BUFFER = ffi.typeof("struct pyclone3_waitbuf *")
 
-    :class:`~pyclone3.PidFd` makes one before it sleeps, so that nothing is
-    allocated between the wake-up and the reap. A buffer serves one reap:
-    the status it makes keeps it, for its ``rusage``.
-    """
 
-    __slots__ = ("buf",)
-
-    def __init__(self) -> None:
-        self.buf: Any = ffi.new("struct pyclone3_waitbuf *")
+def is_wait_buffer(obj: object) -> bool:
+    """Whether *obj* is a buffer from :func:`new_wait_buffer`."""
+    return isinstance(obj, ffi.CData) and ffi.typeof(obj) is _WAIT_BUFFER
 
 
 _REAPED_CODES = (lib.CLD_EXITED, lib.CLD_KILLED, lib.CLD_DUMPED)
 _WNOWAIT = lib.WNOWAIT
 
 
-def waitid_with(idtype: int, ident: int, options: int, bufs: WaitBuffers) -> WaitStatus | None:
-    """:func:`waitid` into preallocated buffers, for callers whose arguments are known good.
+def waitid_with(idtype: int, ident: int, options: int, buf: Any) -> WaitStatus | None:
+    """:func:`waitid` into *buf* (from :func:`new_wait_buffer`), with no argument checks.
 
-    No argument checks; errors raise as :func:`waitid` raises them. The
-    reap paths of :class:`~pyclone3.PidFd` and ``wait_all`` use it.
+    For callers whose arguments are known good (the reap paths of
+    :class:`~pyclone3.PidFd`); errors raise as :func:`waitid` raises them.
     """
-    buf = bufs.buf
-    if buf is None:  # spent on an earlier reap
-        buf = bufs.buf = ffi.new("struct pyclone3_waitbuf *")
     while lib.sys_waitid_into(idtype, ident, buf, options) < 0:
         err = ffi.errno
         if err == errno.EINTR:
@@ -275,10 +272,8 @@ def waitid_with(idtype: int, ident: int, options: int, bufs: WaitBuffers) -> Wai
     if buf.pid == 0:
         return None
     code = buf.code
-    if code in _REAPED_CODES and not options & _WNOWAIT:
-        bufs.buf = None  # the status keeps the filled buffer for its rusage: this one is spent
-        return status_from_kernel(buf.pid, code, buf.status, buf.uid, buf)
-    return status_from_kernel(buf.pid, code, buf.status, buf.uid, None)
+    reaped = code in _REAPED_CODES and not options & _WNOWAIT
+    return status_from_kernel(buf.pid, code, buf.status, buf.uid, buf if reaped else None)
 
 
 #: The namespace flags setns(2) takes.

@@ -172,6 +172,29 @@ def test_waitid_on_a_non_child_is_echild() -> None:
         os.close(fd)
 
 
+def test_a_wait_buffer_is_told_from_other_fd_users() -> None:
+    """A blocking reap's token (its buffer) is what _echild looks for among an fd's users."""
+    from pyclone3._clone3 import ffi
+
+    assert syscalls.is_wait_buffer(syscalls.new_wait_buffer())
+    assert syscalls.new_wait_buffer() is not syscalls.new_wait_buffer()  # one per call
+    for other in (object(), ffi.new("int *"), ffi.new("struct pyclone3_waitinfo *"), None):
+        assert not syscalls.is_wait_buffer(other)
+
+
+def test_a_reap_keeps_its_buffer_for_the_rusage_a_poll_does_not() -> None:
+    with sleeper() as child:
+        buf = syscalls.new_wait_buffer()
+        assert (
+            syscalls.waitid_with(IdType.P_PIDFD, child.fileno(), WEXITED | WaitFlag.WNOHANG, buf)
+            is None
+        )
+        syscalls.pidfd_send_signal(child, signal.SIGKILL)
+        status = syscalls.waitid_with(IdType.P_PIDFD, child.fileno(), WEXITED, buf)
+        assert status is not None and status.signal == signal.SIGKILL
+        assert status.rusage is not None and status.rusage.ru_maxrss == buf.rusage.ru_maxrss > 0
+
+
 def test_waitid_without_an_event_class_is_einval() -> None:
     with sleeper() as child:
         with pytest.raises(OSError) as info:
