@@ -106,16 +106,18 @@ class Plan:
             if lib.pyclone3_set_envp(s, envp, blob, len(blob), len(entries)) < 0:
                 raise ValueError("embedded null byte in env")
             keep.append(envp)
-        exe = fsencode(request.executable)
+        fs_encoding = _FS_ENCODING
+        args = request.args
+        argv = [  # _fsencode, inlined for the common str case: this runs on every spawn
+            a.encode(fs_encoding, "surrogateescape") if type(a) is str else fsencode(a)
+            for a in args
+        ]
+        executable = request.executable
+        exe = argv[0] if args and executable is args[0] else fsencode(executable)
         if exe.find(b"/") >= 0:  # not `b"/" in exe`: see the note at _FS_ENCODING
             candidates = [exe]
         else:  # the PATH search os.execvpe does, prepared here
             candidates = [os.path.join(fsencode(d), exe) for d in os.get_exec_path(env)]
-        fs_encoding = _FS_ENCODING
-        argv = [  # _fsencode, inlined for the common str case: this runs on every spawn
-            a.encode(fs_encoding, "surrogateescape") if type(a) is str else fsencode(a)
-            for a in request.args
-        ]
         # One buffer and one C call for both arrays, whatever their length.
         blob = b"\0".join(argv + candidates) + b"\0"
         both = _room(len(argv) + len(candidates), blob)

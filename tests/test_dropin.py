@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import os
+import pathlib
 import subprocess
 import sys
 import tempfile
@@ -143,3 +144,42 @@ def test_a_failed_step_before_exec_names_what_subprocess_names(tmp_path: Any) ->
     ):
         expected = _failure(subprocess.Popen, **kwargs)
         assert _failure(pyclone3.Popen, **kwargs) == expected, kwargs
+
+
+ARGS_CASES: list[tuple[str, Any, dict[str, Any]]] = [
+    ("empty-args-with-executable", [], {"executable": "/bin/true"}),
+    ("empty-args", [], {}),
+    ("argv0-is-not-the-executable", ["name0", "-c", 'echo "$0"'], {"executable": "/bin/sh"}),
+    ("bytes-executable", ["name0", "-c", 'echo "$0"'], {"executable": b"/bin/sh"}),
+    ("path-search", ["sh", "-c", 'echo "$0"'], {}),
+    ("path-search-with-env-path", ["sh", "-c", "echo ok"], {"env": {"PATH": "/bin"}}),
+    ("path-search-miss", ["no-such-program-here"], {}),
+    ("tuple", ("/bin/sh", "-c", "echo tuple"), {}),
+    ("a-string", "/bin/true", {}),
+    ("a-path", pathlib.Path("/bin/true"), {}),
+    ("bytes-args", [b"/bin/sh", b"-c", b"echo bytes"], {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"), [c[1:] for c in ARGS_CASES], ids=[c[0] for c in ARGS_CASES]
+)
+def test_the_same_program_and_arguments_give_the_same_outcome(
+    args: Any, kwargs: dict[str, Any]
+) -> None:
+    """What the child is and what it prints, or what is raised, as subprocess."""
+
+    def run(popen: Any) -> tuple[str, Any]:
+        try:
+            with popen(args, stdout=subprocess.PIPE, **kwargs) as p:
+                out, _ = p.communicate()
+        except Exception as exc:
+            return ("raised", (type(exc), exc.errno if isinstance(exc, OSError) else None))
+        return ("ran", (p.returncode, out))
+
+    expected = run(subprocess.Popen)
+    got = run(pyclone3.Popen)
+    if expected[0] == "raised" and got[0] == "raised":
+        assert issubclass(got[1][0], expected[1][0]) and got[1][1] == expected[1][1], got
+    else:
+        assert got == expected
