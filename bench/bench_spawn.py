@@ -13,6 +13,9 @@ machine noise and the after-effects of one spawn on the next hit all alike:
   inside this Python process (the same address space and process context as
   the Python contenders; loaded with ctypes), ``C standalone`` in a small
   process of its own; ``C posix_spawn`` is glibc's posix_spawn + waitpid.
+  These loops run a chunk at a time, each spawn right after the last: warm.
+  ``C one by one`` is the in-process floor taking its turn among the Python
+  contenders, one spawn per call, timed in C: as cold as they are.
 
 Targets are ``/bin/true`` (dynamically linked: ld.so dominates) and a static
 no-op built here (``bench/c/noop.c``), to see the machinery itself. Needs gcc.
@@ -36,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 import pyclone3
 
@@ -59,7 +63,9 @@ def build(tmp: str) -> tuple[str, str, str]:
     return noop, floor, floor_lib
 
 
-def time_one(kind: str, argv: list[str]) -> float:
+def time_one(kind: str, argv: list[str], floor: Callable[[str], float]) -> float:
+    if kind == "C one by one":
+        return floor(argv[0])  # timed inside C, around the spawn and wait only
     start = time.perf_counter()
     if kind == "subprocess":
         subprocess.Popen(argv).wait()
@@ -85,7 +91,7 @@ def main() -> int:
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     per_chunk = max(1, args.rounds // CHUNKS)
-    kinds = ["subprocess", "pyclone3", "no pidfd", "spawn"]
+    kinds = ["subprocess", "pyclone3", "no pidfd", "spawn", "C one by one"]
     pyclone3.features()  # the one-time probe stays out of the figures
     with tempfile.TemporaryDirectory() as tmp:
         noop, floor_bin, floor_lib = build(tmp)
@@ -93,8 +99,8 @@ def main() -> int:
         lib.floor_median.restype = ctypes.c_longlong
         lib.floor_median.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]
 
-        def in_process(method: str, target: str) -> float:
-            ns = lib.floor_median(method.encode(), os.fsencode(target), per_chunk)
+        def in_process(method: str, target: str, n: int = per_chunk) -> float:
+            ns = lib.floor_median(method.encode(), os.fsencode(target), n)
             if ns < 0:
                 raise OSError("the in-process floor failed")
             return float(ns) / 1e9
@@ -119,8 +125,12 @@ def main() -> int:
                 "C standalone": [],
                 "C posix_spawn": [],
             }
+
+            def one_by_one(target: str) -> float:
+                return in_process("clone", target, 1)
+
             for k in kinds:  # warm up
-                time_one(k, [target])
+                time_one(k, [target], one_by_one)
             order = list(kinds)
             rng = random.Random(1)
             for _ in range(CHUNKS):
@@ -131,7 +141,7 @@ def main() -> int:
                     # follows whom) would charge that to one contender.
                     rng.shuffle(order)
                     for k in order:
-                        times[k].append(time_one(k, [target]))
+                        times[k].append(time_one(k, [target], one_by_one))
                 floors["C in-process"].append(in_process("clone", target))
                 floors["C standalone"].append(standalone("clone", target))
                 floors["C posix_spawn"].append(standalone("posix_spawn", target))
@@ -150,6 +160,9 @@ def main() -> int:
             )
             print(
                 f"  spawn / C standalone floor:         {med['spawn'] / fmed['C standalone']:.2f}x"
+            )
+            print(
+                f"  spawn / C one by one:               {med['spawn'] / med['C one by one']:.2f}x"
             )
     return 0
 
