@@ -373,15 +373,20 @@ class ChildState(FdRef):
             except ChildProcessError:
                 echild = True
         finally:
-            # A single call into C, done first: nothing can stop it.
-            self.users.discard(buf)
             callback = None
-            if status is not None or self.closed:
-                with self.lock:
-                    if status is not None:
+            try:
+                if status is not None:
+                    # Recorded before the token goes: a thread that gets
+                    # ECHILD meanwhile finds the token or the status, never
+                    # neither (which would make it call the child foreign).
+                    with self.lock:
                         status, callback = self._settle_locked(status)
-                    if self.closed and self.number >= 0:
-                        self.close_locked()  # the last user out closes it
+            finally:
+                self.users.discard(buf)  # a single call into C: nothing can stop it
+                if self.closed:
+                    with self.lock:
+                        if self.number >= 0:
+                            self.close_locked()  # the last user out closes it
         if callback is not None:
             callback(status)  # type: ignore[arg-type]  # set with the callback
         if echild:

@@ -208,7 +208,7 @@ class PidFd:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._child.close()  # close(), one call shorter: every with-block ends here
+        self.close()
 
     def __del__(self) -> None:
         child = getattr(self, "_child", None)
@@ -409,10 +409,6 @@ class PidFd:
         status = child.status
         if status is not None:
             return status
-        if timeout is None:  # the common wait: one blocking waitid, called from here
-            status = child.reap_blocking()
-            if status is not None:
-                return status
         return child.wait(timeout, None if timeout is None else deadline(timeout))
 
     def setns(self, flags: int) -> None:

@@ -110,9 +110,11 @@ class WaitStatus:
         """Resource usage of the reaped child (as :func:`os.wait4` gives), or ``None``."""
         raw = self._raw_rusage
         if self._rusage is None and raw is not None:
-            # (array, index): one of a wait_all sweep's; else one waitid's buffer
-            raw = raw[0][raw[1]] if type(raw) is tuple else raw.rusage
-            self._rusage = _rusage_from_c(raw)
+            # (array, index): one of a wait_all sweep's; else one waitid's
+            # buffer. `raw` keeps the owner alive while the view is read: a
+            # field view does not, and another thread may drop _raw_rusage.
+            view = raw[0][raw[1]] if type(raw) is tuple else raw.rusage
+            self._rusage = _rusage_from_c(view)
             self._raw_rusage = None
         return self._rusage
 

@@ -160,6 +160,22 @@ def test_repr_shows_fd_pid_and_state() -> None:
 # ---- waiting -----------------------------------------------------------------
 
 
+def test_a_with_block_ends_in_a_subclass_close() -> None:
+    closed = []
+
+    class Logged(PidFd):
+        def close(self) -> None:
+            closed.append(self.pid)
+            super().close()
+
+    child = pyclone3.spawn(["/bin/true"])
+    assert child.pidfd is not None
+    fd = child.pidfd.detach()
+    with Logged(fd, pid=child.pid) as logged:
+        logged.wait()
+    assert closed == [child.pid] and logged.closed
+
+
 def test_wait_returns_status_and_caches_it() -> None:
     with spawn("/bin/sh", "-c", "exit 7") as child:
         status = child.wait()
@@ -632,6 +648,37 @@ def test_setns_unprivileged_is_a_permission_error() -> None:
 def test_setns_checks_flags(flags: object, exc: type) -> None:
     with PidFd.open(os.getpid()) as own, pytest.raises(exc):
         own.setns(flags)  # type: ignore[arg-type]
+
+
+@needs_threads
+def test_a_poll_racing_the_blocking_reap_never_calls_the_child_foreign(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """try_wait() in a loop while wait() reaps: an ECHILD seen between the reap
+    and its record must find the reaper's token or its status. Before Linux
+    6.15 (simulated) a foreign verdict makes try_wait() raise ChildProcessError."""
+    monkeypatch.setattr(child_module, "_exit_info_supported", lambda: False)
+    for _ in range(400):
+        got: dict[str, object] = {}
+        child = pyclone3.spawn(["/bin/true"]).pidfd
+        assert child is not None
+
+        def poller(child: PidFd = child, got: dict[str, object] = got) -> None:
+            try:
+                status = None
+                while status is None:
+                    status = child.try_wait()
+                got["poll"] = status
+            except BaseException as exc:  # reported below
+                got["poll"] = exc
+
+        thread = threading.Thread(target=poller)
+        thread.start()
+        with child:
+            got["wait"] = child.wait()
+            thread.join()
+            assert got["poll"] is got["wait"], got
+            assert not state_of(child).foreign and not state_of(child).users
 
 
 @needs_threads

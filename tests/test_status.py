@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -85,3 +87,35 @@ def test_a_reaped_child_reports_what_subprocess_reports(script: str, expected: i
         status = pidfd.wait()
     assert status.returncode == expected
     assert subprocess.run(["/bin/sh", "-c", script], check=False).returncode == expected
+
+
+def test_rusage_read_by_two_threads_at_once_is_the_childs() -> None:
+    """A thread switch inside the first conversion, where a second thread
+    converts too and drops the buffer: the first must still read the child's
+    rusage, not memory freed and reused meanwhile. Made deterministic with a
+    trace hook that runs the second reader at the first one's call."""
+    from pyclone3 import status as status_module
+    from pyclone3._clone3 import ffi
+
+    child = pyclone3.spawn(["/bin/true"])
+    assert child.pidfd is not None
+    with child.pidfd as pidfd:
+        status = pidfd.wait()
+    seen: list[int] = []
+    reuse = []
+
+    def second_reader(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code is status_module._rusage_from_c.__code__ and not seen:
+            seen.append(status.rusage.ru_maxrss)  # type: ignore[union-attr]
+            for _ in range(2000):  # fill freed blocks with a value no child has
+                buf = ffi.new("struct pyclone3_waitbuf *")
+                buf.rusage.ru_maxrss = -777
+                reuse.append(buf)
+
+    sys.settrace(second_reader)
+    try:
+        first = status.rusage
+    finally:
+        sys.settrace(None)
+    assert first is not None and seen
+    assert first.ru_maxrss == seen[0] > 0
