@@ -59,37 +59,42 @@ int sys_pidfd_getfd(int pidfd, int targetfd, unsigned int flags)
     return (int)syscall(SYS_pidfd_getfd, pidfd, targetfd, flags);
 }
 
+/* waitid(2) into si: with WNOHANG and no child ready the kernel leaves si
+ * untouched; zeroing it first is what makes si_pid == 0 mean "nothing yet". */
+static int waitid_raw(int idtype, int id, siginfo_t *si, int options, struct pyclone3_rusage *ru)
+{
+    memset(si, 0, sizeof(*si));
+    return syscall(SYS_waitid, idtype, id, si, options, ru) < 0 ? -1 : 0;
+}
+
+/* The SIGCHLD fields of si into *dst, a struct pyclone3_waitinfo or waitbuf. */
+#define FLATTEN_SIGINFO(dst, si)      \
+    do {                              \
+        (dst)->pid = (si).si_pid;     \
+        (dst)->uid = (si).si_uid;     \
+        (dst)->signo = (si).si_signo; \
+        (dst)->status = (si).si_status; \
+        (dst)->code = (si).si_code;   \
+    } while (0)
+
 int sys_waitid(int idtype, int id, struct pyclone3_waitinfo *info,
                int options, struct pyclone3_rusage *ru)
 {
     siginfo_t si;
-    long ret;
 
-    /* With WNOHANG and no child ready the kernel leaves si untouched;
-     * zeroing it first is what makes si_pid == 0 mean "nothing yet". */
-    memset(&si, 0, sizeof(si));
-    ret = syscall(SYS_waitid, idtype, id, &si, options, ru);
-    if (ret < 0)
+    if (waitid_raw(idtype, id, &si, options, ru) < 0)
         return -1;
-    info->pid = si.si_pid;
-    info->uid = si.si_uid;
-    info->signo = si.si_signo;
-    info->status = si.si_status;
-    info->code = si.si_code;
+    FLATTEN_SIGINFO(info, si);
     return 0;
 }
 
 int sys_waitid_into(int idtype, int id, struct pyclone3_waitbuf *buf, int options)
 {
-    struct pyclone3_waitinfo info;
+    siginfo_t si;
 
-    if (sys_waitid(idtype, id, &info, options, &buf->rusage) < 0)
+    if (waitid_raw(idtype, id, &si, options, &buf->rusage) < 0)
         return -1;
-    buf->pid = info.pid;
-    buf->uid = info.uid;
-    buf->signo = info.signo;
-    buf->status = info.status;
-    buf->code = info.code;
+    FLATTEN_SIGINFO(buf, si);
     return 0;
 }
 

@@ -7,6 +7,7 @@ import os
 import resource
 import select
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -82,6 +83,19 @@ def polled_from_another_thread(procs: Sequence[Any]) -> Iterator[None]:
         stop.set()
         thread.join(10)
     assert not thread.is_alive() and not errors, errors
+
+
+@contextlib.contextmanager
+def subprocess_without_posix_spawn() -> Iterator[None]:
+    """subprocess as its fork_exec path behaves: 3.13 may take os.posix_spawn
+    instead, which refuses an empty argv or env name and fails where glibc's
+    clone3 is refused, where its own fork_exec path (and pyclone3) does not."""
+    saved = getattr(subprocess, "_USE_POSIX_SPAWN", False)
+    subprocess._USE_POSIX_SPAWN = False  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        subprocess._USE_POSIX_SPAWN = saved  # type: ignore[attr-defined]
 
 
 def fork_child(body: Callable[[], int | None], *, exit_signal: int = signal.SIGCHLD) -> PidFd:

@@ -8,18 +8,16 @@ printed, which must match.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import os
 import pathlib
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import PYTHON, children
+from conftest import PYTHON, children, subprocess_without_posix_spawn
 
 import pyclone3
 
@@ -148,19 +146,6 @@ def test_a_failed_step_before_exec_names_what_subprocess_names(tmp_path: Any) ->
         assert _failure(pyclone3.Popen, **kwargs) == expected, kwargs
 
 
-@contextlib.contextmanager
-def _subprocess_without_posix_spawn() -> Iterator[None]:
-    """subprocess as its fork_exec path behaves: 3.13 may take os.posix_spawn
-    instead, which refuses an empty argv or env name and fails where glibc's
-    clone3 is refused, where its own fork_exec path (and pyclone3) does not."""
-    saved = getattr(subprocess, "_USE_POSIX_SPAWN", False)
-    subprocess._USE_POSIX_SPAWN = False  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        subprocess._USE_POSIX_SPAWN = saved  # type: ignore[attr-defined]
-
-
 ARGS_CASES: list[tuple[str, Any, dict[str, Any]]] = [
     ("empty-args-with-executable", [], {"executable": "/bin/true"}),
     ("empty-args", [], {}),
@@ -192,7 +177,7 @@ def test_the_same_program_and_arguments_give_the_same_outcome(
             return ("raised", (type(exc), exc.errno if isinstance(exc, OSError) else None))
         return ("ran", (p.returncode, out))
 
-    with _subprocess_without_posix_spawn():
+    with subprocess_without_posix_spawn():
         expected = run(subprocess.Popen)
     got = run(pyclone3.Popen)
     if expected[0] == "raised" and got[0] == "raised":

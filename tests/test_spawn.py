@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from conftest import (
@@ -24,6 +22,7 @@ from conftest import (
     open_fds,
     reap_every_child,
     require,
+    subprocess_without_posix_spawn,
     zombies,
 )
 from hypothesis import given, settings
@@ -410,19 +409,6 @@ _ARG = st.one_of(_ARG_TEXT, st.binary(max_size=6))
 _SHOW = 'printf "%s\\0" "$@"; printf "|\\0"; exec /usr/bin/env -0'
 
 
-@contextlib.contextmanager
-def _subprocess_without_posix_spawn() -> Iterator[None]:
-    """subprocess as its fork_exec path behaves: 3.13 may take os.posix_spawn
-    instead, which refuses an empty argv or env name and fails where glibc's
-    clone3 is refused, where its own fork_exec path (and pyclone3) does not."""
-    saved = getattr(subprocess, "_USE_POSIX_SPAWN", False)
-    subprocess._USE_POSIX_SPAWN = False  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        subprocess._USE_POSIX_SPAWN = saved  # type: ignore[attr-defined]
-
-
 def _child_sees(popen: type, argv: list, env: dict) -> tuple[list[bytes], list[bytes]] | type:
     """The argv and sorted environment a child made by *popen* prints, or the exception type."""
     try:
@@ -441,7 +427,7 @@ def test_argv_and_env_reach_the_child_as_subprocess_passes_them(argv: list, env:
     """The child's argv and environment (packed in one C buffer) are subprocess's byte for byte."""
     before = open_fds()
     ours = _child_sees(Popen, argv, env)
-    with _subprocess_without_posix_spawn():
+    with subprocess_without_posix_spawn():
         theirs = _child_sees(subprocess.Popen, argv, env)
     assert ours == theirs
     assert open_fds() == before
