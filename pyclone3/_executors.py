@@ -58,8 +58,9 @@ else:
     # The class typing.NamedTuple makes, made without importing typing.
     SpawnedChild = namedtuple("SpawnedChild", ("pid", "pidfd", "path"))
     SpawnedChild.__annotations__ = {"pid": "int", "pidfd": "PidFd | None", "path": "str"}
-# The namedtuple's own __new__ is a Python function: a frame per spawn, when
-# the CPU's caches are cold after the child. Its fields are made whole here.
+# The namedtuple's own __new__ is a Python function, a frame when the CPU's
+# caches are cold after the child: spawn_vm's common case builds the tuple
+# with tuple.__new__ directly.
 _tuple_new = tuple.__new__
 SpawnedChild.__doc__ = (
     """What :func:`pyclone3.spawn` made: PID, pidfd (``None`` on ``vfork``), and the path used."""
@@ -107,10 +108,8 @@ def _finish(plan: Plan, pid: int, path: str) -> SpawnedChild:
         returncode = os.waitstatus_to_exitcode(wstatus) if wstatus >= 0 else None
         raise ChildFailed(pid, step, s.err_errno, returncode)
     if cell[0] < 0:
-        return _tuple_new(
-            SpawnedChild, (pid, None, path)
-        )  # s.child_pid is cleared at the hand-over
-    return _tuple_new(SpawnedChild, (pid, adopt_spawned(cell, s), path))
+        return SpawnedChild(pid, None, path)  # s.child_pid is cleared at the hand-over
+    return SpawnedChild(pid, adopt_spawned(cell, s), path)
 
 
 def _stop_sharing(failed: ChildFailed) -> None:

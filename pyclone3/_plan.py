@@ -32,10 +32,10 @@ __all__ = ["Plan"]
 _SIGCHLD = 17
 _INT_MAX = 2**31 - 1
 _FS_ENCODING = sys.getfilesystemencoding()
-# `sub in some_bytes` first tries `sub` as an integer and builds, formats and
-# clears a TypeError before it searches: bytes.find() is a third of its cost
-# (CPython 3.9-3.13), and the spawn checks run on every spawn, once per
-# environment entry.
+# The note the spawn checks refer to: `sub in some_bytes` first tries `sub`
+# as an integer and builds, formats and clears a TypeError before it
+# searches: bytes.find() is a third of its cost (CPython 3.9-3.13), and the
+# spawn checks run on every spawn, once per environment entry.
 
 
 def _template() -> Any:
