@@ -17,9 +17,13 @@ machine noise and the after-effects of one spawn on the next hit all alike:
   ``C one by one`` is the in-process floor taking its turn among the Python
   contenders, one spawn per call, timed in C: as cold as they are.
 
+With ``--bounds``, two more contenders from ``bench/spawn_bounds.py`` show
+the least any Python design can cost: the C spawn core called from Python
+with no owner object at all, and with only the child's bare owner.
+
 Targets are ``/bin/true`` (dynamically linked: ld.so dominates) and a static
 no-op built here (``bench/c/noop.c``), to see the machinery itself. Needs gcc.
-Run: ``python bench/bench_spawn.py [--rounds N] [--cpu N]``.
+Run: ``python bench/bench_spawn.py [--rounds N] [--cpu N] [--bounds]``.
 
 Where the kernel runs the child decides the floor: on the parent's CPU a
 static spawn+wait is about twice as fast as across CPUs, where the parent
@@ -44,6 +48,7 @@ from collections.abc import Callable
 import pyclone3
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+BOUNDS: dict[str, Callable[[list[str]], None]] = {}  # filled by --bounds
 CHUNKS = 10
 
 
@@ -66,8 +71,11 @@ def build(tmp: str) -> tuple[str, str, str]:
 def time_one(kind: str, argv: list[str], floor: Callable[[str], float]) -> float:
     if kind == "C one by one":
         return floor(argv[0])  # timed inside C, around the spawn and wait only
+    bound = BOUNDS.get(kind)
     start = time.perf_counter()
-    if kind == "subprocess":
+    if bound is not None:
+        bound(argv)
+    elif kind == "subprocess":
         subprocess.Popen(argv).wait()
     elif kind == "pyclone3":
         pyclone3.Popen(argv).wait()
@@ -87,11 +95,21 @@ def main() -> int:
     parser.add_argument(
         "--cpu", type=int, help="pin this process and its children to this CPU (default: unpinned)"
     )
+    parser.add_argument(
+        "--bounds",
+        action="store_true",
+        help="add the lower-bound contenders of bench/spawn_bounds.py (pyclone3 internals)",
+    )
     args = parser.parse_args()
+    if args.bounds:
+        sys.path.insert(0, HERE)
+        from spawn_bounds import BOUNDS as bounds
+
+        BOUNDS.update(bounds)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     per_chunk = max(1, args.rounds // CHUNKS)
-    kinds = ["subprocess", "pyclone3", "no pidfd", "spawn", "C one by one"]
+    kinds = ["subprocess", "pyclone3", "no pidfd", "spawn", "C one by one", *BOUNDS]
     pyclone3.features()  # the one-time probe stays out of the figures
     with tempfile.TemporaryDirectory() as tmp:
         noop, floor_bin, floor_lib = build(tmp)
@@ -164,6 +182,8 @@ def main() -> int:
             print(
                 f"  spawn / C one by one:               {med['spawn'] / med['C one by one']:.2f}x"
             )
+            for k in BOUNDS:
+                print(f"  {k + ' / C in-process floor:':<36}{med[k] / fmed['C in-process']:.2f}x")
     return 0
 
 

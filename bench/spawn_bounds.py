@@ -1,0 +1,73 @@
+"""Lower bounds for a spawn + wait made from Python: ``bench_spawn.py --bounds``.
+
+Two reference contenders that use pyclone3's internal C core directly (not
+an API; they skip every check and every path but clone3), to show how much
+of ``spawn()``'s cost any Python design must pay:
+
+* ``no owner``: the spawn struct prepared once, then per round only the C
+  spawn, one ``waitid`` into a wait buffer and ``close``: the least Python
+  a spawn + wait can run.
+* ``bare owner``: per round what the least spawn that owns its child does:
+  a fresh struct from the defaults, argv encoded and packed, the C spawn,
+  the child's :class:`~pyclone3._child.ChildState`, its blocking reap and
+  the pidfd's close. No request, plan, path choice, ``PidFd`` or ``with``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pyclone3 import syscalls
+from pyclone3._child import ChildState
+from pyclone3._clone3 import ffi, lib
+from pyclone3._executors import _STACK_SIZE, buffers
+from pyclone3._plan import _TEMPLATE, Plan, _room
+from pyclone3._request import SpawnRequest
+
+_P_PIDFD = lib.P_PIDFD
+_WEXITED_WALL = 4 | 0x40000000  # WEXITED | __WALL
+_prepared: dict[str, tuple[Plan, object]] = {}
+
+
+def _plan_for(argv: list[str]) -> object:
+    found = _prepared.get(argv[0])
+    if found is None:
+        request = object.__new__(SpawnRequest)
+        request.args = list(argv)
+        request.executable = request.display_executable = argv[0]
+        plan = Plan(request)
+        plan.s.share_files = 1
+        _prepared[argv[0]] = found = (plan, plan.s)  # the plan keeps the arrays alive
+    return found[1]
+
+
+def no_owner(argv: list[str]) -> None:
+    s = _plan_for(argv)
+    cell = buffers.pidfd
+    cell[0] = -1
+    pid = lib.pyclone3_spawn(s, lib.SPAWN_CLONE3, 1, buffers.stack, _STACK_SIZE, cell)
+    if pid < 0:
+        raise OSError(ffi.errno, os.strerror(ffi.errno))
+    syscalls.waitid_with(_P_PIDFD, cell[0], _WEXITED_WALL, syscalls.new_wait_buffer())
+    os.close(cell[0])
+
+
+def bare_owner(argv: list[str]) -> None:
+    s = ffi.new("struct pyclone3_spawn *", _TEMPLATE)
+    encoded = [a.encode() for a in argv]
+    blob = b"\0".join([*encoded, encoded[0]]) + b"\0"
+    arrays = _room(len(encoded) + 1, blob)
+    lib.pyclone3_set_argv(s, arrays, blob, len(blob), len(encoded), 1)
+    s.share_files = 1
+    cell = buffers.pidfd
+    cell[0] = -1
+    pid = lib.pyclone3_spawn(s, lib.SPAWN_CLONE3, 1, buffers.stack, _STACK_SIZE, cell)
+    if pid < 0:
+        raise OSError(ffi.errno, os.strerror(ffi.errno))
+    state = ChildState(cell[0], pid)
+    cell[0] = -1
+    state.reap_blocking()
+    state.close()
+
+
+BOUNDS = {"no owner": no_owner, "bare owner": bare_owner}
