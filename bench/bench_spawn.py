@@ -17,9 +17,10 @@ machine noise and the after-effects of one spawn on the next hit all alike:
   ``C one by one`` is the in-process floor taking its turn among the Python
   contenders, one spawn per call, timed in C: as cold as they are.
 
-With ``--bounds``, two more contenders from ``bench/spawn_bounds.py`` show
-the least any Python design can cost: the C spawn core called from Python
-with no owner object at all, and with only the child's bare owner.
+With ``--bounds``, three more contenders from ``bench/spawn_bounds.py``
+show the least a design can cost: the C spawn core called from Python with
+no owner object at all, with only the child's bare owner, and with an owner
+written against the C API.
 
 Targets are ``/bin/true`` (dynamically linked: ld.so dominates) and a static
 no-op built here (``bench/c/noop.c``), to see the machinery itself. Needs gcc.
@@ -48,7 +49,7 @@ from collections.abc import Callable
 import pyclone3
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-BOUNDS: dict[str, Callable[[list[str]], None]] = {}  # filled by --bounds
+BOUNDS: dict[str, Callable[[list[str]], None]] = {}  # filled with --bounds
 CHUNKS = 10
 
 
@@ -103,16 +104,16 @@ def main() -> int:
     args = parser.parse_args()
     if args.bounds:
         sys.path.insert(0, HERE)
-        from spawn_bounds import BOUNDS as bounds
-
-        BOUNDS.update(bounds)
+        import spawn_bounds
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
     per_chunk = max(1, args.rounds // CHUNKS)
-    kinds = ["subprocess", "pyclone3", "no pidfd", "spawn", "C one by one", *BOUNDS]
     pyclone3.features()  # the one-time probe stays out of the figures
     with tempfile.TemporaryDirectory() as tmp:
         noop, floor_bin, floor_lib = build(tmp)
+        if args.bounds:
+            BOUNDS.update(spawn_bounds.load(tmp))
+        kinds = ["subprocess", "pyclone3", "no pidfd", "spawn", "C one by one", *BOUNDS]
         lib = ctypes.CDLL(floor_lib)
         lib.floor_median.restype = ctypes.c_longlong
         lib.floor_median.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_int]

@@ -11,11 +11,22 @@ of ``spawn()``'s cost any Python design must pay:
   a fresh struct from the defaults, argv encoded and packed, the C spawn,
   the child's :class:`~pyclone3._child.ChildState`, its blocking reap and
   the pidfd's close. No request, plan, path choice, ``PidFd`` or ``with``.
+* ``C owner``: what the owner could cost written against the CPython C API
+  (``bench/c/owner_bound.c``, built here with gcc for this interpreter): one
+  call encodes and packs argv and spawns, and returns an object whose
+  ``with``, ``wait`` (one ``waitid``, the status made by pyclone3's Python
+  ``status_from_kernel``) and close are C. It skips all the owner's rarer
+  duties (foreign processes, users across threads, callbacks), so it is a
+  bound, not a design.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import subprocess
+import sysconfig
+from collections.abc import Callable
 
 from pyclone3 import syscalls
 from pyclone3._child import ChildState
@@ -23,10 +34,11 @@ from pyclone3._clone3 import ffi, lib
 from pyclone3._executors import _STACK_SIZE, buffers
 from pyclone3._plan import _TEMPLATE, Plan, _room
 from pyclone3._request import SpawnRequest
+from pyclone3.status import status_from_kernel
 
 _P_PIDFD = lib.P_PIDFD
 _WEXITED_WALL = 4 | 0x40000000  # WEXITED | __WALL
-_prepared: dict[str, tuple[Plan, object]] = {}
+_prepared: dict[str, tuple[object, object]] = {}
 
 
 def _plan_for(argv: list[str]) -> object:
@@ -70,4 +82,58 @@ def bare_owner(argv: list[str]) -> None:
     state.close()
 
 
-BOUNDS = {"no owner": no_owner, "bare owner": bare_owner}
+def _c_owner(tmp: str) -> Callable[[list[str]], None]:
+    here = os.path.dirname(os.path.abspath(__file__))
+    ext = os.path.join(tmp, "owner_bound" + sysconfig.get_config_var("EXT_SUFFIX"))
+    subprocess.run(
+        [
+            "gcc",
+            "-O2",
+            "-shared",
+            "-fPIC",
+            "-I" + sysconfig.get_paths()["include"],
+            "-o",
+            ext,
+            os.path.join(here, "c", "owner_bound.c"),
+        ],
+        check=True,
+    )
+    spec = importlib.util.spec_from_file_location("owner_bound", ext)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    template = ffi.new("struct pyclone3_spawn *", _TEMPLATE)
+    template.share_files = 1
+    _prepared["C owner template"] = (template, template)  # kept alive with the module
+
+    def address(obj: object) -> int:
+        return int(ffi.cast("uintptr_t", obj))
+
+    def status(buf_address: int) -> object:
+        buf = ffi.cast("struct pyclone3_waitbuf *", buf_address)
+        return status_from_kernel(buf.pid, buf.code, buf.status, buf.uid, None)
+
+    module.init(
+        address(ffi.addressof(lib, "pyclone3_spawn")),
+        address(ffi.addressof(lib, "pyclone3_set_argv")),
+        address(ffi.addressof(lib, "sys_waitid_into")),
+        address(template),
+        ffi.sizeof("struct pyclone3_spawn"),
+        address(buffers.stack),
+        _STACK_SIZE,
+        lib.SPAWN_CLONE3,
+        status,
+    )
+    spawn = module.spawn
+
+    def c_owner(argv: list[str]) -> None:
+        with spawn(argv) as child:
+            child.wait()
+
+    return c_owner
+
+
+def load(tmp: str) -> dict[str, Callable[[list[str]], None]]:
+    """The bounds by name; *tmp* is a directory to build the C owner in."""
+    return {"no owner": no_owner, "bare owner": bare_owner, "C owner": _c_owner(tmp)}
