@@ -88,42 +88,59 @@ class Plan:
         self._keep = keep
         s = ffi.new("struct pyclone3_spawn *", _TEMPLATE)
         self.s = s
+        # Each input is converted, and refused, in the order subprocess
+        # converts it: the environment, the executable and its PATH search,
+        # the arguments, then the NUL checks (executable and arguments, then
+        # the environment) and the cwd. Where two inputs are bad, the same
+        # error is raised.
         fsencode = _fsencode
+        fs_encoding = _FS_ENCODING
         env = request.env
+        entries = None
         if env is not None:
             if type(env) is not dict and not isinstance(env, Mapping):  # (an ABC: a call)
                 raise TypeError(f"env must be a mapping, not {type(env).__name__}")
             entries = []
-            enc = _FS_ENCODING
             for key, value in env.items():  # _fsencode inlined: two calls per variable else
-                k = key.encode(enc, "surrogateescape") if type(key) is str else fsencode(key)
+                k = (
+                    key.encode(fs_encoding, "surrogateescape")
+                    if type(key) is str
+                    else fsencode(key)
+                )
                 if k.find(b"=") >= 0:  # not `in`: see the note at _FS_ENCODING
                     raise ValueError("illegal environment variable name")
-                v = value.encode(enc, "surrogateescape") if type(value) is str else fsencode(value)
+                v = (
+                    value.encode(fs_encoding, "surrogateescape")
+                    if type(value) is str
+                    else fsencode(value)
+                )
                 entries.append(k + b"=" + v)
-            blob = b"\0".join(entries) + b"\0" if entries else b""
-            envp = _room(len(entries), blob)
-            if lib.pyclone3_set_envp(s, envp, blob, len(blob), len(entries)) < 0:
-                raise ValueError("embedded null byte in env")
-            keep.append(envp)
-        fs_encoding = _FS_ENCODING
-        args = request.args
-        argv = [  # _fsencode, inlined for the common str case: this runs on every spawn
-            a.encode(fs_encoding, "surrogateescape") if type(a) is str else fsencode(a)
-            for a in args
-        ]
         executable = request.executable
-        exe = argv[0] if args and executable is args[0] else fsencode(executable)
+        exe = (  # _fsencode, inlined for the common str case: this runs on every spawn
+            executable.encode(fs_encoding, "surrogateescape")
+            if type(executable) is str
+            else fsencode(executable)
+        )
         if exe.find(b"/") >= 0:  # not `b"/" in exe`: see the note at _FS_ENCODING
             candidates = [exe]
         else:  # the PATH search os.execvpe does, prepared here
             candidates = [os.path.join(fsencode(d), exe) for d in os.get_exec_path(env)]
+        argv = [
+            a.encode(fs_encoding, "surrogateescape") if type(a) is str else fsencode(a)
+            for a in request.args
+        ]
         # One buffer and one C call for both arrays, whatever their length.
         blob = b"\0".join(argv + candidates) + b"\0"
         both = _room(len(argv) + len(candidates), blob)
         if lib.pyclone3_set_argv(s, both, blob, len(blob), len(argv), len(candidates)) < 0:
             raise ValueError("embedded null byte in args or executable")
         keep.append(both)
+        if entries is not None:
+            blob = b"\0".join(entries) + b"\0" if entries else b""
+            envp = _room(len(entries), blob)
+            if lib.pyclone3_set_envp(s, envp, blob, len(blob), len(entries)) < 0:
+                raise ValueError("embedded null byte in env")
+            keep.append(envp)
         cwd = request.cwd
         if cwd is not None:
             cwd_b = fsencode(cwd)

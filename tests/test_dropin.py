@@ -146,6 +146,13 @@ def test_a_failed_step_before_exec_names_what_subprocess_names(tmp_path: Any) ->
         assert _failure(pyclone3.Popen, **kwargs) == expected, kwargs
 
 
+class _RaisingPath:
+    """A path-like whose conversion fails: which input is converted first shows."""
+
+    def __fspath__(self) -> str:
+        raise RuntimeError("this executable cannot be converted")
+
+
 ARGS_CASES: list[tuple[str, Any, dict[str, Any]]] = [
     ("empty-args-with-executable", [], {"executable": "/bin/true"}),
     ("empty-args", [], {}),
@@ -158,6 +165,12 @@ ARGS_CASES: list[tuple[str, Any, dict[str, Any]]] = [
     ("a-string", "/bin/true", {}),
     ("a-path", pathlib.Path("/bin/true"), {}),
     ("bytes-args", [b"/bin/sh", b"-c", b"echo bytes"], {}),
+    # Two bad inputs: the error is the one subprocess meets first.
+    ("bad-executable-and-bad-arg", ["/bin/true", None], {"executable": _RaisingPath()}),
+    ("int-executable-and-unencodable-arg", ["/bin/true", "\ud800"], {"executable": 3}),
+    ("ambiguous-env-path-and-bad-arg", ["true", None], {"env": {"PATH": "/bin", b"PATH": b"/"}}),
+    ("nul-in-env-and-bad-arg", ["/bin/true", None], {"env": {"A": "x\0y"}}),
+    ("nul-in-env-and-nul-in-arg", ["/bin/true", "a\0b"], {"env": {"A": "x\0y"}}),
 ]
 
 
