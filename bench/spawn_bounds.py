@@ -16,8 +16,8 @@ of ``spawn()``'s cost any Python design must pay:
   call encodes and packs argv and spawns, and returns an object whose
   ``with``, ``wait`` (one ``waitid``, the status made by pyclone3's Python
   ``status_from_kernel``) and close are C. It skips all the owner's rarer
-  duties (foreign processes, users across threads, callbacks), so it is a
-  bound, not a design.
+  duties (foreign processes, users across threads, callbacks, reaping a
+  child dropped unwaited), so it is a bound, not a design.
 """
 
 from __future__ import annotations
@@ -38,18 +38,19 @@ from pyclone3.status import status_from_kernel
 
 _P_PIDFD = lib.P_PIDFD
 _WEXITED_WALL = 4 | 0x40000000  # WEXITED | __WALL
-_prepared: dict[str, tuple[object, object]] = {}
+_prepared: dict[tuple[str, ...], tuple[Plan, object]] = {}
+_c_owner_keep: list[object] = []  # what the C owner's module points into
 
 
 def _plan_for(argv: list[str]) -> object:
-    found = _prepared.get(argv[0])
+    found = _prepared.get(tuple(argv))
     if found is None:
         request = object.__new__(SpawnRequest)
         request.args = list(argv)
         request.executable = request.display_executable = argv[0]
         plan = Plan(request)
         plan.s.share_files = 1
-        _prepared[argv[0]] = found = (plan, plan.s)  # the plan keeps the arrays alive
+        _prepared[tuple(argv)] = found = (plan, plan.s)  # the plan keeps the arrays alive
     return found[1]
 
 
@@ -69,7 +70,8 @@ def bare_owner(argv: list[str]) -> None:
     encoded = [a.encode() for a in argv]
     blob = b"\0".join([*encoded, encoded[0]]) + b"\0"
     arrays = _room(len(encoded) + 1, blob)
-    lib.pyclone3_set_argv(s, arrays, blob, len(blob), len(encoded), 1)
+    if lib.pyclone3_set_argv(s, arrays, blob, len(blob), len(encoded), 1) < 0:
+        raise ValueError("embedded null byte")
     s.share_files = 1
     cell = buffers.pidfd
     cell[0] = -1
@@ -105,7 +107,10 @@ def _c_owner(tmp: str) -> Callable[[list[str]], None]:
 
     template = ffi.new("struct pyclone3_spawn *", _TEMPLATE)
     template.share_files = 1
-    _prepared["C owner template"] = (template, template)  # kept alive with the module
+    # A child stack of its own: pyclone3's per-thread stack may be in use by
+    # a spawn of this thread's (the GIL released) and is freed with it.
+    stack = ffi.new("char[]", _STACK_SIZE)
+    _c_owner_keep.extend((template, stack))
 
     def address(obj: object) -> int:
         return int(ffi.cast("uintptr_t", obj))
@@ -120,7 +125,7 @@ def _c_owner(tmp: str) -> Callable[[list[str]], None]:
         address(ffi.addressof(lib, "sys_waitid_into")),
         address(template),
         ffi.sizeof("struct pyclone3_spawn"),
-        address(buffers.stack),
+        address(stack),
         _STACK_SIZE,
         lib.SPAWN_CLONE3,
         status,

@@ -12,6 +12,7 @@
 #include <Python.h>
 #include <pythread.h>
 #include <errno.h>
+#include <stddef.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -159,7 +160,7 @@ static PyObject *spawn(PyObject *module, PyObject *args) {
         used += len + 1;
         Py_DECREF(encoded);
     }
-    char s[SPAWN_SIZE];
+    _Alignas(max_align_t) char s[SPAWN_SIZE];
     char *arrays[MAX_ARGS + 3 + BLOB_SIZE / sizeof(char *)];
     memcpy(s, spawn_template, spawn_size);
     if (do_set_argv(s, arrays, blob, used, (size_t)n, 1) < 0) {
