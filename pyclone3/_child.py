@@ -34,7 +34,7 @@ from ._fdref import FdRef
 from ._features import features
 from ._waiting import WaitTimeout, poll_fd
 from .flags import IdType, PidfdInfoFlag, WaitFlag
-from .status import WaitStatus
+from .status import WaitStatus, status_from_kernel
 
 # typing is not imported at run time (see pyclone3/__init__.py).
 TYPE_CHECKING = False
@@ -84,6 +84,18 @@ sweeps = _Sweeps()
 
 def _exit_info_supported() -> bool:
     return features().pidfd_info_exit
+
+
+def _reaped_status(buf: Any) -> WaitStatus:
+    """The status of a child the kernel reaped into *buf*, whose making was cut short.
+
+    Between ``waitid`` reaping the child and the status being recorded runs
+    Python, where a signal handler's exception can land; the reap paths then
+    make the status from the buffer here (the kernel writes it only on
+    success: ``buf.pid > 0`` means reaped), so that the exit is recorded,
+    with its rusage, whatever propagates.
+    """
+    return status_from_kernel(buf.pid, buf.code, buf.status, buf.uid, buf)
 
 
 class ChildState(FdRef):
@@ -246,27 +258,31 @@ class ChildState(FdRef):
         is closed and nothing was recorded; ``OSError`` ``ENOSYS``/``EINVAL``
         where ``waitid(P_PIDFD)`` is missing.
         """
-        with self.lock:
-            status = self.status
-            if status is not None:
-                return status
-            fd = self.fileno_locked()
-            if not self._foreign:
-                try:
-                    status = syscalls.waitid_with(
-                        _P_PIDFD, fd, WEXITED_WNOHANG, syscalls.new_wait_buffer()
-                    )
-                except ChildProcessError:
-                    pass  # decided by _echild, outside the lock
-                else:
-                    if status is None:
-                        return None
-                    status, callback = self._settle_locked(status)
-                    if callback is None:
+        callback = None
+        try:
+            with self.lock:
+                status = self.status
+                if status is not None:
+                    return status
+                fd = self.fileno_locked()
+                if not self._foreign:
+                    buf = syscalls.new_wait_buffer()
+                    try:
+                        status = syscalls.waitid_with(_P_PIDFD, fd, WEXITED_WNOHANG, buf)
+                    except ChildProcessError:
+                        pass  # decided by _echild, outside the lock
+                    except BaseException:
+                        if buf.pid > 0:  # reaped, then cut short: see _reaped_status
+                            status, callback = self._settle_locked(_reaped_status(buf))
+                        raise
+                    else:
+                        if status is None:
+                            return None
+                        status, callback = self._settle_locked(status)
                         return status
-        if status is not None:
-            callback(status)  # type: ignore[misc]  # set with the status above
-            return status
+        finally:
+            if callback is not None:  # outside the lock, even as an exception passes
+                callback(status)  # type: ignore[arg-type]  # set with the callback
         if not self._foreign:
             status = self._echild()
             if status is not None:
@@ -360,35 +376,39 @@ class ChildState(FdRef):
         buf = syscalls.new_wait_buffer()
         status = None
         echild = False
+        callback = None
         try:
-            with self.lock:
-                if self.status is not None:
-                    return self.status
-                if self.closed:
-                    raise ValueError("I/O operation on closed PidFd")
-                self.users.add(buf)
-                fd = self.number
             try:
-                status = syscalls.waitid_with(_P_PIDFD, fd, WEXITED, buf)
-            except ChildProcessError:
-                echild = True
-        finally:
-            callback = None
-            try:
-                if status is not None:
-                    # Recorded before the token goes: a thread that gets
-                    # ECHILD meanwhile finds the token or the status, never
-                    # neither (which would make it call the child foreign).
-                    with self.lock:
-                        status, callback = self._settle_locked(status)
+                with self.lock:
+                    if self.status is not None:
+                        return self.status
+                    if self.closed:
+                        raise ValueError("I/O operation on closed PidFd")
+                    self.users.add(buf)
+                    fd = self.number
+                try:
+                    status = syscalls.waitid_with(_P_PIDFD, fd, WEXITED, buf)
+                except ChildProcessError:
+                    echild = True
             finally:
-                self.users.discard(buf)  # a single call into C: nothing can stop it
-                if self.closed:
-                    with self.lock:
-                        if self.number >= 0:
-                            self.close_locked()  # the last user out closes it
-        if callback is not None:
-            callback(status)  # type: ignore[arg-type]  # set with the callback
+                try:
+                    if status is None and buf.pid > 0:
+                        status = _reaped_status(buf)  # reaped, then cut short
+                    if status is not None:
+                        # Recorded before the token goes: a thread that gets
+                        # ECHILD meanwhile finds the token or the status, never
+                        # neither (which would make it call the child foreign).
+                        with self.lock:
+                            status, callback = self._settle_locked(status)
+                finally:
+                    self.users.discard(buf)  # a single call into C: nothing can stop it
+                    if self.closed:
+                        with self.lock:
+                            if self.number >= 0:
+                                self.close_locked()  # the last user out closes it
+        finally:
+            if callback is not None:  # outside the lock, even as an exception passes
+                callback(status)  # type: ignore[arg-type]  # set with the callback
         if echild:
             return self._echild()
         return status

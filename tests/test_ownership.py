@@ -21,6 +21,7 @@ import contextlib
 import errno
 import functools
 import gc
+import inspect
 import os
 import random
 import signal
@@ -594,7 +595,104 @@ def test_returncode_set_from_outside_closes_the_pidfd(program: list[str]) -> Non
                 pidfd.close()
 
 
-# ---- 5. the stress test -----------------------------------------------------------------
+# ---- 5. an exception landing during a reap ------------------------------------------------
+
+
+class _Landed(Exception):
+    """Stands for a signal handler's exception."""
+
+
+@contextlib.contextmanager
+def _raise_after_the_reap() -> Iterator[list[int]]:
+    """Raise :class:`_Landed` once, in ``waitid_with`` just after ``waitid`` returned.
+
+    There the kernel has reaped the child and the status is not yet made: a
+    signal handler's exception can land at any such line. A trace hook makes
+    it land there every time. Yields a list that holds one item once it did.
+    """
+    from pyclone3 import syscalls
+
+    code = syscalls.waitid_with.__code__
+    lines, first = inspect.getsourcelines(code)
+    target = first + next(i for i, text in enumerate(lines) if "if buf.pid == 0" in text)
+    landed: list[int] = []
+
+    def local(frame: FrameType, event: str, arg: Any) -> Any:
+        if event == "line" and frame.f_lineno == target and not landed:
+            landed.append(target)
+            raise _Landed
+        return local
+
+    def hook(frame: FrameType, event: str, arg: Any) -> Any:
+        return local if frame.f_code is code else None
+
+    sys.settrace(hook)
+    try:
+        yield landed
+    finally:
+        sys.settrace(None)
+
+
+def _exited(pidfd: pyclone3.PidFd) -> None:
+    import select
+
+    poller = select.poll()
+    poller.register(pidfd.fileno(), select.POLLIN)
+    assert poller.poll(10_000), "the child did not exit"
+
+
+@pytest.mark.parametrize("how", ["wait", "try_wait"])
+def test_an_exception_after_the_reap_still_records_the_exit(how: str) -> None:
+    """The exit is recorded, with its rusage, and the owner's exit callback runs.
+
+    Before, the status was lost: the next wait found the child gone
+    (``ECHILD``), called it foreign, and at best (Linux 6.15+) read its exit
+    code back without rusage; older kernels raised ``ChildProcessError``.
+    """
+    from pyclone3.pidfd import state_of
+
+    fds = open_fds()
+    child = pyclone3.spawn(["/bin/sh", "-c", "exit 7"])
+    assert child.pidfd is not None
+    with child.pidfd as pidfd:
+        seen: list[pyclone3.WaitStatus] = []
+        state_of(pidfd).on_exit(seen.append)
+        _exited(pidfd)
+        with _raise_after_the_reap() as landed, pytest.raises(_Landed):
+            if how == "wait":
+                pidfd.wait()
+            else:
+                pidfd.try_wait()
+        assert landed, "the exception did not land after the reap"
+        status = pidfd.wait()
+        assert status.exit_code == 7
+        assert status.rusage is not None, "the status was not the reap's"
+        assert not state_of(pidfd).foreign
+        assert seen == [status]
+        assert pidfd.try_wait() is status
+    assert child.pid not in zombies()
+    assert open_fds() == fds
+
+
+def test_an_exception_after_a_popen_reap_keeps_its_returncode() -> None:
+    """``Popen.wait()`` cut short after the reap: the returncode is set as the exception passes.
+
+    (Before, it stayed ``None`` until a later wait found the child gone.)
+    """
+    fds = open_fds()
+    with pyclone3.Popen(["/bin/sh", "-c", "exit 5"]) as proc:
+        assert proc.pidfd is not None
+        _exited(proc.pidfd)
+        with _raise_after_the_reap() as landed, pytest.raises(_Landed):
+            proc.wait()
+        assert landed
+        assert proc.returncode == 5
+        assert proc.wait() == 5
+    assert proc.pid not in zombies()
+    assert open_fds() == fds
+
+
+# ---- 6. the stress test -----------------------------------------------------------------
 
 STRESS_THREADS = 16
 #: How long past its end the stress test waits for a thread before calling it hung.
