@@ -34,7 +34,7 @@ from ._fdref import FdRef
 from ._features import features
 from ._waiting import WaitTimeout, poll_fd
 from .flags import IdType, PidfdInfoFlag, WaitFlag
-from .status import WaitStatus, status_from_kernel
+from .status import WaitStatus
 
 # typing is not imported at run time (see pyclone3/__init__.py).
 TYPE_CHECKING = False
@@ -84,18 +84,6 @@ sweeps = _Sweeps()
 
 def _exit_info_supported() -> bool:
     return features().pidfd_info_exit
-
-
-def _reaped_status(buf: Any) -> WaitStatus:
-    """The status of a child the kernel reaped into *buf*, whose making was cut short.
-
-    Between ``waitid`` reaping the child and the status being recorded runs
-    Python, where a signal handler's exception can land; the reap paths then
-    make the status from the buffer here (the kernel writes it only on
-    success: ``buf.pid > 0`` means reaped), so that the exit is recorded,
-    with its rusage, whatever propagates.
-    """
-    return status_from_kernel(buf.pid, buf.code, buf.status, buf.uid, buf)
 
 
 class ChildState(FdRef):
@@ -272,8 +260,11 @@ class ChildState(FdRef):
                     except ChildProcessError:
                         pass  # decided by _echild, outside the lock
                     except BaseException:
-                        if buf.pid > 0:  # reaped, then cut short: see _reaped_status
-                            status, callback = self._settle_locked(_reaped_status(buf))
+                        # A signal handler's exception may land after the
+                        # reap: the exit is recorded all the same.
+                        status = syscalls.reaped_status(buf)
+                        if status is not None:
+                            status, callback = self._settle_locked(status)
                         raise
                     else:
                         if status is None:
@@ -392,8 +383,8 @@ class ChildState(FdRef):
                     echild = True
             finally:
                 try:
-                    if status is None and buf.pid > 0:
-                        status = _reaped_status(buf)  # reaped, then cut short
+                    if status is None:  # reaped, then cut short by an exception?
+                        status = syscalls.reaped_status(buf)
                     if status is not None:
                         # Recorded before the token goes: a thread that gets
                         # ECHILD meanwhile finds the token or the status, never

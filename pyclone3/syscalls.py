@@ -252,6 +252,19 @@ def is_wait_buffer(obj: object) -> bool:
     return isinstance(obj, ffi.CData) and ffi.typeof(obj) is _WAIT_BUFFER
 
 
+def reaped_status(buf: Any) -> WaitStatus | None:
+    """The status in *buf* (from :func:`new_wait_buffer`) if a ``waitid`` reaped into it.
+
+    The kernel fills the buffer only on success, so a pid there means the
+    child was reaped. For a reap path whose making of the status was cut
+    short (a signal handler's exception landing in :func:`waitid_with` after
+    the syscall): the exit can still be recorded, with its rusage.
+    """
+    if buf.pid <= 0:
+        return None
+    return status_from_kernel(buf.pid, buf.code, buf.status, buf.uid, buf)
+
+
 _REAPED_CODES = (lib.CLD_EXITED, lib.CLD_KILLED, lib.CLD_DUMPED)
 _WNOWAIT = lib.WNOWAIT
 
